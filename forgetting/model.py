@@ -1,0 +1,173 @@
+"""timm ViT backbones with linear or margin (CosFace / ArcFace) heads, and safe checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import ModelConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, unsafe or for another model."""
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+class LinearHead(nn.Linear):
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x)
+
+
+class CosineMarginHead(nn.Module):
+    """Cosine classifier; with labels in training mode it applies the CosFace or ArcFace margin.
+
+    At inference (or without labels) it is a plain scaled-cosine classifier: the research
+    code applied the margin at test time too, which inflates the true class's score.
+    """
+
+    def __init__(self, dim: int, num_classes: int, kind: str, scale: float, margin: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, dim))
+        nn.init.normal_(self.weight, std=0.02)
+        self.kind, self.scale, self.margin = kind, scale, margin
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cos = F.linear(F.normalize(x, dim=-1), F.normalize(self.weight, dim=-1))
+        if labels is None or not self.training or self.margin == 0:
+            return self.scale * cos
+        onehot = F.one_hot(labels, cos.shape[-1]).bool()
+        if self.kind == "cosface":
+            target = cos - self.margin
+        else:  # arcface: cos(theta + m), kept monotonic past pi - m as in insightface
+            theta = torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
+            target = torch.where(theta + self.margin < math.pi, torch.cos(theta + self.margin),
+                                 cos - self.margin * math.sin(self.margin))
+        return self.scale * torch.where(onehot, target, cos)
+
+
+class Classifier(nn.Module):
+    """``backbone`` (timm ViT, no head) + ``head``; ``embed`` is the LayerNorm'd CLS feature."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.cfg, self.num_classes = cfg, num_classes
+        self.backbone = timm.create_model(
+            cfg.arch, pretrained=False, num_classes=0, img_size=cfg.image_size,
+            patch_size=cfg.patch_size, in_chans=cfg.in_chans, depth=cfg.depth,
+            embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+            global_pool="token",
+        )
+        dim = self.backbone.num_features
+        self.head: nn.Module = (
+            LinearHead(dim, num_classes) if cfg.head == "linear"
+            else CosineMarginHead(dim, num_classes, cfg.head, cfg.head_scale, cfg.head_margin)
+        )
+
+    @property
+    def depth(self) -> int:
+        return len(self.backbone.blocks)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.backbone(x), labels)
+
+
+def create_model(cfg: ModelConfig, num_classes: int) -> Classifier:
+    if num_classes < 2:
+        raise ValueError(f"need at least 2 classes, got {num_classes}")
+    return Classifier(cfg, num_classes)
+
+
+def model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(model: Classifier, path: str | Path, class_names: list[str] | tuple[str, ...],
+                    extra: dict | None = None) -> str:
+    """safetensors weights + config/class names in its metadata; atomic; returns sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"model_config": model.cfg.model_dump_json(), "class_names": json.dumps(list(class_names)),
+            "extra": json.dumps(extra or {})}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return file_sha256(path)
+
+
+def load_checkpoint(path: str | Path, expected_sha256: str | None = None,
+                    cfg: ModelConfig | None = None, class_names: list[str] | None = None,
+                    ) -> tuple[Classifier, list[str], dict]:
+    """Load our safetensors checkpoint, or a user's ``.pt`` state dict with weights_only=True.
+
+    A ``.pt`` file carries no config, so ``cfg`` and ``class_names`` must be given for it.
+    Pickles with code in them are refused by ``weights_only=True``; nothing is unpickled freely.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
+        raise CheckpointError(f"checkpoint {path} does not match its recorded sha256")
+    extra: dict = {}
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            state = load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from e
+        if "model_config" in meta:
+            cfg = ModelConfig.model_validate_json(meta["model_config"])
+            class_names = json.loads(meta["class_names"])
+            extra = json.loads(meta.get("extra", "{}"))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError for code, RuntimeError for truncation, ...
+            raise CheckpointError(
+                f"checkpoint {path} refused: only safetensors or weights-only torch files "
+                f"load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from e
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint {path} does not hold a state dict")
+    if cfg is None or class_names is None:
+        raise CheckpointError(f"checkpoint {path} has no model config; pass cfg and class_names")
+    model = create_model(cfg, len(class_names))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {str(e)[:300]}") from e
+    return model, list(class_names), extra
