@@ -88,7 +88,7 @@ class ForgetConfig(_Strict):
 
     rank: int = Field(8, ge=1)
     lora_alpha: float = Field(8.0, gt=0)
-    epochs: int = Field(7, ge=1)
+    epochs: int = Field(6, ge=1)
     min_steps_per_epoch: int = Field(10, ge=1, description="k-shot data fits in one batch")
     batch_size: int = Field(32, ge=1, description="retained images per step")
     forget_batch_size: int = Field(16, ge=1, description="forgotten images per step")

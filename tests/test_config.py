@@ -1,0 +1,41 @@
+import pytest
+
+from forgetting.config import ConfigError, load_config
+
+
+def test_defaults_load_and_yaml_overrides(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("forget:\n  rank: 4\n  prototypes:\n    w_f: 0.1\n")
+    cfg = load_config(p)
+    assert cfg.forget.rank == 4 and cfg.forget.prototypes.w_f == 0.1
+    assert cfg.forget.alpha == load_config().forget.alpha  # untouched keys keep defaults
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("forget:\n  rnak: 4\n", "forget.rnak"),
+        ("forget:\n  rank: -1\n", "forget.rank"),
+        ("model:\n  head: softmax\n", "model.head"),
+        ("gates:\n  max_acc_f: 2\n", "gates.max_acc_f"),
+        ("model:\n  image_size: 18\n  patch_size: 4\n", "patch_size"),
+        ("data:\n  image_size: 32\n", "model.image_size"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path, text, field):
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(p)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "x.yaml"
+    p.write_text("forget: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(p)

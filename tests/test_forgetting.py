@@ -1,0 +1,104 @@
+"""Real training on the bundled digits with a tiny ViT: forgetting, sparsity, adapter chain."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from forgetting.evaluate import evaluate, h_mean
+from forgetting.lora import apply_chain
+from forgetting.model import load_checkpoint
+from forgetting.pretrain import retrain_baseline
+from forgetting.train import RequestError, forget_classes, validate_request
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def first(base_model, digits, tiny_cfg, tmp_path_factory):
+    model, _ = base_model
+    out = tmp_path_factory.mktemp("adapters") / "req-1"
+    return forget_classes(model, digits["train"], digits["val"], [0, 1], tiny_cfg.forget, out,
+                          CPU, progress=False)
+
+
+def test_base_model_is_good(base_model, digits):
+    m = evaluate(base_model[0], digits["test"], [0, 1], device=CPU,
+                 class_names=digits["info"].class_names)
+    assert m.acc_f > 0.9 and m.acc_r > 0.9
+
+
+def test_forgotten_classes_drop_while_the_rest_hold(first, base_model, digits):
+    names = digits["info"].class_names
+    before = evaluate(base_model[0], digits["test"], [0, 1], device=CPU, class_names=names)
+    after = evaluate(first.model, digits["test"], [0, 1], acc_f_before=before.acc_f, device=CPU,
+                     class_names=names)
+    assert after.acc_f <= 0.05, after
+    assert after.acc_r >= before.acc_r - 0.05, (before.acc_r, after.acc_r)
+    assert after.h_mean == pytest.approx(h_mean(before.acc_f, after.acc_f, after.acc_r))
+    assert after.per_class["digit_0"] <= 0.1 and after.per_class["digit_7"] > 0.8
+
+
+def test_group_sparsity_drops_groups_and_the_adapter_holds_only_kept_ones(first, tiny_cfg):
+    assert len(first.kept_groups) < tiny_cfg.model.depth, first.group_norms
+    dropped = set(range(tiny_cfg.model.depth)) - set(first.kept_groups)
+    assert all(first.group_norms[b] < tiny_cfg.forget.group_threshold for b in dropped)
+    keys = load_file(first.adapter_dir / "adapter_model.safetensors").keys()
+    blocks = {int(k.split("blocks.")[1].split(".")[0]) for k in keys}
+    assert blocks == set(first.kept_groups)
+    assert len(keys) == 4 * len(first.kept_groups)  # fc1.A, fc1.B, fc2.A, fc2.B per group
+    assert first.adapter_bytes < 0.05 * first.model_bytes
+
+
+def test_no_sparsity_keeps_every_group(base_model, digits, tiny_cfg, tmp_path):
+    cfg = tiny_cfg.forget.model_copy(update={"alpha": 0.0, "epochs": 2})
+    res = forget_classes(base_model[0], digits["train"], digits["val"], [0, 1], cfg,
+                         tmp_path / "a", CPU, progress=False)
+    assert res.kept_groups == list(range(tiny_cfg.model.depth))
+
+
+def test_adapter_chain_reproduces_each_model_bit_for_bit(first, base_model, digits, tiny_cfg,
+                                                         tmp_path):
+    second = forget_classes(first.model, digits["train"], digits["val"], [5], tiny_cfg.forget,
+                            tmp_path / "req-2", CPU, earlier=[0, 1], progress=False)
+    base, _, _ = load_checkpoint(base_model[1])  # from disk, in a fresh object
+    rebuilt = apply_chain(base, [(first.adapter_dir, first.adapter_sha256),
+                                 (second.adapter_dir, second.adapter_sha256)])
+    want, got = second.model.state_dict(), rebuilt.state_dict()
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    m = evaluate(rebuilt, digits["test"], [5], earlier=[0, 1], device=CPU,
+                 class_names=digits["info"].class_names)
+    assert m.acc_f <= 0.05 and m.acc_o <= 0.05 and m.acc_r > 0.85
+
+
+def test_kshot_gs_lora_pp_with_missing_classes(base_model, digits, tiny_cfg, tmp_path):
+    cfg = tiny_cfg.forget.model_copy(update={"shots": 4})
+    res = forget_classes(base_model[0], digits["train"], digits["val"], [2], cfg,
+                         tmp_path / "k", CPU, missing=[9], progress=False)
+    assert res.val.acc_missing is not None and res.val.acc_missing > 0.5
+    assert res.val.acc_f <= 0.2
+    assert res.selected_weights in ("raw", "ema")
+
+
+def test_bad_requests(digits):
+    names = digits["info"].class_names
+    with pytest.raises(RequestError, match="empty request"):
+        validate_request(names, [])
+    with pytest.raises(RequestError, match="unknown class 'digit_x'"):
+        validate_request(names, ["digit_x"])
+    with pytest.raises(RequestError, match="duplicate class in request: digit_1"):
+        validate_request(names, ["digit_1", "digit_1"])
+    with pytest.raises(RequestError, match="already forgotten"):
+        validate_request(names, ["digit_1"], earlier=["digit_1"])
+    with pytest.raises(RequestError, match="every remaining class"):
+        validate_request(names, list(names[2:]), earlier=list(names[:2]))
+    assert validate_request(names, ["digit_3", "digit_1"]) == [3, 1]
+
+
+def test_retrain_baseline_never_predicts_removed_classes(digits, tiny_cfg):
+    cfg = tiny_cfg.pretrain.model_copy(update={"epochs": 8})
+    res = retrain_baseline(tiny_cfg.model, 10, digits["train"], digits["val"], cfg, CPU,
+                           range(2, 10), progress=False)
+    m = evaluate(res.model, digits["test"], [0, 1], device=CPU,
+                 class_names=digits["info"].class_names)
+    assert m.acc_f == 0.0 and m.acc_r > 0.5  # 8 epochs: far from converged, still learning
