@@ -59,7 +59,7 @@ def fit(model: Classifier, train_ds, val_ds, cfg: TrainConfig, device: torch.dev
                               t_in_epochs=False)
     best = (-1.0, 0, copy.deepcopy(model.state_dict()))
     history, step = [], 0
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(cfg.epochs), desc=desc, disable=None if progress else True, leave=False)
     for epoch in bar:
         model.train()
         total = 0.0

@@ -144,7 +144,7 @@ def forget_classes(
     candidates: list[dict] = []
     history: list[dict] = []
     step = 0
-    bar = tqdm(range(cfg.epochs), desc="forget", disable=not progress, leave=False)
+    bar = tqdm(range(cfg.epochs), desc="forget", disable=None if progress else True, leave=False)
     for epoch in bar:
         peft_model.train()
         alpha = cfg.alpha if epoch >= cfg.alpha_warmup_epochs else 0.0

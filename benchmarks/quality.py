@@ -1,0 +1,133 @@
+"""Quality benchmark on the embedded digits: GS-LoRA++ (full data and k-shot) vs retraining.
+
+    python benchmarks/quality.py --quick [--json]
+
+Pretrains a base model (cached under --cache by config hash), forgets a pair of classes with
+full data and with k=4 shots, retrains from scratch without them, and prints a table. With
+--json the last line is one JSON object (full-data keys, and ``fewshot_``-prefixed copies).
+Without --quick it averages over three class pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from forgetting.config import Config, load_config
+from forgetting.data import ParquetImageDataset, import_sklearn_digits
+from forgetting.evaluate import evaluate
+from forgetting.model import load_checkpoint, model_bytes, resolve_device, save_checkpoint
+from forgetting.pretrain import pretrain, retrain_baseline
+from forgetting.train import forget_classes
+
+PAIRS = [(0, 1), (3, 8), (5, 6)]
+
+
+def base_model(cfg: Config, cache: Path, splits, device):
+    key = hashlib.sha256((cfg.model.model_dump_json() + cfg.pretrain.model_dump_json()
+                          + cfg.data.model_dump_json()).encode()).hexdigest()[:16]
+    path = cache / f"base-{key}.safetensors"
+    if path.exists():
+        return load_checkpoint(path)[0].to(device), 0.0
+    res = pretrain(cfg.model, splits["train"].info.num_classes, splits["train"], splits["val"],
+                   cfg.pretrain, device)
+    save_checkpoint(res.model, path, splits["train"].info.class_names)
+    return res.model, res.seconds
+
+
+def run_pair(cfg: Config, model, splits, pair, device, work: Path) -> dict:
+    names = splits["train"].info.class_names
+    test = splits["test"]
+    before = evaluate(model, test, pair, device=device, class_names=names)
+    row = {"classes": [names[c] for c in pair], "acc_f_before": before.acc_f,
+           "acc_r_before": before.acc_r}
+    for prefix, shots in (("", None), ("fewshot_", 4)):
+        fcfg = cfg.forget.model_copy(update={"shots": shots})
+        out = work / f"adapter-{prefix or 'full'}-{pair[0]}-{pair[1]}"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        res = forget_classes(model, splits["train"], splits["val"], pair, fcfg, out, device)
+        seconds = time.perf_counter() - t0
+        m = evaluate(res.model, test, pair, acc_f_before=before.acc_f, device=device,
+                     class_names=names)
+        row.update({f"{prefix}acc_f": m.acc_f, f"{prefix}acc_r": m.acc_r,
+                    f"{prefix}h_mean": m.h_mean, f"{prefix}forget_seconds": seconds,
+                    f"{prefix}trainable_params": res.trainable_params,
+                    f"{prefix}total_params": res.total_params,
+                    f"{prefix}adapter_bytes": res.adapter_bytes,
+                    f"{prefix}model_bytes": model_bytes(model),
+                    f"{prefix}groups_kept": len(res.kept_groups),
+                    f"{prefix}groups_total": cfg.model.depth,
+                    f"{prefix}selected": f"epoch {res.selected_epoch} {res.selected_weights}"})
+    remaining = [c for c in range(len(names)) if c not in pair]
+    rr = retrain_baseline(cfg.model, len(names), splits["train"], splits["val"], cfg.pretrain,
+                          device, remaining)
+    m = evaluate(rr.model, test, pair, device=device, class_names=names)
+    row.update(retrain_acc_f=m.acc_f, retrain_acc_r=m.acc_r, retrain_seconds=rr.seconds)
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one class pair (under 5 minutes)")
+    ap.add_argument("--json", action="store_true", help="last line: one JSON object")
+    ap.add_argument("--config", help="YAML config (params.yaml); defaults otherwise")
+    ap.add_argument("--cache", default=".forgetting/bench-cache", help="dataset and base model")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    device = resolve_device(args.device)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    data = cache / f"digits-{cfg.data.image_size}.parquet"
+    if not data.exists():
+        import_sklearn_digits(data, cfg.data.image_size, val_fraction=cfg.data.val_fraction,
+                              test_fraction=cfg.data.test_fraction, seed=cfg.data.seed)
+    splits = {s: ParquetImageDataset(data, s) for s in ("train", "val", "test")}
+    model, pretrain_seconds = base_model(cfg, cache, splits, device)
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for pair in PAIRS[:1] if args.quick else PAIRS:
+            rows.append(run_pair(cfg, model, splits, pair, device, Path(work)))
+    numeric = [k for k, v in rows[0].items() if isinstance(v, int | float)]
+    result = {k: sum(r[k] for r in rows) / len(rows) for k in numeric}
+    result.update(classes=[r["classes"] for r in rows], selected=rows[0]["selected"],
+                  device=str(device), pretrain_seconds=pretrain_seconds)
+    print_table(result)
+    if args.json:
+        print(json.dumps(result))
+    return result
+
+
+def print_table(r: dict) -> None:
+    def pct(x):
+        return f"{100 * x:6.2f}"
+
+    print(f"\nForgetting {r['classes']} on digits ({r['device']})")
+    print(f"{'model':<22}{'Acc_f %':>9}{'Acc_r %':>9}{'H-Mean':>9}{'seconds':>9}")
+    print(f"{'original':<22}{pct(r['acc_f_before']):>9}{pct(r['acc_r_before']):>9}")
+    print(f"{'GS-LoRA++ full data':<22}{pct(r['acc_f']):>9}{pct(r['acc_r']):>9}"
+          f"{pct(r['h_mean']):>9}{r['forget_seconds']:9.1f}")
+    print(f"{'GS-LoRA++ 4-shot':<22}{pct(r['fewshot_acc_f']):>9}{pct(r['fewshot_acc_r']):>9}"
+          f"{pct(r['fewshot_h_mean']):>9}{r['fewshot_forget_seconds']:9.1f}")
+    print(f"{'retrain from scratch':<22}{pct(r['retrain_acc_f']):>9}{pct(r['retrain_acc_r']):>9}"
+          f"{'':>9}{r['retrain_seconds']:9.1f}")
+    print(f"speed-up vs retrain: {r['retrain_seconds'] / r['forget_seconds']:.1f}x full, "
+          f"{r['retrain_seconds'] / r['fewshot_forget_seconds']:.1f}x 4-shot; "
+          f"adapter {r['adapter_bytes'] / 1024:.1f} KiB = "
+          f"{100 * r['adapter_bytes'] / r['model_bytes']:.2f} % of model bytes; "
+          f"groups kept {r['groups_kept']:.1f}/{r['groups_total']:.0f}; trainable "
+          f"{100 * r['trainable_params'] / r['total_params']:.2f} % of parameters")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
