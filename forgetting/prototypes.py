@@ -7,8 +7,10 @@ embedding that feeds the head. Both are supported; the embedding is the default.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .evaluate import collect_outputs
 
@@ -21,6 +23,19 @@ class Prototypes:
 
     def to(self, device: torch.device) -> Prototypes:
         return Prototypes(self.vectors.to(device), self.present.to(device), self.source)
+
+    def save(self, path: str | Path) -> None:
+        save_file({"vectors": self.vectors.cpu().contiguous(), "present": self.present.cpu()},
+                  path, metadata={"source": self.source})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Prototypes:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            source = (f.metadata() or {}).get("source", "embedding")
+        t = load_file(path)
+        return cls(t["vectors"], t["present"].bool(), source)
 
 
 def compute_prototypes(model, ds, num_classes: int, device: torch.device,

@@ -96,11 +96,13 @@ def forget_classes(
     model: Classifier, train_ds, val_ds, forget: Sequence[int], cfg: ForgetConfig,
     adapter_dir: str | Path, device: torch.device, earlier: Sequence[int] = (),
     missing: Sequence[int] = (), progress: bool = True, adapter_meta: dict | None = None,
+    prototypes: Prototypes | None = None,
 ) -> ForgetResult:
     """Forget ``forget`` (class indices) from ``model``; write the adapter to ``adapter_dir``.
 
     ``earlier``: classes forgotten by previous requests (left out of training, measured as
-    Acc_o). ``missing``: retained classes with no training images (GS-LoRA++'s missing-class
+    Acc_o). ``prototypes``: precomputed by the current model (else computed here).
+    ``missing``: retained classes with no training images (GS-LoRA++'s missing-class
     setting): they get no gradient and no prototype, and are measured separately.
     """
     t0 = time.perf_counter()
@@ -121,9 +123,9 @@ def forget_classes(
     names = train_ds.info.class_names
     val_before = evaluate(model, val_ds, forget, earlier, missing, device=device, class_names=names)
 
-    protos: Prototypes | None = None
+    protos: Prototypes | None = prototypes.to(device) if prototypes is not None else None
     w_f = cfg.prototypes.w_f if cfg.shots is None else cfg.prototypes.w_f_fewshot
-    if cfg.prototypes.enabled:
+    if cfg.prototypes.enabled and protos is None:
         # from the images available to this request only (k-shot, missing classes)
         protos = compute_prototypes(model, ConcatDataset([train_f, train_r]), model.num_classes,
                                     device, cfg.prototypes.source).to(device)

@@ -17,15 +17,14 @@ def _main() -> None:
     """Erase classes from a pre-trained ViT, one request after another."""
 
 
-@app.command()
-def demo(
+@app.command("library-demo")
+def library_demo(
     workdir: Annotated[Path, typer.Option(help="where the demo writes its files")] = Path(
-        ".forgetting/demo"),
+        ".forgetting/library-demo"),
     config: Annotated[Path | None, typer.Option(help="YAML config (params.yaml)")] = None,
     device: str = "auto",
 ) -> None:
-    """Embedded defaults, end to end: import the bundled digits, pretrain a small ViT, forget
-    two requests in a row (the second one 4-shot) and print the results table."""
+    """The library alone (no Prefect, MLflow or DVC): digits, pretrain, two requests."""
     import torch
 
     from forgetting.config import load_config
@@ -68,6 +67,10 @@ def demo(
                    f"{fr.adapter_bytes / 1024:8.1f}KB{fr.train_seconds:6.0f}")
     torch.set_num_threads(torch.get_num_threads())
 
+
+from .pipeline import register_commands  # noqa: E402
+
+register_commands(app)
 
 if __name__ == "__main__":
     app()

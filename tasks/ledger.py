@@ -1,0 +1,130 @@
+"""The request ledger: the one source of truth for erasure requests and their state.
+
+One JSON file per request under ``data/requests/`` (DVC-tracked), written atomically; ids are
+sequential (``req-0001``) so arrival order is the id order. A lock file serialises writers and
+runs, so two ``forget run`` processes never take the same request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from forgetting.data import check_class_name
+
+Status = Literal["pending", "running", "done", "failed_gate", "failed"]
+
+
+class RequestSpec(BaseModel):
+    """What a user submits (CLI flags or a request file); schema errors name the field."""
+
+    model_config = ConfigDict(extra="forbid")
+    classes: list[str] = Field(min_length=1)
+    shots: int | None = Field(None, ge=1)
+    method: Literal["gs-lora", "gs-lora++"] = "gs-lora++"
+    reason: str = Field("", max_length=2000)
+    requester: str = Field("unknown", max_length=200)
+
+    @field_validator("classes")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for c in v:
+            check_class_name(c)
+        dup = sorted({c for c in v if v.count(c) > 1})
+        if dup:
+            raise ValueError(f"duplicate class in request: {', '.join(dup)}")
+        return v
+
+
+class Request(RequestSpec):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    seq: int
+    status: Status = "pending"
+    created_at: str
+    updated_at: str
+    attempts: int = 0
+    parent_version: int | None = None
+    model_version: int | None = None
+    dataset_version: str | None = None
+    adapter_sha256: str | None = None
+    mlflow_run_id: str | None = None
+    gate: str | None = None
+    error: str | None = None
+    metrics: dict = Field(default_factory=dict)
+    history: list[dict] = Field(default_factory=list)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, blocking: bool = True):
+    """An exclusive OS lock (flock), released even if the holder is killed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise RuntimeError(f"another process holds {path.name}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Ledger:
+    def __init__(self, directory: Path, lock_path: Path):
+        self.dir, self.lock_path = Path(directory), Path(lock_path)
+
+    def locked(self):
+        return file_lock(self.lock_path)
+
+    def all(self) -> list[Request]:
+        if not self.dir.is_dir():
+            return []
+        return sorted((Request.model_validate_json(p.read_text()) for p in
+                       self.dir.glob("req-*.json")), key=lambda r: r.seq)
+
+    def get(self, request_id: str) -> Request:
+        p = self.dir / f"{request_id}.json"
+        if not p.is_file() or "/" in request_id or ".." in request_id:
+            raise KeyError(f"no request {request_id!r}")
+        return Request.model_validate_json(p.read_text())
+
+    def pending(self) -> list[Request]:
+        return [r for r in self.all() if r.status in ("pending", "running")]
+
+    def add(self, spec: RequestSpec) -> Request:
+        with self.locked():
+            seq = max((r.seq for r in self.all()), default=0) + 1
+            now = _now()
+            req = Request(**spec.model_dump(), id=f"req-{seq:04d}", seq=seq, created_at=now,
+                          updated_at=now, history=[{"at": now, "status": "pending"}])
+            self._write(req)
+            return req
+
+    def update(self, request_id: str, **changes) -> Request:
+        req = self.get(request_id)
+        now = _now()
+        data = req.model_dump() | changes | {"updated_at": now}
+        if "status" in changes and changes["status"] != req.status:
+            data["history"] = [*req.history, {"at": now, "status": changes["status"]}]
+        new = Request.model_validate(data)
+        self._write(new)
+        return new
+
+    def _write(self, req: Request) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{req.id}.json"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(req.model_dump(), indent=2, sort_keys=True))
+        os.replace(tmp, path)

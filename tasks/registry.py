@@ -1,0 +1,141 @@
+"""MLflow tracking and model registry: runs, versions keyed by request id, aliases.
+
+Every call names its run id explicitly: the active run is per thread, and Prefect may run a
+task in another thread. Stages are deprecated, so ``production`` and ``candidate`` are aliases.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from .workspace import EXPERIMENT, MODEL_NAME, Workspace
+
+T = TypeVar("T")
+PIP_REQUIREMENTS = ["torch", "timm", "safetensors"]  # skips 10-18 s of requirement inference
+
+
+def with_backoff(fn: Callable[[], T], what: str, attempts: int = 4, first_delay: float = 1.0) -> T:
+    """Retry a call to the tracking server with exponential backoff, then fail clearly."""
+    delay = first_delay
+    for i in range(attempts):
+        try:
+            return fn()
+        except (MlflowException, OSError) as e:
+            if i == attempts - 1:
+                raise RuntimeError(f"MLflow unreachable or failing during {what} after "
+                                   f"{attempts} attempts: {e}") from e
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def client(ws: Workspace) -> MlflowClient:
+    ws.state.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(ws.tracking_uri)
+    mlflow.set_registry_uri(ws.tracking_uri)
+    return MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
+
+
+def experiment_id(c: MlflowClient, ws: Workspace) -> str:
+    exp = c.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    return c.create_experiment(EXPERIMENT, artifact_location=ws.artifact_location)
+
+
+def ensure_registered_model(c: MlflowClient) -> None:
+    try:
+        c.get_registered_model(MODEL_NAME)
+    except MlflowException:
+        c.create_registered_model(MODEL_NAME, description="ViT with classes erased by GS-LoRA(++)")
+
+
+def find_run(c: MlflowClient, exp_id: str, request_id: str) -> str | None:
+    runs = c.search_runs([exp_id], f"tags.request_id = '{request_id}' and "
+                                   "attributes.status = 'FINISHED'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def log_request_run(ws: Workspace, request_id: str, params: dict, metrics: dict,
+                    artifacts: list[Path], model, image_shape: tuple[int, ...]) -> str:
+    """One finished run per request (re-used if it already exists: exactly once)."""
+    c = client(ws)
+    exp = experiment_id(c, ws)
+    existing = find_run(c, exp, request_id)
+    if existing:
+        return existing
+    run = c.create_run(exp, tags={"request_id": request_id}, run_name=request_id)
+    rid = run.info.run_id
+    try:
+        for k, v in params.items():
+            c.log_param(rid, k, str(v)[:6000])
+        for k, v in metrics.items():
+            if isinstance(v, int | float) and v is not None:
+                c.log_metric(rid, k, float(v))
+        for a in artifacts:
+            (c.log_artifacts if a.is_dir() else c.log_artifact)(rid, str(a), a.name if a.is_dir()
+                                                                 else None)
+        with mlflow.start_run(run_id=rid):
+            mlflow.pytorch.log_model(
+                model.cpu().eval(), name="model", serialization_format="pt2",
+                input_example=np.zeros((1, *image_shape), dtype=np.float32),
+                pip_requirements=PIP_REQUIREMENTS)
+        c.set_terminated(rid, "FINISHED")
+    except BaseException:
+        c.set_terminated(rid, "FAILED")
+        raise
+    return rid
+
+
+def model_uri(c: MlflowClient, run_id: str) -> str:
+    models = c.search_logged_models(experiment_ids=[c.get_run(run_id).info.experiment_id],
+                                    filter_string=f"source_run_id = '{run_id}'")
+    return models[0].model_uri if models else f"runs:/{run_id}/model"
+
+
+def register(ws: Workspace, request_id: str, run_id: str, tags: dict) -> int:
+    """The model version of ``request_id``; created once, found again after a crash."""
+    c = client(ws)
+    ensure_registered_model(c)
+    found = version_for_request(c, request_id)
+    if found is not None:
+        return found
+    mv = c.create_model_version(MODEL_NAME, model_uri(c, run_id), run_id=run_id,
+                                tags={"request_id": request_id, **{k: str(v) for k, v in
+                                                                   tags.items()}})
+    return int(mv.version)
+
+
+def version_for_request(c: MlflowClient, request_id: str) -> int | None:
+    vs = c.search_model_versions(f"name = '{MODEL_NAME}' and tag.request_id = '{request_id}'")
+    return min(int(v.version) for v in vs) if vs else None
+
+
+def alias_version(c: MlflowClient, alias: str) -> int | None:
+    try:
+        return int(c.get_model_version_by_alias(MODEL_NAME, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(c: MlflowClient, alias: str, version: int, reason: str) -> None:
+    c.set_registered_model_alias(MODEL_NAME, alias, str(version))
+    c.set_model_version_tag(MODEL_NAME, str(version), f"{alias}_reason", reason)
+    if alias == "production":
+        hist = json.loads(c.get_registered_model(MODEL_NAME).tags.get("production_history", "[]"))
+        if not hist or hist[-1] != version:
+            hist.append(version)
+        c.set_registered_model_tag(MODEL_NAME, "production_history", json.dumps(hist))
+
+
+def version_tags(c: MlflowClient, version: int) -> dict[str, str]:
+    return dict(c.get_model_version(MODEL_NAME, str(version)).tags)

@@ -1,0 +1,64 @@
+"""DVC through its supported interface, the CLI (``dvc.api`` is read-only)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
+
+
+def _dvc(root: Path, *args: str) -> str:
+    cmd = [sys.executable, "-m", "dvc", *args]
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed in {root}: {res.stderr.strip()[-800:]}")
+    return res.stdout
+
+
+def _git(root: Path, *args: str) -> str:
+    res = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed in {root}: {res.stderr.strip()[-400:]}")
+    return res.stdout
+
+
+def init_repo(root: Path, remote: Path) -> None:
+    """git + DVC in ``root`` (kept if present), update checks off, a local default remote."""
+    if not (root / ".git").exists():
+        _git(root, "init", "-q")
+    if not (root / ".dvc").exists():
+        _dvc(root, "init", "-q")
+    _dvc(root, "config", "core.check_update", "false")
+    _dvc(root, "config", "core.analytics", "false")
+    remote.mkdir(parents=True, exist_ok=True)
+    _dvc(root, "remote", "add", "--local", "-d", "-f", "local", str(remote))
+
+
+def _log(msg: str) -> None:
+    try:
+        get_run_logger().info(msg)
+    except MissingContextError:
+        pass
+
+
+@task(retries=2, retry_delay_seconds=2)
+def track(root: str, paths: list[str], message: str) -> None:
+    """``dvc add`` + ``dvc push`` the paths, then commit the pointer files if git is there."""
+    r = Path(root)
+    _dvc(r, "add", "-q", *paths)
+    _dvc(r, "push", "-q", *paths)
+    pointers = [f"{p}.dvc" for p in paths] + [str(Path(p).parent / ".gitignore") for p in paths]
+    pointers = [p for p in pointers if (r / p).exists()]
+    _git(r, "add", "--", *pointers)
+    if _git(r, "status", "--porcelain", "--", *pointers).strip():
+        _git(r, "-c", "user.name=forgetting-pipeline", "-c", "user.email=pipeline@localhost",
+             "commit", "-q", "-m", message, "--", *pointers)
+    _log(f"DVC tracked and pushed {', '.join(paths)}")
+
+
+def status_clean(root: Path) -> bool:
+    out = _dvc(root, "status", "--json")
+    return out.strip() in ("", "{}")
