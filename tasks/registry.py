@@ -87,7 +87,8 @@ def log_request_run(ws: Workspace, request_id: str, params: dict, metrics: dict,
         with mlflow.start_run(run_id=rid):
             mlflow.pytorch.log_model(
                 model.cpu().eval(), name="model", serialization_format="pt2",
-                input_example=np.zeros((1, *image_shape), dtype=np.float32),
+                # batch 2: torch.export treats a size-1 example dim as static
+                input_example=np.zeros((2, *image_shape), dtype=np.float32),
                 pip_requirements=PIP_REQUIREMENTS)
         c.set_terminated(rid, "FINISHED")
     except BaseException:

@@ -1,0 +1,137 @@
+"""The pipeline for real: Prefect flows on a local server, MLflow on SQLite, DVC in a temp git
+repo, the CLI in-process, and the registered model loaded in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from forgetting_cli.main import app
+
+from .conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def workspace(prefect_server, tmp_path_factory):
+    from flows.ingest import ingest_flow
+    from flows.pretrain import pretrain_flow
+    from tasks.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("ws")
+    runner = CliRunner()
+    cfg = {**TINY, "forget": {"epochs": 3}, "pretrain": {**TINY["pretrain"], "epochs": 12},
+           "gates": {"max_acc_f": 0.1, "max_acc_r_drop": 0.2}}
+    (root / "params.yaml").write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["init", "--root", str(root)])
+    assert res.exit_code == 0, res.output
+    ingest_flow(str(root))
+    assert pretrain_flow(str(root)) == 1
+    return Workspace.at(root), runner
+
+
+def _cli(runner, *args):
+    return runner.invoke(app, [*args])
+
+
+def test_requests_are_processed_in_order_registered_and_versioned(workspace):
+    from flows.process_requests import process_requests_flow
+    from tasks.versioning import status_clean
+
+    ws, runner = workspace
+    r1 = _cli(runner, "request", "add", "digit_0", "digit_1", "--reason", "asked", "--root",
+              str(ws.root))
+    r2 = _cli(runner, "request", "add", "digit_7", "--shots", "4", "--root", str(ws.root))
+    assert r1.exit_code == 0 and r2.exit_code == 0, (r1.output, r2.output)
+    out = process_requests_flow(str(ws.root))
+    assert [r["id"] for r in out] == ["req-0001", "req-0002"]
+    st = json.loads(_cli(runner, "status", "--json", "--root", str(ws.root)).output)
+    assert st["model"] == "forgetting-vit" and st["tracking_uri"].startswith("sqlite:///")
+    reqs = {r["id"]: r for r in st["requests"]}
+    assert reqs["req-0001"]["status"] == "done" and reqs["req-0001"]["model_version"] == 2
+    assert reqs["req-0001"]["acc_f"] <= 0.1
+    assert reqs["req-0002"]["model_version"] == 3 and reqs["req-0002"]["parent_version"] == 2
+    assert st["production_version"] == (3 if reqs["req-0002"]["status"] == "done" else 2)
+    for key in ("id", "classes", "status", "model_version", "acc_f", "acc_r", "h_mean"):
+        assert key in reqs["req-0001"]
+    # DVC: data, base model, adapters and ledger tracked, pushed, nothing dirty
+    for p in ("data/dataset.parquet.dvc", "data/models.dvc", "data/adapters.dvc",
+              "data/requests.dvc"):
+        assert (ws.root / p).is_file(), p
+    assert status_clean(ws.root)
+    assert any(ws.dvc_remote.rglob("*")), "nothing pushed to the local remote"
+    # a second run finds nothing to do and registers nothing
+    assert process_requests_flow(str(ws.root)) == []
+    from tasks import registry
+
+    c = registry.client(ws)
+    assert len(c.search_model_versions(f"name = '{registry.MODEL_NAME}'")) == 3
+
+
+def test_registered_production_model_loads_in_a_fresh_process(workspace):
+    ws, _ = workspace
+    code = ("import mlflow, torch; m = mlflow.pytorch.load_model('models:/forgetting-vit@production');"
+            "print(tuple(m(torch.zeros(2, 1, 16, 16)).shape))")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ws.tracking_uri}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "(2, 10)"
+
+
+def test_promote_and_rollback_move_production(workspace):
+    ws, runner = workspace
+    before = json.loads(_cli(runner, "status", "--json", "--root", str(ws.root)).output)
+    assert _cli(runner, "promote", "1", "--reason", "test", "--root", str(ws.root)).exit_code == 0
+    assert json.loads(_cli(runner, "status", "--json", "--root", str(ws.root)).output)[
+        "production_version"] == 1
+    res = _cli(runner, "rollback", "--root", str(ws.root))
+    assert res.exit_code == 0, res.output
+    after = json.loads(_cli(runner, "status", "--json", "--root", str(ws.root)).output)
+    assert after["production_version"] == before["production_version"]
+    assert _cli(runner, "promote", "99", "--root", str(ws.root)).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["digit_x"], "unknown class 'digit_x'"),
+        ([], "classes"),
+        (["digit_2", "digit_2"], "duplicate class in request"),
+        (["digit_0"], "already"),
+        (["../etc"], "invalid class name"),
+        (["digit_2", "--shots", "5000"], "5000 shots asked"),
+        ([f"digit_{i}" for i in range(2, 10) if i != 7], "every remaining class"),
+    ],
+)
+def test_bad_requests_fail_clearly_and_change_nothing(workspace, args, message):
+    ws, runner = workspace
+    before = sorted(p.name for p in ws.requests.iterdir())
+    res = _cli(runner, "request", "add", *args, "--root", str(ws.root))
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert sorted(p.name for p in ws.requests.iterdir()) == before
+
+
+def test_malformed_request_file_names_the_field(workspace, tmp_path):
+    ws, runner = workspace
+    f = tmp_path / "req.yaml"
+    f.write_text("classes: [digit_3]\nshots: -2\n")
+    res = _cli(runner, "request", "add", "--file", str(f), "--root", str(ws.root))
+    assert res.exit_code == 2 and "shots" in res.output
+    f.write_text("classes: [digit_3]\nshoots: 2\n")
+    res = _cli(runner, "request", "add", "--file", str(f), "--root", str(ws.root))
+    assert res.exit_code == 2 and "shoots" in res.output
