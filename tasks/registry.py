@@ -97,10 +97,11 @@ def log_request_run(ws: Workspace, request_id: str, params: dict, metrics: dict,
     return rid
 
 
-def model_uri(c: MlflowClient, run_id: str) -> str:
+def logged_model(c: MlflowClient, run_id: str) -> tuple[str, str | None]:
+    """(source uri, model id) of the run's logged model; a server needs both to register."""
     models = c.search_logged_models(experiment_ids=[c.get_run(run_id).info.experiment_id],
                                     filter_string=f"source_run_id = '{run_id}'")
-    return models[0].model_uri if models else f"runs:/{run_id}/model"
+    return (models[0].model_uri, models[0].model_id) if models else (f"runs:/{run_id}/model", None)
 
 
 def register(ws: Workspace, request_id: str, run_id: str, tags: dict) -> int:
@@ -110,7 +111,8 @@ def register(ws: Workspace, request_id: str, run_id: str, tags: dict) -> int:
     found = version_for_request(c, request_id)
     if found is not None:
         return found
-    mv = c.create_model_version(MODEL_NAME, model_uri(c, run_id), run_id=run_id,
+    source, model_id = logged_model(c, run_id)
+    mv = c.create_model_version(MODEL_NAME, source, run_id=run_id, model_id=model_id,
                                 tags={"request_id": request_id, **{k: str(v) for k, v in
                                                                    tags.items()}})
     return int(mv.version)

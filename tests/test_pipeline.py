@@ -135,3 +135,64 @@ def test_malformed_request_file_names_the_field(workspace, tmp_path):
     f.write_text("classes: [digit_3]\nshoots: 2\n")
     res = _cli(runner, "request", "add", "--file", str(f), "--root", str(ws.root))
     assert res.exit_code == 2 and "shoots" in res.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` process on 127.0.0.1 (SQLite backend in a temp dir)."""
+    import time
+    import urllib.request
+
+    d = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         f"sqlite:///{d / 'mlflow.db'}", "--default-artifact-root", (d / "art").as_uri(),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail((d / "server.log").read_text()[-2000:])
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer within 120 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_pipeline_against_a_real_mlflow_server(prefect_server, mlflow_server, tmp_path,
+                                               monkeypatch):
+    from flows.ingest import ingest_flow
+    from flows.pretrain import pretrain_flow
+    from flows.process_requests import process_requests_flow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    runner = CliRunner()
+    cfg = {**TINY, "forget": {"epochs": 2}, "pretrain": {**TINY["pretrain"], "epochs": 6},
+           "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
+    assert runner.invoke(app, ["init", "--root", str(tmp_path)]).exit_code == 0
+    ingest_flow(str(tmp_path))
+    assert pretrain_flow(str(tmp_path)) == 1
+    assert _cli(runner, "request", "add", "digit_4", "--root", str(tmp_path)).exit_code == 0
+    out = process_requests_flow(str(tmp_path))
+    assert out[0]["status"] == "done" and out[0]["model_version"] == 2
+    st = json.loads(_cli(runner, "status", "--json", "--root", str(tmp_path)).output)
+    assert st["tracking_uri"] == mlflow_server and st["production_version"] == 2
+    assert not (tmp_path / ".forgetting" / "mlflow.db").exists()  # nothing went to the default
