@@ -123,6 +123,7 @@ def apply_adapter(model: Classifier, adapter_dir: str | Path,
     if expected_sha256 is not None and file_sha256(weights) != expected_sha256:
         raise CheckpointError(f"adapter {d} does not match its recorded sha256")
     try:
+        # a local directory whose files were checked above: PEFT reads them, nothing is fetched
         peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(d))
     except Exception as e:  # corrupt safetensors, bad config JSON, shape mismatch
         raise CheckpointError(f"adapter {d} cannot be loaded: {str(e)[:300]}") from e

@@ -25,8 +25,6 @@ def library_demo(
     device: str = "auto",
 ) -> None:
     """The library alone (no Prefect, MLflow or DVC): digits, pretrain, two requests."""
-    import torch
-
     from forgetting.config import load_config
     from forgetting.data import ParquetImageDataset, import_sklearn_digits
     from forgetting.evaluate import evaluate
@@ -65,7 +63,6 @@ def library_demo(
         typer.echo(f"{i:<4}{cl:<18}{shots!s:>6}{m.acc_f:8.3f}{m.acc_r:8.3f}{acc_o:>8}"
                    f"{m.h_mean:8.3f}{len(fr.kept_groups):>5}/{cfg.model.depth}"
                    f"{fr.adapter_bytes / 1024:8.1f}KB{fr.train_seconds:6.0f}")
-    torch.set_num_threads(torch.get_num_threads())
 
 
 from .pipeline import register_commands  # noqa: E402
