@@ -1,8 +1,8 @@
 """LoRA on every block's FFN through PEFT; one sparsity group per transformer block.
 
 The stored adapter is PEFT's own format (``adapter_config.json`` + ``adapter_model.safetensors``)
-but holds only the groups that survived group sparsity, so ``PeftModel.from_pretrained`` loads
-it and ``merge_and_unload`` applies it. model_t = merge(model_{t-1}, adapter_t).
+but holds only the groups that survived group sparsity; ``apply_adapter`` injects it with
+``get_peft_model`` and merges it with ``merge_and_unload``. model_t = merge(model_{t-1}, adapter_t).
 """
 
 from __future__ import annotations
@@ -16,9 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
-from safetensors.torch import save_file
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from peft.utils import (
+    CONFIG_NAME,
+    SAFETENSORS_WEIGHTS_NAME,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
+from safetensors.torch import load_file, save_file
 
 from .model import CheckpointError, Classifier, file_sha256
 
@@ -123,10 +128,16 @@ def apply_adapter(model: Classifier, adapter_dir: str | Path,
     if expected_sha256 is not None and file_sha256(weights) != expected_sha256:
         raise CheckpointError(f"adapter {d} does not match its recorded sha256")
     try:
-        # a local directory whose files were checked above: PEFT reads them, nothing is fetched
-        peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(d))
+        # Built from the local files with PEFT's own pieces rather than
+        # PeftModel.from_pretrained, whose hub fallback could try the network.
+        config = LoraConfig(**PeftConfig.from_json_file(str(d / CONFIG_NAME)))
+        peft_model = get_peft_model(copy.deepcopy(model), config)
+        result = set_peft_model_state_dict(peft_model, load_file(weights))
     except Exception as e:  # corrupt safetensors, bad config JSON, shape mismatch
         raise CheckpointError(f"adapter {d} cannot be loaded: {str(e)[:300]}") from e
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing:
+        raise CheckpointError(f"adapter {d} lacks weights for {missing[:3]}")
     merged = peft_model.merge_and_unload()
     merged.eval()
     return merged
