@@ -110,6 +110,14 @@ class ForgetConfig(_Strict):
     prototypes: PrototypeConfig = PrototypeConfig()
     seed: int = 0
 
+    def for_request(self, shots: int | None, method: str = "gs-lora++") -> ForgetConfig:
+        """This config for one request: its k-shot setting; plain GS-LoRA has no prototypes."""
+        cfg = self.model_copy(update={"shots": shots})
+        if method == "gs-lora":
+            cfg = cfg.model_copy(update={"prototypes": cfg.prototypes.model_copy(
+                update={"enabled": False})})
+        return cfg
+
 
 class GateConfig(_Strict):
     """When a candidate model may become production."""
@@ -118,12 +126,25 @@ class GateConfig(_Strict):
     max_acc_r_drop: float = Field(0.05, ge=0, le=1)
 
 
+class RequestConfig(_Strict):
+    """One erasure request of the scripted sequence (``dvc repro``, ``forget demo``)."""
+
+    classes: list[str] = Field(min_length=1)
+    shots: int | None = Field(None, ge=1)
+    method: Literal["gs-lora", "gs-lora++"] = "gs-lora++"
+
+
+DEFAULT_REQUESTS = [RequestConfig(classes=["digit_0", "digit_1"]),
+                    RequestConfig(classes=["digit_7"], shots=4)]
+
+
 class Config(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     pretrain: TrainConfig = TrainConfig()
     forget: ForgetConfig = ForgetConfig()
     gates: GateConfig = GateConfig()
+    requests: list[RequestConfig] = Field(default_factory=lambda: list(DEFAULT_REQUESTS))
     device: str = "auto"
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ def library_demo(
     config: Annotated[Path | None, typer.Option(help="YAML config (params.yaml)")] = None,
     device: str = "auto",
 ) -> None:
-    """The library alone (no Prefect, MLflow or DVC): digits, pretrain, two requests."""
+    """The library alone (no Prefect, MLflow or DVC): digits, pretrain, the config's requests."""
     from forgetting.config import load_config
     from forgetting.data import ParquetImageDataset, import_sklearn_digits
     from forgetting.evaluate import evaluate
@@ -44,13 +44,14 @@ def library_demo(
     typer.echo(f"pretrained in {res.seconds:.0f}s, val accuracy {res.val_acc:.3f}")
     model, earlier = res.model, []
     rows = []
-    for i, (classes, shots) in enumerate([(["digit_0", "digit_1"], None), (["digit_7"], 4)], 1):
+    for i, r in enumerate(cfg.requests, 1):
+        classes, shots = r.classes, r.shots
         idx = [info.class_index(c) for c in classes]
         out = workdir / f"adapter-{i}"
         shutil.rmtree(out, ignore_errors=True)
         before = evaluate(model, sp["test"], idx, earlier, device=dev, class_names=info.class_names)
         fr = forget_classes(model, sp["train"], sp["val"], idx,
-                            cfg.forget.model_copy(update={"shots": shots}), out, dev,
+                            cfg.forget.for_request(shots, r.method), out, dev,
                             earlier=earlier)
         m = evaluate(fr.model, sp["test"], idx, earlier, acc_f_before=before.acc_f, device=dev,
                      class_names=info.class_names)

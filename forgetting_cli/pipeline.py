@@ -200,7 +200,8 @@ def serve(root: Root = Path("."), cron: str | None = None,
 
 def demo(root: Root = Path(".forgetting/demo")) -> None:
     """Embedded defaults end to end: ingest the bundled digits, pretrain, queue and process
-    two requests (the second 4-shot), print the results and where to look."""
+    the requests of params.yaml (by default two, the second 4-shot), print the results and
+    where to look."""
     ws = _ws(root)
     init(root)
     if not ws.dataset.exists():
@@ -212,10 +213,8 @@ def demo(root: Root = Path(".forgetting/demo")) -> None:
     if not ledger(ws).all():
         from tasks.requests import add_request
 
-        for spec in (RequestSpec(classes=["digit_0", "digit_1"], reason="demo request 1",
-                                 requester="demo"),
-                     RequestSpec(classes=["digit_7"], shots=4, reason="demo request 2 (4-shot)",
-                                 requester="demo")):
+        for i, r in enumerate(ws.config().requests, 1):
+            spec = RequestSpec(**r.model_dump(), reason=f"demo request {i}", requester="demo")
             typer.echo(f"queued {add_request(ws, spec).id}: {', '.join(spec.classes)}")
     run(root)
     status(root)
@@ -228,6 +227,9 @@ def register_commands(app: typer.Typer) -> None:
     for fn in (init, ingest, pretrain, run, status, promote, rollback, serve, demo):
         app.command()(fn)
     app.add_typer(request_app, name="request")
+    from .repro import app as repro_app
+
+    app.add_typer(repro_app, name="repro")
 
 
 __all__ = ["register_commands"]

@@ -134,10 +134,7 @@ def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int]
         return json.loads(summary_path.read_text())
     shutil.rmtree(out, ignore_errors=True)  # a partial folder can only come from a crash
     cfg = ws.config()
-    fcfg = cfg.forget.model_copy(update={"shots": shots})
-    if method == "gs-lora":
-        fcfg = fcfg.model_copy(update={"prototypes": fcfg.prototypes.model_copy(
-            update={"enabled": False})})
+    fcfg = cfg.forget.for_request(shots, method)
     model, _, _ = load_checkpoint(checkpoint)
     sp = splits(ws)
     dev = resolve_device(cfg.device)

@@ -1,0 +1,5 @@
+"""``python -m forgetting_cli``: the ``forget`` CLI, importing this checkout's code (dvc.yaml)."""
+
+from .main import app
+
+app(prog_name="forget")
