@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from forgetting_cli.main import app
 
 from .conftest import TINY
+from .servers import free_port, server_process
 
 
 @pytest.fixture(scope="module")
@@ -137,43 +138,17 @@ def test_malformed_request_file_names_the_field(workspace, tmp_path):
     assert res.exit_code == 2 and "shoots" in res.output
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` process on 127.0.0.1 (SQLite backend in a temp dir)."""
-    import time
-    import urllib.request
-
     d = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-         f"sqlite:///{d / 'mlflow.db'}", "--default-artifact-root", (d / "art").as_uri(),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT)
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+           f"sqlite:///{d / 'mlflow.db'}", "--default-artifact-root", (d / "art").as_uri(),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail((d / "server.log").read_text()[-2000:])
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer within 120 s")
+    with server_process(cmd, f"{url}/health", d / "server.log"):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_pipeline_against_a_real_mlflow_server(prefect_server, mlflow_server, tmp_path,
@@ -196,3 +171,36 @@ def test_pipeline_against_a_real_mlflow_server(prefect_server, mlflow_server, tm
     st = json.loads(_cli(runner, "status", "--json", "--root", str(tmp_path)).output)
     assert st["tracking_uri"] == mlflow_server and st["production_version"] == 2
     assert not (tmp_path / ".forgetting" / "mlflow.db").exists()  # nothing went to the default
+
+
+def test_served_deployment_picks_up_a_queued_request(workspace, tmp_path):
+    """`forget serve --interval` against a real `prefect server start` process processes a
+    request queued while it is serving."""
+    import time
+
+    ws, runner = workspace
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_UI_ENABLED": "false",
+           "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    server_cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                  "--port", str(port)]
+    with server_process(server_cmd, f"{api}/health", tmp_path / "prefect-server.log", env):
+        serve_env = {**env, "PREFECT_API_URL": api}
+        serve_cmd = [sys.executable, "-m", "forgetting_cli", "serve", "--interval", "5",
+                     "--root", str(ws.root), "--name", "test-serve"]
+        with server_process(serve_cmd, f"{api}/health", tmp_path / "serve.log", serve_env):
+            res = _cli(runner, "request", "add", "digit_5", "--root", str(ws.root))
+            assert res.exit_code == 0, res.output
+            rid = res.output.split()[1].rstrip(":")
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                st = {r["id"]: r for r in json.loads(
+                    _cli(runner, "status", "--json", "--root", str(ws.root)).output)["requests"]}
+                if st[rid]["status"] in ("done", "failed_gate", "failed"):
+                    break
+                time.sleep(3)
+            log = (tmp_path / "serve.log").read_text()
+            assert st[rid]["status"] in ("done", "failed_gate"), log[-3000:]
+            assert st[rid]["model_version"] is not None
