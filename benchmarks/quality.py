@@ -4,7 +4,9 @@
 
 Pretrains a base model (cached under --cache by config hash), forgets a pair of classes with
 full data and with k=4 shots, retrains from scratch without them, and prints a table. With
---json the last line is one JSON object (full-data keys, and ``fewshot_``-prefixed copies).
+--json the last line is one JSON object (full-data keys, and ``fewshot_``-prefixed copies;
+``mia_forget_original`` / ``mia_forget`` / ``mia_forget_retrain``: membership-inference AUC on
+the forgotten images, see forgetting/mia.py).
 Without --quick it averages over three class pairs.
 """
 
@@ -24,6 +26,7 @@ import torch
 from forgetting.config import Config, load_config
 from forgetting.data import ParquetImageDataset, import_sklearn_digits
 from forgetting.evaluate import evaluate
+from forgetting.mia import membership_inference
 from forgetting.model import load_checkpoint, model_bytes, resolve_device, save_checkpoint
 from forgetting.pretrain import pretrain, retrain_baseline
 from forgetting.train import forget_classes
@@ -49,6 +52,12 @@ def run_pair(cfg: Config, model, splits, pair, device, work: Path) -> dict:
     before = evaluate(model, test, pair, device=device, class_names=names)
     row = {"classes": [names[c] for c in pair], "acc_f_before": before.acc_f,
            "acc_r_before": before.acc_r}
+
+    def mia(key: str, m) -> None:  # attack AUC (and member rate) on the forgotten images
+        r = membership_inference(m, splits["train"], test, pair, device)
+        row.update({key: r.auc, f"{key}_member_rate": r.member_rate})
+
+    mia("mia_forget_original", model)
     for prefix, shots in (("", None), ("fewshot_", 4)):
         fcfg = cfg.forget.model_copy(update={"shots": shots})
         out = work / f"adapter-{prefix or 'full'}-{pair[0]}-{pair[1]}"
@@ -67,11 +76,13 @@ def run_pair(cfg: Config, model, splits, pair, device, work: Path) -> dict:
                     f"{prefix}groups_kept": len(res.kept_groups),
                     f"{prefix}groups_total": cfg.model.depth,
                     f"{prefix}selected": f"epoch {res.selected_epoch} {res.selected_weights}"})
+        mia(f"{prefix}mia_forget", res.model)
     remaining = [c for c in range(len(names)) if c not in pair]
     rr = retrain_baseline(cfg.model, len(names), splits["train"], splits["val"], cfg.pretrain,
                           device, remaining)
     m = evaluate(rr.model, test, pair, device=device, class_names=names)
     row.update(retrain_acc_f=m.acc_f, retrain_acc_r=m.acc_r, retrain_seconds=rr.seconds)
+    mia("mia_forget_retrain", rr.model)
     return row
 
 
@@ -127,6 +138,11 @@ def print_table(r: dict) -> None:
           f"{100 * r['adapter_bytes'] / r['model_bytes']:.2f} % of model bytes; "
           f"groups kept {r['groups_kept']:.1f}/{r['groups_total']:.0f}; trainable "
           f"{100 * r['trainable_params'] / r['total_params']:.2f} % of parameters")
+    print("membership inference on the forgotten images (attack AUC, 0.5 = never seen; "
+          "fraction called member): " + ", ".join(
+              f"{label} {r[k]:.3f} / {r[k + '_member_rate']:.2f}" for label, k in (
+                  ("original", "mia_forget_original"), ("GS-LoRA++", "mia_forget"),
+                  ("4-shot", "fewshot_mia_forget"), ("retrain", "mia_forget_retrain"))))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Each step is idempotent, so a run that crashed part-way is finished by the next 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -22,11 +23,16 @@ from tasks.model_tasks import (
     forgotten_in,
     materialize,
     prototypes,
+    retrain_reference,
     train_adapter,
 )
+from tasks.reports import markdown_summary, report_data, write_request_report
 from tasks.requests import ledger
 from tasks.versioning import track
 from tasks.workspace import Workspace
+
+AUDIT_METRICS = ("acc_f", "acc_r", "acc_o", "h_mean", "before_acc_f", "before_acc_r",
+                 "before_acc_o", "per_class", "mia_auc", "mia_member_rate", "before_mia_auc")
 
 
 def gate_verdict(metrics: dict, max_acc_f: float, max_acc_r_drop: float) -> str | None:
@@ -38,23 +44,6 @@ def gate_verdict(metrics: dict, max_acc_f: float, max_acc_r_drop: float) -> str 
     if drop > max_acc_r_drop:
         reasons.append(f"Acc_r drop {drop:.3f} > {max_acc_r_drop}")
     return "; ".join(reasons) or None
-
-
-def markdown_table(request_id: str, classes: list[str], m: dict, version: int, gate: str | None,
-                   summary: dict) -> str:
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.2f}"
-
-    rows = [f"# Erasure request {request_id}: {', '.join(classes)}", "",
-            "| metric | before | after |", "|---|---|---|",
-            f"| Acc_f (forgotten now) | {pct(m['before_acc_f'])} | {pct(m['acc_f'])} |",
-            f"| Acc_r (retained) | {pct(m['before_acc_r'])} | {pct(m['acc_r'])} |",
-            f"| Acc_o (forgotten earlier) | {pct(m['before_acc_o'])} | {pct(m['acc_o'])} |",
-            f"| H-Mean | | {pct(m['h_mean'])} |", "",
-            f"Model version **v{version}**, gate: **{gate or 'passed'}**. LoRA groups kept "
-            f"{summary['kept_groups']} of {len(summary['group_norms'])}; adapter "
-            f"{summary['adapter_bytes']} bytes, sha256 `{summary['adapter_sha256'][:16]}`."]
-    return "\n".join(rows)
 
 
 @flow(name="process-request", log_prints=True)
@@ -87,6 +76,8 @@ def process_request(root: str, request_id: str) -> dict:
     summary = train_adapter(root, ckpt, request_id, forget, earlier, req.shots, req.method,
                             protos)
     metrics = evaluate_request(root, ckpt, request_id, forget, earlier, summary["adapter_sha256"])
+    retrain = (retrain_reference(root, request_id, forget, earlier)
+               if cfg.evidence.retrain_baseline else None)
     track(root, [ws.rel(ws.adapters)], f"adapter {request_id}")
 
     from forgetting.lora import apply_adapter
@@ -97,6 +88,7 @@ def process_request(root: str, request_id: str) -> dict:
     work = ws.work_dir(request_id)
     flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     flat.update({f"class_acc/{k}": v for k, v in metrics["per_class"].items()})
+    flat.update({f"retrain_{k}": v for k, v in (retrain or {}).items() if not isinstance(v, dict)})
     flat.update(groups_kept=len(summary["kept_groups"]), adapter_bytes=summary["adapter_bytes"],
                 train_seconds=summary["train_seconds"])
     run_id = registry.with_backoff(lambda: registry.log_request_run(
@@ -117,14 +109,17 @@ def process_request(root: str, request_id: str) -> dict:
         registry.set_alias(c, "production", version, f"request {request_id} passed the gates")
     c.set_model_version_tag(registry.MODEL_NAME, str(version), "gate", gate or "passed")
     status = "done" if gate is None else "failed_gate"
-    led.update(request_id, status=status, model_version=version, mlflow_run_id=run_id,
-               adapter_sha256=summary["adapter_sha256"], gate=gate or "passed",
-               metrics={k: metrics[k] for k in ("acc_f", "acc_r", "acc_o", "h_mean",
-                                                "before_acc_f", "before_acc_r", "per_class")})
-    track(root, [ws.rel(ws.requests)], f"request {request_id}: {status}")
-    create_markdown_artifact(markdown=markdown_table(request_id, req.classes, metrics, version,
-                                                     gate, summary),
-                             key=f"request-{request_id.lower()}",
+    req = led.update(request_id, status=status, model_version=version, mlflow_run_id=run_id,
+                     adapter_sha256=summary["adapter_sha256"], gate=gate or "passed",
+                     metrics={k: v for k, v in metrics.items() if k in AUDIT_METRICS}
+                     | {f"retrain_{k}": retrain.get(k) for k in ("acc_r", "mia_auc")
+                        if retrain})
+    data = report_data(ws, req, summary, metrics, retrain, version, gate, earlier_names)
+    report = Path(write_request_report(root, data)).parent
+    registry.with_backoff(lambda: c.log_artifacts(run_id, str(report), "report"),
+                          "logging the report")
+    track(root, [ws.rel(ws.requests), ws.rel(ws.reports)], f"request {request_id}: {status}")
+    create_markdown_artifact(markdown=markdown_summary(data), key=f"request-{request_id.lower()}",
                              description=f"Erasure request {request_id}")
     log.info(f"{request_id}: v{version} {status} (Acc_f {metrics['acc_f']:.3f}, "
              f"Acc_r {metrics['acc_r']:.3f})")

@@ -126,6 +126,15 @@ class GateConfig(_Strict):
     max_acc_r_drop: float = Field(0.05, ge=0, le=1)
 
 
+class EvidenceConfig(_Strict):
+    """What the pipeline measures beyond the metrics, per request (see forgetting/mia.py)."""
+
+    membership_inference: bool = True
+    # a model trained from scratch without every forgotten class: the gold standard the
+    # report compares against; costs one pretraining per request
+    retrain_baseline: bool = True
+
+
 class RequestConfig(_Strict):
     """One erasure request of the scripted sequence (``dvc repro``, ``forget demo``)."""
 
@@ -144,6 +153,7 @@ class Config(_Strict):
     pretrain: TrainConfig = TrainConfig()
     forget: ForgetConfig = ForgetConfig()
     gates: GateConfig = GateConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
     requests: list[RequestConfig] = Field(default_factory=lambda: list(DEFAULT_REQUESTS))
     device: str = "auto"
 

@@ -182,6 +182,26 @@ def rollback(reason: Annotated[str, typer.Option()] = "rollback", root: Root = P
     typer.echo(f"production -> v{prev} (rolled back from v{hist[-1]})")
 
 
+def report(request_id: str,
+           out: Annotated[Path | None, typer.Option(help="folder to write (default: ./report-ID)")]
+           = None, root: Root = Path(".")) -> None:
+    """Write a request's report (Markdown, HTML, PNG plots) to a folder."""
+    ws = _ws(root)
+    from forgetting.report import render_again
+    from tasks.requests import ledger
+
+    try:
+        req = ledger(ws).get(request_id)
+    except KeyError as e:
+        _fail(str(e.args[0]))
+    stored = ws.report_dir(req.id) / "report.json"
+    if not stored.is_file():
+        _fail(f"{req.id} has no report yet (status {req.status})")
+    dest = out or Path(f"report-{req.id}")
+    path = render_again(stored, dest)
+    typer.echo(f"{path} (and report.html, plots) written")
+
+
 def serve(root: Root = Path("."), cron: str | None = None,
           interval: Annotated[int | None, typer.Option(help="seconds")] = None,
           name: str = "process-requests") -> None:
@@ -224,7 +244,7 @@ def demo(root: Root = Path(".forgetting/demo")) -> None:
 
 
 def register_commands(app: typer.Typer) -> None:
-    for fn in (init, ingest, pretrain, run, status, promote, rollback, serve, demo):
+    for fn in (init, ingest, pretrain, run, status, report, promote, rollback, serve, demo):
         app.command()(fn)
     app.add_typer(request_app, name="request")
     from .repro import app as repro_app

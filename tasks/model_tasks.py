@@ -21,8 +21,9 @@ from forgetting.data import (
 )
 from forgetting.evaluate import evaluate
 from forgetting.lora import apply_adapter
+from forgetting.mia import membership_inference
 from forgetting.model import Classifier, load_checkpoint, resolve_device, save_checkpoint
-from forgetting.pretrain import pretrain
+from forgetting.pretrain import pretrain, retrain_baseline
 from forgetting.prototypes import Prototypes, compute_prototypes
 from forgetting.train import forget_classes
 
@@ -147,9 +148,7 @@ def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int]
                "trainable_params": res.trainable_params, "total_params": res.total_params,
                "adapter_bytes": res.adapter_bytes, "model_bytes": res.model_bytes,
                "val": res.val.as_dict(), "history": res.history}
-    tmp = summary_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    tmp.replace(summary_path)
+    _write_json(summary_path, summary)
     get_run_logger().info(f"{request_id}: kept groups {res.kept_groups} of "
                           f"{len(res.group_norms)}, {res.train_seconds:.1f}s")
     return summary
@@ -168,8 +167,45 @@ def evaluate_request(root: str, checkpoint: str, request_id: str, forget: list[i
     after = evaluate(after_model, test, forget, earlier, acc_f_before=before.acc_f, device=dev,
                      class_names=tuple(names))
     metrics = {**after.as_dict(), **before.as_dict("before_")}
-    (ws.work_dir(request_id) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if ws.config().evidence.membership_inference:
+        train = splits(ws)["train"]
+        for prefix, m in (("before_", parent), ("", after_model)):
+            mia = membership_inference(m, train, test, forget, dev, earlier=earlier)
+            metrics.update(mia.as_dict(f"{prefix}mia_"))
+    _write_json(ws.work_dir(request_id) / "metrics.json", metrics)
     return metrics
+
+
+@task(cache_policy=NO_CACHE)
+def retrain_reference(root: str, request_id: str, forget: list[int], earlier: list[int]) -> dict:
+    """The gold standard for this request: a model trained from scratch without every class
+    forgotten so far. Kept in the work dir, so a retried request does not retrain."""
+    ws = Workspace.at(root)
+    path = ws.work_dir(request_id) / "retrain.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    cfg = ws.config()
+    sp = splits(ws)
+    dev = resolve_device(cfg.device)
+    names = sp["train"].info.class_names
+    gone = set(forget) | set(earlier)
+    res = retrain_baseline(cfg.model, len(names), sp["train"], sp["val"], cfg.pretrain, dev,
+                           [c for c in range(len(names)) if c not in gone])
+    m = evaluate(res.model, sp["test"], forget, earlier, device=dev, class_names=tuple(names))
+    out = {**m.as_dict(), "seconds": res.seconds}
+    if cfg.evidence.membership_inference:
+        out.update(membership_inference(res.model, sp["train"], sp["test"], forget, dev,
+                                        earlier=earlier).as_dict("mia_"))
+    _write_json(path, out)
+    get_run_logger().info(f"{request_id}: retrained from scratch in {res.seconds:.0f}s, "
+                          f"Acc_r {m.acc_r:.3f}")
+    return out
+
+
+def _write_json(path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
 
 
 def dataset_info(ws: Workspace) -> DatasetInfo:

@@ -1,7 +1,7 @@
 """Where a deployment keeps its files, and the settings that keep the tools offline.
 
 Layout under the root: ``params.yaml``; ``data/`` (DVC-tracked: the dataset, the base
-checkpoint, one adapter folder per request, the request ledger); ``.forgetting/`` (local state,
+checkpoint, one adapter and one report folder per request, the request ledger); ``.forgetting/`` (local state,
 not versioned: MLflow's SQLite store and artifacts, Prefect's home, the local DVC remote, work
 files of running requests, the run lock).
 """
@@ -31,6 +31,7 @@ class Workspace:
     dataset = property(lambda s: s.data / "dataset.parquet")
     base_checkpoint = property(lambda s: s.data / "models" / "base.safetensors")
     adapters = property(lambda s: s.data / "adapters")
+    reports = property(lambda s: s.data / "reports")
     requests = property(lambda s: s.data / "requests")
     state = property(lambda s: s.root / ".forgetting")
     work = property(lambda s: s.state / "work")
@@ -39,6 +40,9 @@ class Workspace:
 
     def adapter_dir(self, request_id: str) -> Path:
         return self.adapters / request_id
+
+    def report_dir(self, request_id: str) -> Path:
+        return self.reports / request_id
 
     def work_dir(self, request_id: str) -> Path:
         d = self.work / request_id
@@ -77,3 +81,5 @@ def offline_environment(ws: Workspace) -> None:
     }
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
+    if os.environ["PREFECT_HOME"] == defaults["PREFECT_HOME"]:  # Prefect warns if it is missing
+        Path(defaults["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -102,3 +102,19 @@ def test_retrain_baseline_never_predicts_removed_classes(digits, tiny_cfg):
     m = evaluate(res.model, digits["test"], [0, 1], device=CPU,
                  class_names=digits["info"].class_names)
     assert m.acc_f == 0.0 and m.acc_r > 0.5  # 8 epochs: far from converged, still learning
+
+
+def test_membership_inference_sees_members_before_forgetting_and_not_after(first, base_model,
+                                                                           digits):
+    from forgetting.mia import features, membership_inference
+
+    logits = torch.tensor([[9.0, 0.0], [0.0, 0.0]])
+    f = features(logits, torch.tensor([0, 0]))
+    assert f[0, 0] < f[1, 0] and f[0, 1] > f[1, 1]  # confident right: low loss, high confidence
+    before = membership_inference(base_model[0], digits["train"], digits["test"], [0, 1], CPU)
+    after = membership_inference(first.model, digits["train"], digits["test"], [0, 1], CPU)
+    # the original model treats its forgotten-class training images like members; once
+    # forgotten they look like images it never saw
+    assert before.member_rate > 0.5 > after.member_rate, (before, after)
+    assert before.n_forgotten_train == after.n_forgotten_train > 0
+    assert 0.0 <= after.auc <= 1.0 and before.attack_auc >= 0.5

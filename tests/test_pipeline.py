@@ -82,6 +82,31 @@ def test_requests_are_processed_in_order_registered_and_versioned(workspace):
     assert len(c.search_model_versions(f"name = '{registry.MODEL_NAME}'")) == 3
 
 
+def test_each_request_has_a_report_in_dvc_and_mlflow(workspace, tmp_path):
+    from tasks import registry
+
+    ws, runner = workspace
+    stored = ws.root / "data" / "reports" / "req-0001"
+    for f in ("report.md", "report.html", "report.json", "group_norms.png", "per_class.png",
+              "training.png"):
+        assert (stored / f).stat().st_size > 0, f
+    md = (stored / "report.md").read_text()
+    for needle in ("Acc_f (forgotten now)", "retrain", "Membership inference", "kept blocks",
+                   "dataset_version", "digit_0"):
+        assert needle in md, needle
+    assert (ws.root / "data" / "reports.dvc").is_file()
+    req = json.loads((ws.requests / "req-0001.json").read_text())
+    assert 0.0 <= req["metrics"]["mia_auc"] <= 1.0 and "retrain_acc_r" in req["metrics"]
+    c = registry.client(ws)
+    listed = {a.path for a in c.list_artifacts(req["mlflow_run_id"], "report")}
+    assert "report/report.md" in listed and "report/per_class.png" in listed
+    res = _cli(runner, "report", "req-0001", "--out", str(tmp_path / "r"), "--root", str(ws.root))
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r" / "report.md").read_text() == md
+    assert (tmp_path / "r" / "per_class.png").read_bytes()[:4] == b"\x89PNG"
+    assert _cli(runner, "report", "req-0099", "--root", str(ws.root)).exit_code == 2
+
+
 def test_registered_production_model_loads_in_a_fresh_process(workspace):
     ws, _ = workspace
     code = ("import mlflow, torch; m = mlflow.pytorch.load_model('models:/forgetting-vit@production');"
