@@ -13,7 +13,6 @@ Without --quick it averages over three class pairs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -22,28 +21,17 @@ import time
 from pathlib import Path
 
 import torch
+from common import base_model, dataset  # benchmarks/ is on sys.path when run as a script
+from torch.utils.data import ConcatDataset
 
 from forgetting.config import Config, load_config
-from forgetting.data import ParquetImageDataset, import_sklearn_digits
 from forgetting.evaluate import evaluate
 from forgetting.mia import membership_inference
-from forgetting.model import load_checkpoint, model_bytes, resolve_device, save_checkpoint
-from forgetting.pretrain import pretrain, retrain_baseline
+from forgetting.model import model_bytes, resolve_device
+from forgetting.pretrain import retrain_baseline
 from forgetting.train import forget_classes
 
 PAIRS = [(0, 1), (3, 8), (5, 6)]
-
-
-def base_model(cfg: Config, cache: Path, splits, device):
-    key = hashlib.sha256((cfg.model.model_dump_json() + cfg.pretrain.model_dump_json()
-                          + cfg.data.model_dump_json()).encode()).hexdigest()[:16]
-    path = cache / f"base-{key}.safetensors"
-    if path.exists():
-        return load_checkpoint(path)[0].to(device), 0.0
-    res = pretrain(cfg.model, splits["train"].info.num_classes, splits["train"], splits["val"],
-                   cfg.pretrain, device)
-    save_checkpoint(res.model, path, splits["train"].info.class_names)
-    return res.model, res.seconds
 
 
 def run_pair(cfg: Config, model, splits, pair, device, work: Path) -> dict:
@@ -54,7 +42,8 @@ def run_pair(cfg: Config, model, splits, pair, device, work: Path) -> dict:
            "acc_r_before": before.acc_r}
 
     def mia(key: str, m) -> None:  # attack AUC (and member rate) on the forgotten images
-        r = membership_inference(m, splits["train"], test, pair, device)
+        r = membership_inference(m, splits["train"], ConcatDataset([splits["val"], test]), pair,
+                                 device)
         row.update({key: r.auc, f"{key}_member_rate": r.member_rate})
 
     mia("mia_forget_original", model)
@@ -97,14 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.config)
     device = resolve_device(args.device)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    data = cache / f"digits-{cfg.data.image_size}.parquet"
-    if not data.exists():
-        import_sklearn_digits(data, cfg.data.image_size, val_fraction=cfg.data.val_fraction,
-                              test_fraction=cfg.data.test_fraction, seed=cfg.data.seed)
-    splits = {s: ParquetImageDataset(data, s) for s in ("train", "val", "test")}
-    model, pretrain_seconds = base_model(cfg, cache, splits, device)
+    _, splits = dataset(cfg, Path(args.cache))
+    model, _, pretrain_seconds = base_model(cfg, Path(args.cache), splits, device)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for pair in PAIRS[:1] if args.quick else PAIRS:

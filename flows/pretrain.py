@@ -10,13 +10,14 @@ from prefect import flow, get_run_logger
 
 from forgetting.model import file_sha256, load_checkpoint
 from tasks import registry
-from tasks.model_tasks import dataset_info, pretrain_base
+from tasks.model_tasks import dataset_info, import_base, pretrain_base
 from tasks.versioning import track
 from tasks.workspace import Workspace
 
 
 @flow(name="pretrain", log_prints=True)
-def pretrain_flow(root: str) -> int:
+def pretrain_flow(root: str, checkpoint: str | None = None) -> int:
+    """``checkpoint``: a pre-trained model to use instead of pretraining one."""
     ws = Workspace.at(root)
     log = get_run_logger()
     c = registry.client(ws)
@@ -26,11 +27,12 @@ def pretrain_flow(root: str) -> int:
         return prod
     version = registry.version_for_request(c, "base")
     if version is None:
-        if ws.base_checkpoint.exists():
-            res: dict = {}
-        else:
+        res: dict = {}
+        if checkpoint is not None:
+            import_base(root, checkpoint)
+        elif not ws.base_checkpoint.exists():  # else: a crashed run wrote it already
             res = pretrain_base(root)
-            track(root, ["data/models"], "base model")
+        track(root, ["data/models"], "base model")
         info = dataset_info(ws)
         tags = {"checkpoint": ws.rel(ws.base_checkpoint),
                 "checkpoint_sha256": file_sha256(ws.base_checkpoint),

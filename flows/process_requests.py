@@ -9,6 +9,7 @@ Each step is idempotent, so a run that crashed part-way is finished by the next 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -16,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from forgetting.train import RequestError, validate_request
 from tasks import registry
+from tasks.faults import crash_point
 from tasks.ledger import file_lock
 from tasks.model_tasks import (
     dataset_info,
@@ -26,7 +28,8 @@ from tasks.model_tasks import (
     retrain_reference,
     train_adapter,
 )
-from tasks.reports import markdown_summary, report_data, write_request_report
+from tasks.recovery import recover
+from tasks.reports import markdown_summary, purge_note, report_data, write_request_report
 from tasks.requests import ledger
 from tasks.versioning import track
 from tasks.workspace import Workspace
@@ -67,8 +70,9 @@ def process_request(root: str, request_id: str) -> dict:
         log.error(f"{request_id} failed validation: {e}")
         return {"status": "failed", "error": str(e)}
     earlier = [info.class_index(n) for n in earlier_names]
-    led.update(request_id, status="running", attempts=req.attempts + 1, parent_version=parent,
-               dataset_version=info.content_hash)
+    req = led.update(request_id, status="running", attempts=req.attempts + 1,
+                     parent_version=parent, dataset_version=info.content_hash)
+    crash_point("after-start")
 
     ckpt = materialize(root, parent, request_id)
     protos = (prototypes(root, ckpt, request_id, forget, earlier, req.shots)
@@ -76,9 +80,11 @@ def process_request(root: str, request_id: str) -> dict:
     summary = train_adapter(root, ckpt, request_id, forget, earlier, req.shots, req.method,
                             protos)
     metrics = evaluate_request(root, ckpt, request_id, forget, earlier, summary["adapter_sha256"])
+    crash_point("after-train")
     retrain = (retrain_reference(root, request_id, forget, earlier)
                if cfg.evidence.retrain_baseline else None)
     track(root, [ws.rel(ws.adapters)], f"adapter {request_id}")
+    crash_point("after-adapter-tracked")
 
     from forgetting.lora import apply_adapter
     from forgetting.model import load_checkpoint
@@ -101,24 +107,33 @@ def process_request(root: str, request_id: str) -> dict:
     tags = {"parent_version": parent, "adapter": ws.rel(ws.adapter_dir(request_id)),
             "adapter_sha256": summary["adapter_sha256"], "dataset_version": info.content_hash,
             "forgotten": json.dumps(earlier_names + req.classes)}
+    crash_point("after-mlflow-run")
     version = registry.with_backoff(lambda: registry.register(ws, request_id, run_id, tags),
                                     "registering the model")
+    crash_point("after-register")
     gate = gate_verdict(metrics, cfg.gates.max_acc_f, cfg.gates.max_acc_r_drop)
     registry.set_alias(c, "candidate", version, f"request {request_id}")
     if gate is None:
         registry.set_alias(c, "production", version, f"request {request_id} passed the gates")
     c.set_model_version_tag(registry.MODEL_NAME, str(version), "gate", gate or "passed")
+    crash_point("after-production-alias")
     status = "done" if gate is None else "failed_gate"
-    req = led.update(request_id, status=status, model_version=version, mlflow_run_id=run_id,
-                     adapter_sha256=summary["adapter_sha256"], gate=gate or "passed",
-                     metrics={k: v for k, v in metrics.items() if k in AUDIT_METRICS}
-                     | {f"retrain_{k}": retrain.get(k) for k in ("acc_r", "mia_auc")
-                        if retrain})
-    data = report_data(ws, req, summary, metrics, retrain, version, gate, earlier_names)
+    final = dict(status=status, error=None, model_version=version, mlflow_run_id=run_id,
+                 adapter_sha256=summary["adapter_sha256"], gate=gate or "passed",
+                 metrics={k: v for k, v in metrics.items() if k in AUDIT_METRICS}
+                 | {f"retrain_{k}": retrain.get(k) for k in ("acc_r", "mia_auc") if retrain})
+    # the report before the ledger says done: a request marked done always has its report
+    data = report_data(ws, req.model_copy(update=final), summary, metrics, retrain, version, gate,
+                       earlier_names)
+    if note := purge_note(ws, earlier_names):  # Acc_o of purged classes: last measured value
+        data["purged_note"] = note
     report = Path(write_request_report(root, data)).parent
     registry.with_backoff(lambda: c.log_artifacts(run_id, str(report), "report"),
                           "logging the report")
+    led.update(request_id, **final)
+    crash_point("after-ledger-done")
     track(root, [ws.rel(ws.requests), ws.rel(ws.reports)], f"request {request_id}: {status}")
+    shutil.rmtree(ws.work / request_id, ignore_errors=True)
     create_markdown_artifact(markdown=markdown_summary(data), key=f"request-{request_id.lower()}",
                              description=f"Erasure request {request_id}")
     log.info(f"{request_id}: v{version} {status} (Acc_f {metrics['acc_f']:.3f}, "
@@ -132,9 +147,15 @@ def process_requests_flow(root: str) -> list[dict]:
     ws = Workspace.at(root)
     led = ledger(ws)
     out = []
+    registry.check_reachable(ws)
     with file_lock(ws.lock):  # ledger writes (request add) use another lock and go on
+        recover(root)
         for req in led.pending():
-            out.append({"id": req.id, **process_request(root, req.id)})
+            try:
+                out.append({"id": req.id, **process_request(root, req.id)})
+            except Exception as e:  # stays queued, with the reason; later ones wait (order)
+                led.update(req.id, status="pending", error=f"{type(e).__name__}: {e}"[:2000])
+                raise
     if not out:
         get_run_logger().info("no pending requests")
     return out

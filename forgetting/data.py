@@ -375,6 +375,13 @@ def k_shot(ds: ParquetImageDataset, k: int, seed: int, classes: Iterable[int] | 
     return ds.subset(np.sort(np.concatenate(picks)) if picks else np.array([], dtype=np.int64))
 
 
+def image_hashes(path: str | Path, classes: Iterable[str]) -> list[str]:
+    """sha256 of every image of ``classes``, in every split (what a purge removes)."""
+    t = pq.read_table(path, columns=["sha256", "class_name"])
+    mask = np.isin(t["class_name"].to_numpy(zero_copy_only=False).astype(str), list(classes))
+    return sorted(str(h) for h in t["sha256"].to_numpy(zero_copy_only=False)[mask])
+
+
 def write_without_classes(src: str | Path, dst: str | Path, drop: Iterable[str]) -> DatasetInfo:
     """A new dataset version without any image of ``drop`` (used by purge)."""
     info = read_info(src)

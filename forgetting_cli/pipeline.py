@@ -3,6 +3,7 @@ serve, demo. Prefect and MLflow are imported only after the workspace's offline 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Annotated
@@ -55,18 +56,25 @@ def ingest(root: Root = Path("."),
     typer.echo(f"dataset version {info['content_hash'][:12]}, {len(info['classes'])} classes")
 
 
-def pretrain(root: Root = Path(".")) -> None:
+def pretrain(root: Root = Path("."),
+             checkpoint: Annotated[Path | None, typer.Option(
+                 help="use this pre-trained model (.safetensors, or a weights-only .pt state "
+                      "dict of the params.yaml model) instead of pretraining")] = None) -> None:
     """Pretrain and register a base model (only when none is in production)."""
     ws = _ws(root)
     from flows.pretrain import pretrain_flow
+    from forgetting.model import CheckpointError
 
-    typer.echo(f"production model: v{pretrain_flow(str(ws.root))}")
+    try:
+        version = pretrain_flow(str(ws.root), str(checkpoint.resolve()) if checkpoint else None)
+    except CheckpointError as e:
+        _fail(str(e))
+    typer.echo(f"production model: v{version}")
 
 
 request_app = typer.Typer(help="Erasure requests.", no_args_is_help=True)
 
 
-@request_app.command("add")
 def request_add(
     classes: Annotated[list[str] | None, typer.Argument(help="classes to forget")] = None,
     shots: Annotated[int | None, typer.Option(help="k images per class (GS-LoRA++ few-shot)")] = None,
@@ -128,7 +136,10 @@ def status_dict(ws) -> dict:
                       "shots": r.shots, "reason": r.reason, "requester": r.requester,
                       "created_at": r.created_at, "updated_at": r.updated_at, "gate": r.gate,
                       "error": r.error, "adapter_sha256": r.adapter_sha256,
-                      "dataset_version": r.dataset_version, "parent_version": r.parent_version}
+                      "dataset_version": r.dataset_version, "parent_version": r.parent_version,
+                      "mlflow_run_id": r.mlflow_run_id, "method": r.method,
+                      "attempts": r.attempts, "history": r.history,
+                      "metrics": r.metrics, "purge": r.purge.model_dump() if r.purge else None}
                      for r in ledger(ws).all()],
     }
 
@@ -198,8 +209,28 @@ def report(request_id: str,
     if not stored.is_file():
         _fail(f"{req.id} has no report yet (status {req.status})")
     dest = out or Path(f"report-{req.id}")
-    path = render_again(stored, dest)
+    from tasks.reports import purge_note
+
+    data = json.loads(stored.read_text())
+    note = purge_note(ws, data["request"]["classes"] + data.get("earlier", []))
+    path = render_again(stored, dest, **({"purged_note": note} if note else {}))
     typer.echo(f"{path} (and report.html, plots) written")
+
+
+def purge(request_id: str, root: Root = Path(".")) -> None:
+    """Remove a done request's images: new DVC-tracked dataset version, old copies deleted from
+    the DVC cache and remote; the audit record keeps only their hashes."""
+    ws = _ws(root)
+    from flows.purge import purge_flow
+
+    try:
+        rec = purge_flow(str(ws.root), request_id)
+    except KeyError as e:
+        _fail(str(e.args[0]))
+    typer.echo(f"purged {rec['images']} images of {request_id}: dataset "
+               f"{rec['dataset_version_before'][:12]} -> {rec['dataset_version_after'][:12]}, "
+               f"{rec['cache_objects_removed']} cached objects removed; last Acc_o before "
+               f"the purge {rec['last_acc_o']}")
 
 
 def serve(root: Root = Path("."), cron: str | None = None,
@@ -243,9 +274,36 @@ def demo(root: Root = Path(".forgetting/demo")) -> None:
                f"\nDVC:        cd {ws.root} && dvc status")
 
 
+def clear_errors(fn):
+    """Known failures (bad config, request, data, checkpoint; an unreachable server) end the
+    command with their message and exit code 2 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from forgetting.config import ConfigError
+        from forgetting.data import DataError
+        from forgetting.model import CheckpointError
+        from forgetting.train import RequestError
+        from tasks.registry import ServiceUnavailable
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, CheckpointError, RequestError, ServiceUnavailable) as e:
+            _fail(str(e))
+        except RuntimeError as e:
+            if "Failed to reach API" not in str(e):  # Prefect's message after its retries
+                raise
+            _fail(f"Prefect API unreachable: {e}; nothing was started, queued requests stay "
+                  "pending")
+
+    return wrapper
+
+
 def register_commands(app: typer.Typer) -> None:
-    for fn in (init, ingest, pretrain, run, status, report, promote, rollback, serve, demo):
-        app.command()(fn)
+    for fn in (init, ingest, pretrain, run, status, report, purge, promote, rollback, serve,
+               demo):
+        app.command()(clear_errors(fn))
+    request_app.command("add")(clear_errors(request_add))
     app.add_typer(request_app, name="request")
     from .repro import app as repro_app
 

@@ -43,6 +43,19 @@ class RequestSpec(BaseModel):
         return v
 
 
+class Purge(BaseModel):
+    """The audit record of ``forget purge``: hashes only, never the images."""
+
+    model_config = ConfigDict(extra="forbid")
+    at: str
+    dataset_version_before: str
+    dataset_version_after: str
+    image_sha256s: list[str]
+    cache_objects_removed: int  # -1 while the purge is under way (resumable)
+    last_acc_o: float | None  # Acc_o of the production model on these classes, just before
+    last_acc_o_model_version: int | None
+
+
 class Request(RequestSpec):
     model_config = ConfigDict(extra="forbid")
     id: str
@@ -60,6 +73,7 @@ class Request(RequestSpec):
     error: str | None = None
     metrics: dict = Field(default_factory=dict)
     history: list[dict] = Field(default_factory=list)
+    purge: Purge | None = None
 
 
 @contextlib.contextmanager

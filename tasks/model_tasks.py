@@ -5,13 +5,16 @@ version, prototypes, GS-LoRA training and evaluation. They pass file paths, not 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from torch.utils.data import ConcatDataset
 
 from forgetting.data import (
+    DataError,
     DatasetInfo,
     ParquetImageDataset,
     import_image_folder,
@@ -22,7 +25,13 @@ from forgetting.data import (
 from forgetting.evaluate import evaluate
 from forgetting.lora import apply_adapter
 from forgetting.mia import membership_inference
-from forgetting.model import Classifier, load_checkpoint, resolve_device, save_checkpoint
+from forgetting.model import (
+    CheckpointError,
+    Classifier,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
 from forgetting.pretrain import pretrain, retrain_baseline
 from forgetting.prototypes import Prototypes, compute_prototypes
 from forgetting.train import forget_classes
@@ -42,13 +51,30 @@ def import_dataset(root: str, source: str = "sklearn-digits") -> dict:
     cfg = ws.config().data
     kw = dict(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
               row_group_size=cfg.row_group_size)
-    if source == "sklearn-digits":
-        info = import_sklearn_digits(ws.dataset, cfg.image_size, **kw)
-    elif source.endswith(".parquet"):
-        info = import_parquet(source, ws.dataset)
-    else:
-        info = import_image_folder(source, ws.dataset, cfg.image_size,
-                                   channels=ws.config().model.in_chans, **kw)
+    staged = ws.work / f"import-{os.getpid()}.parquet"  # checked before it replaces anything
+    ws.work.mkdir(parents=True, exist_ok=True)
+    try:
+        if source == "sklearn-digits":
+            info = import_sklearn_digits(staged, cfg.image_size, **kw)
+        elif source.endswith(".parquet"):
+            info = import_parquet(source, staged)
+        else:
+            info = import_image_folder(source, staged, cfg.image_size,
+                                       channels=ws.config().model.in_chans, **kw)
+        if ws.base_checkpoint.exists():
+            _, model_classes, _ = load_checkpoint(ws.base_checkpoint)
+            if list(model_classes) != list(info.class_names):
+                extra = sorted(set(info.class_names) - set(model_classes))
+                missing = sorted(set(model_classes) - set(info.class_names))
+                raise DataError(
+                    f"dataset {source} does not match the model's classes (new: "
+                    f"{extra[:5] or 'none'}, missing: {missing[:5] or 'none'}"
+                    f"{', same names in another order' if not extra and not missing else ''})"
+                    "; a new class list needs a new workspace")
+        ws.dataset.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, ws.dataset)
+    finally:
+        staged.unlink(missing_ok=True)
     get_run_logger().info(f"dataset {info.num_rows} images, {info.num_classes} classes, "
                           f"version {info.content_hash[:12]}")
     return {"content_hash": info.content_hash, "classes": list(info.class_names)}
@@ -66,6 +92,24 @@ def pretrain_base(root: str) -> dict:
     get_run_logger().info(f"pretrained in {res.seconds:.0f}s, val accuracy {res.val_acc:.3f}")
     return {"sha256": sha, "val_acc": res.val_acc, "seconds": res.seconds,
             "best_epoch": res.best_epoch}
+
+
+@task(cache_policy=NO_CACHE)
+def import_base(root: str, checkpoint: str) -> dict:
+    """Use a user's pre-trained checkpoint as the base: safetensors (ours) or a weights-only
+    ``.pt`` state dict with the config of ``params.yaml``; its classes must be the dataset's."""
+    ws = Workspace.at(root)
+    info = dataset_info(ws)
+    model, names, _ = load_checkpoint(checkpoint, cfg=ws.config().model,
+                                      class_names=list(info.class_names))
+    if list(names) != list(info.class_names):
+        raise CheckpointError(
+            f"checkpoint {checkpoint} classes {names[:5]}... differ from the dataset's "
+            f"{list(info.class_names)[:5]}... ({len(names)} vs {info.num_classes} classes)")
+    sha = save_checkpoint(model, ws.base_checkpoint, names,
+                          extra={"dataset_version": info.content_hash, "imported_from": checkpoint})
+    get_run_logger().info(f"imported base model from {checkpoint}")
+    return {"sha256": sha}
 
 
 def model_for_version(ws: Workspace, version: int) -> tuple[Classifier, list[str]]:
@@ -168,9 +212,10 @@ def evaluate_request(root: str, checkpoint: str, request_id: str, forget: list[i
                      class_names=tuple(names))
     metrics = {**after.as_dict(), **before.as_dict("before_")}
     if ws.config().evidence.membership_inference:
-        train = splits(ws)["train"]
+        sp = splits(ws)
+        heldout = ConcatDataset([sp["val"], test])
         for prefix, m in (("before_", parent), ("", after_model)):
-            mia = membership_inference(m, train, test, forget, dev, earlier=earlier)
+            mia = membership_inference(m, sp["train"], heldout, forget, dev, earlier=earlier)
             metrics.update(mia.as_dict(f"{prefix}mia_"))
     _write_json(ws.work_dir(request_id) / "metrics.json", metrics)
     return metrics
@@ -194,7 +239,8 @@ def retrain_reference(root: str, request_id: str, forget: list[int], earlier: li
     m = evaluate(res.model, sp["test"], forget, earlier, device=dev, class_names=tuple(names))
     out = {**m.as_dict(), "seconds": res.seconds}
     if cfg.evidence.membership_inference:
-        out.update(membership_inference(res.model, sp["train"], sp["test"], forget, dev,
+        out.update(membership_inference(res.model, sp["train"],
+                                        ConcatDataset([sp["val"], sp["test"]]), forget, dev,
                                         earlier=earlier).as_dict("mia_"))
     _write_json(path, out)
     get_run_logger().info(f"{request_id}: retrained from scratch in {res.seconds:.0f}s, "

@@ -23,6 +23,10 @@ T = TypeVar("T")
 PIP_REQUIREMENTS = ["torch", "timm", "safetensors"]  # skips 10-18 s of requirement inference
 
 
+class ServiceUnavailable(RuntimeError):
+    """The tracking server (or another service) did not answer after retries."""
+
+
 def with_backoff(fn: Callable[[], T], what: str, attempts: int = 4, first_delay: float = 1.0) -> T:
     """Retry a call to the tracking server with exponential backoff, then fail clearly."""
     delay = first_delay
@@ -31,8 +35,9 @@ def with_backoff(fn: Callable[[], T], what: str, attempts: int = 4, first_delay:
             return fn()
         except (MlflowException, OSError) as e:
             if i == attempts - 1:
-                raise RuntimeError(f"MLflow unreachable or failing during {what} after "
-                                   f"{attempts} attempts: {e}") from e
+                raise ServiceUnavailable(
+                    f"MLflow unreachable or failing during {what} after {attempts} attempts "
+                    f"({str(e).splitlines()[0][:300]})") from e
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
@@ -73,6 +78,7 @@ def log_request_run(ws: Workspace, request_id: str, params: dict, metrics: dict,
     existing = find_run(c, exp, request_id)
     if existing:
         return existing
+    discard_unfinished_runs(c, exp, request_id)
     run = c.create_run(exp, tags={"request_id": request_id}, run_name=request_id)
     rid = run.info.run_id
     try:
@@ -104,6 +110,17 @@ def logged_model(c: MlflowClient, run_id: str) -> tuple[str, str | None]:
     return (models[0].model_uri, models[0].model_id) if models else (f"runs:/{run_id}/model", None)
 
 
+def discard_unfinished_runs(c: MlflowClient, exp_id: str, request_id: str) -> None:
+    """Runs of ``request_id`` a crash left RUNNING or FAILED, and their logged models: deleted,
+    so a request ends with exactly one run."""
+    for run in c.search_runs([exp_id], f"tags.request_id = '{request_id}' and "
+                                       "attributes.status != 'FINISHED'"):
+        for m in c.search_logged_models(experiment_ids=[exp_id],
+                                        filter_string=f"source_run_id = '{run.info.run_id}'"):
+            c.delete_logged_model(m.model_id)
+        c.delete_run(run.info.run_id)
+
+
 def register(ws: Workspace, request_id: str, run_id: str, tags: dict) -> int:
     """The model version of ``request_id``; created once, found again after a crash."""
     c = client(ws)
@@ -123,11 +140,27 @@ def version_for_request(c: MlflowClient, request_id: str) -> int | None:
     return min(int(v.version) for v in vs) if vs else None
 
 
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def alias_version(c: MlflowClient, alias: str) -> int | None:
-    try:
-        return int(c.get_model_version_by_alias(MODEL_NAME, alias).version)
-    except MlflowException:
-        return None
+    """The version behind ``alias``; None if the alias or model does not exist. Any other
+    failure (server down) is raised after retries, never mistaken for "no model"."""
+    def get() -> int | None:
+        try:
+            return int(c.get_model_version_by_alias(MODEL_NAME, alias).version)
+        except MlflowException as e:
+            if e.error_code in NOT_FOUND:
+                return None
+            raise
+
+    return with_backoff(get, f"reading the {alias!r} alias")
+
+
+def check_reachable(ws: Workspace) -> None:
+    """Fail fast, before any request changes state, when the tracking server is down."""
+    c = client(ws)
+    with_backoff(lambda: c.search_experiments(max_results=1), f"contacting {ws.tracking_uri}")
 
 
 def set_alias(c: MlflowClient, alias: str, version: int, reason: str) -> None:

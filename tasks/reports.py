@@ -63,3 +63,20 @@ def markdown_summary(data: dict) -> str:
 
 def load_report_data(ws: Workspace, request_id: str) -> dict:
     return json.loads((ws.report_dir(request_id) / "report.json").read_text())
+
+
+def purge_note(ws: Workspace, classes: list[str]) -> str | None:
+    """For reports that involve purged classes: their Acc_o can no longer be measured, so the
+    last value measured before each purge is shown, marked as such."""
+    from .requests import ledger
+
+    notes = []
+    for r in ledger(ws).all():
+        p = r.purge
+        if p is None or p.cache_objects_removed < 0 or not set(r.classes) & set(classes):
+            continue
+        acc = "-" if p.last_acc_o is None else f"{100 * p.last_acc_o:.2f} %"
+        notes.append(f"{', '.join(r.classes)} ({r.id}): images purged on {p.at} (dataset "
+                     f"{p.dataset_version_after[:12]}); last Acc_o measured before the purge: "
+                     f"{acc} (model v{p.last_acc_o_model_version}).")
+    return " ".join(notes) or None

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
@@ -62,3 +63,50 @@ def track(root: str, paths: list[str], message: str) -> None:
 def status_clean(root: Path) -> bool:
     out = _dvc(root, "status", "--json")
     return out.strip() in ("", "{}")
+
+
+def tracked_md5(root: Path, path: str, rev: str | None = None) -> str | None:
+    """The md5 that ``<path>.dvc`` records, in the working tree or at a git revision."""
+    pointer = f"{path}.dvc"
+    if rev is None:
+        f = Path(root) / pointer
+        text = f.read_text() if f.is_file() else None
+    else:
+        res = subprocess.run(["git", "show", f"{rev}:{pointer}"], cwd=root, capture_output=True,
+                             text=True)
+        text = res.stdout if res.returncode == 0 else None
+    if not text:
+        return None
+    outs = yaml.safe_load(text).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def historic_md5s(root: Path, path: str) -> set[str]:
+    """Every version of ``path`` that git history has pointed to."""
+    revs = _git(root, "log", "--format=%H", "--", f"{path}.dvc").split()
+    return {m for m in (tracked_md5(root, path, r) for r in revs) if m}
+
+
+def object_paths(root: Path, md5: str) -> list[Path]:
+    """Where DVC 3 keeps a file's object: the local cache and the default local remote."""
+    cache = Path(_dvc(root, "cache", "dir").strip())
+    out = [cache / "files" / "md5" / md5[:2] / md5[2:]]
+    remote = _default_remote_path(root)
+    if remote is not None:
+        out.append(remote / "files" / "md5" / md5[:2] / md5[2:])
+    return out
+
+
+def _default_remote_path(root: Path) -> Path | None:
+    name = _dvc(root, "remote", "default").strip()
+    if not name:
+        return None
+    for line in _dvc(root, "remote", "list").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == name:
+            url = parts[1]
+            if "://" in url and not url.startswith("file://"):
+                raise RuntimeError(f"remote {name!r} ({url}) is not a local directory; delete "
+                                   "the purged objects there with that storage's own tools")
+            return Path(url.removeprefix("file://"))
+    return None

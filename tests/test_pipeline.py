@@ -163,6 +163,92 @@ def test_malformed_request_file_names_the_field(workspace, tmp_path):
     assert res.exit_code == 2 and "shoots" in res.output
 
 
+def test_bad_params_file_names_the_field(workspace):
+    ws, runner = workspace
+    good = ws.params.read_text()
+    try:
+        ws.params.write_text(good.replace("forget:", "forget:\n  rnak: 4", 1))
+        res = _cli(runner, "status", "--root", str(ws.root))
+        assert res.exit_code == 2 and "forget.rnak" in res.output, res.output
+    finally:
+        ws.params.write_text(good)
+
+
+def test_dataset_with_other_classes_or_a_corrupt_image_is_refused(workspace, tmp_path):
+    from forgetting.model import file_sha256
+
+    from .test_data import _folder
+
+    ws, runner = workspace
+    before = file_sha256(ws.dataset), sorted(p.name for p in ws.data.iterdir())
+    _folder(tmp_path / "animals", classes=("cat", "dog", "emu"))
+    res = _cli(runner, "ingest", "--source", str(tmp_path / "animals"), "--root", str(ws.root))
+    assert res.exit_code == 2 and "does not match the model's classes" in res.output, res.output
+    broken = tmp_path / "animals" / "cat" / "0.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    res = _cli(runner, "ingest", "--source", str(tmp_path / "animals"), "--root", str(ws.root))
+    assert res.exit_code == 2 and "corrupt or truncated image" in res.output, res.output
+    assert (file_sha256(ws.dataset), sorted(p.name for p in ws.data.iterdir())) == before
+    assert not list(ws.work.glob("import-*"))
+
+
+def test_bad_base_checkpoints_are_refused(prefect_server, tmp_path):
+    import pickle
+
+    import torch
+
+    from flows.ingest import ingest_flow
+    from forgetting.config import Config
+    from forgetting.model import create_model, save_checkpoint
+    from tasks import registry
+    from tasks.workspace import Workspace
+
+    runner = CliRunner()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
+    assert _cli(runner, "init", "--root", str(tmp_path)).exit_code == 0
+    ingest_flow(str(tmp_path))
+    model = create_model(Config.model_validate(TINY).model, 3)
+    save_checkpoint(model, tmp_path / "three.safetensors", ["a", "b", "c"])
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"x": torch.nn.Linear(1, 1)}, f)  # a pickle of objects, not tensors
+    for ckpt, message in (("three.safetensors", "differ from the dataset"),
+                          ("evil.pt", "refused: only safetensors or weights-only"),
+                          ("missing.safetensors", "checkpoint not found")):
+        res = _cli(runner, "pretrain", "--checkpoint", str(tmp_path / ckpt), "--root",
+                   str(tmp_path))
+        assert res.exit_code == 2 and message in res.output, (ckpt, res.output)
+    assert registry.alias_version(registry.client(Workspace.at(tmp_path)), "production") is None
+    assert not (tmp_path / "data" / "models").exists()
+
+
+def test_failures_leave_the_request_pending_until_a_healthy_run(workspace, monkeypatch):
+    ws, runner = workspace
+    res = _cli(runner, "request", "add", "digit_8", "--root", str(ws.root))
+    assert res.exit_code == 0, res.output
+    rid = res.output.split()[1].rstrip(":")
+    adapter = ws.adapter_dir("req-0001") / "adapter_model.safetensors"
+    good = adapter.read_bytes()
+    try:  # a corrupted adapter in the production model's chain
+        adapter.write_bytes(good[:-8] + b"\0" * 8)
+        res = _cli(runner, "run", "--root", str(ws.root))
+        assert res.exit_code == 2 and "does not match its recorded sha256" in res.output
+    finally:
+        adapter.write_bytes(good)
+    req = json.loads((ws.requests / f"{rid}.json").read_text())
+    assert req["status"] == "pending" and "sha256" in req["error"] and req["model_version"] is None
+    with monkeypatch.context() as m:  # the tracking server is down
+        m.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+        m.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        res = _cli(runner, "run", "--root", str(ws.root))
+        assert res.exit_code == 2 and "MLflow unreachable" in res.output, res.output
+    assert json.loads((ws.requests / f"{rid}.json").read_text())["status"] == "pending"
+    res = _cli(runner, "run", "--root", str(ws.root))
+    assert res.exit_code == 0 and f"{rid}: " in res.output, res.output
+    req = json.loads((ws.requests / f"{rid}.json").read_text())
+    assert req["status"] in ("done", "failed_gate") and req["error"] is None
+    assert req["model_version"] is not None and req["attempts"] == 2
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` process on 127.0.0.1 (SQLite backend in a temp dir)."""

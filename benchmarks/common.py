@@ -1,0 +1,35 @@
+"""What the benchmarks share: the embedded dataset and a base model, cached by config hash."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from forgetting.config import Config
+from forgetting.data import ParquetImageDataset, import_sklearn_digits
+from forgetting.model import load_checkpoint, save_checkpoint
+from forgetting.pretrain import pretrain
+
+
+def dataset(cfg: Config, cache: Path) -> tuple[Path, dict[str, ParquetImageDataset]]:
+    cache.mkdir(parents=True, exist_ok=True)
+    data = cache / f"digits-{cfg.data.image_size}.parquet"
+    if not data.exists():
+        import_sklearn_digits(data, cfg.data.image_size, val_fraction=cfg.data.val_fraction,
+                              test_fraction=cfg.data.test_fraction, seed=cfg.data.seed)
+    return data, {s: ParquetImageDataset(data, s) for s in ("train", "val", "test")}
+
+
+def base_model(cfg: Config, cache: Path, splits, device: torch.device):
+    """(model, checkpoint path, seconds spent pretraining: 0 when cached)."""
+    key = hashlib.sha256((cfg.model.model_dump_json() + cfg.pretrain.model_dump_json()
+                          + cfg.data.model_dump_json()).encode()).hexdigest()[:16]
+    path = cache / f"base-{key}.safetensors"
+    if path.exists():
+        return load_checkpoint(path)[0].to(device), path, 0.0
+    res = pretrain(cfg.model, splits["train"].info.num_classes, splits["train"], splits["val"],
+                   cfg.pretrain, device)
+    save_checkpoint(res.model, path, splits["train"].info.class_names)
+    return res.model, path, res.seconds

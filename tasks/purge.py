@@ -1,0 +1,87 @@
+"""Purging a request's images from the dataset and from every stored copy DVC holds.
+
+Why not ``dvc gc``: it keeps every object any git commit references, and the old dataset
+versions stay referenced by the git history (which we do not rewrite), so gc cannot drop them
+without also dropping unrelated history (``--workspace``). Instead the objects of exactly the old
+dataset versions that hold a purged image are deleted, from the local cache and the local
+remote, by their md5 (DVC 3's ``files/md5/xx/…`` layout); everything else stays.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from forgetting.data import DataError, image_hashes, read_info, write_without_classes
+from forgetting.evaluate import accuracy, collect_outputs
+from forgetting.model import resolve_device
+
+from .model_tasks import model_for_version, splits
+from .versioning import historic_md5s, object_paths, tracked_md5
+from .workspace import Workspace
+
+DATASET = "data/dataset.parquet"
+
+
+@task(cache_policy=NO_CACHE)
+def last_acc_o(root: str, version: int, classes: list[str]) -> float | None:
+    """The production model's accuracy on these classes' test images, while they still exist."""
+    ws = Workspace.at(root)
+    test = splits(ws)["test"]
+    idx = [test.info.class_index(c) for c in classes]
+    model, _ = model_for_version(ws, version)
+    dev = resolve_device(ws.config().device)
+    out = collect_outputs(model.to(dev), test, dev)
+    return accuracy(out["logits"].argmax(-1).numpy(), out["labels"].numpy(), idx)
+
+
+@task(cache_policy=NO_CACHE)
+def write_purged_dataset(root: str, classes: list[str]) -> str:
+    """``data/dataset.parquet`` without any image of ``classes`` (kept if already so)."""
+    ws = Workspace.at(root)
+    if not image_hashes(ws.dataset, classes):
+        return read_info(ws.dataset).content_hash
+    staged = ws.work / f"purge-{os.getpid()}.parquet"
+    ws.work.mkdir(parents=True, exist_ok=True)
+    try:
+        info = write_without_classes(ws.dataset, staged, classes)
+        os.replace(staged, ws.dataset)
+    finally:
+        staged.unlink(missing_ok=True)
+    return info.content_hash
+
+
+def _holds_any(path, hashes: set[str]) -> bool:
+    col = pq.read_table(path, columns=["sha256"])["sha256"].to_numpy(zero_copy_only=False)
+    return bool(np.isin(col.astype(str), list(hashes)).any())
+
+
+@task(cache_policy=NO_CACHE)
+def remove_old_versions(root: str, hashes: list[str]) -> int:
+    """Delete the cached and pushed objects of old dataset versions holding a purged image.
+
+    Objects already gone (an earlier purge, a retried run) are skipped; an old version whose
+    object no longer exists anywhere cannot be inspected and holds nothing to delete.
+    """
+    ws = Workspace.at(root)
+    current = tracked_md5(ws.root, DATASET)
+    wanted = set(hashes)
+    removed = 0
+    for md5 in sorted(historic_md5s(ws.root, DATASET) - {current}):
+        copies = [p for p in object_paths(ws.root, md5) if p.is_file()]
+        if not copies:
+            continue
+        try:
+            holds = _holds_any(copies[0], wanted)
+        except Exception as e:  # an unreadable object: keep it, say so
+            raise DataError(f"cannot inspect cached dataset object {md5}: {e}") from e
+        if holds:
+            for p in copies:
+                p.unlink()
+                removed += 1
+            get_run_logger().info(f"purge: removed dataset object {md5} ({len(copies)} copies)")
+    return removed
