@@ -32,7 +32,7 @@ def init(root: Root = Path(".")) -> None:
     """git + DVC repo with a local remote, and a params.yaml with the defaults."""
     ws = _ws(root)
     from forgetting.config import Config, dump_config
-    from tasks.versioning import init_repo
+    from tasks.versioning import commit, init_repo
 
     ws.root.mkdir(parents=True, exist_ok=True)
     init_repo(ws.root, ws.dvc_remote)
@@ -42,6 +42,8 @@ def init(root: Root = Path(".")) -> None:
     if ".forgetting/" not in (gi.read_text() if gi.exists() else ""):
         with gi.open("a") as f:
             f.write("/.forgetting/\n")
+    commit(ws.root, [".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "params.yaml"],
+           "forget init: DVC, params.yaml")
     typer.echo(f"workspace ready at {ws.root}")
 
 

@@ -52,12 +52,19 @@ def track(root: str, paths: list[str], message: str) -> None:
     _dvc(r, "add", "-q", *paths)
     _dvc(r, "push", "-q", *paths)
     pointers = [f"{p}.dvc" for p in paths] + [str(Path(p).parent / ".gitignore") for p in paths]
-    pointers = [p for p in pointers if (r / p).exists()]
-    _git(r, "add", "--", *pointers)
-    if _git(r, "status", "--porcelain", "--", *pointers).strip():
-        _git(r, "-c", "user.name=forgetting-pipeline", "-c", "user.email=pipeline@localhost",
-             "commit", "-q", "-m", message, "--", *pointers)
+    commit(r, pointers, message)
     _log(f"DVC tracked and pushed {', '.join(paths)}")
+
+
+def commit(root: Path, paths: list[str], message: str) -> None:
+    """git add + commit those of ``paths`` that exist, if anything changed."""
+    paths = [p for p in paths if (Path(root) / p).exists()]
+    if not paths:
+        return
+    _git(root, "add", "--", *paths)
+    if _git(root, "status", "--porcelain", "--", *paths).strip():
+        _git(root, "-c", "user.name=forgetting-pipeline", "-c", "user.email=pipeline@localhost",
+             "commit", "-q", "-m", message, "--", *paths)
 
 
 def status_clean(root: Path) -> bool:

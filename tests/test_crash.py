@@ -134,7 +134,7 @@ def test_two_runs_at_once_process_each_request_once_in_order(env, ws):
         assert_exactly_once(w, rid, dataset_sha)
 
 
-def test_purge_removes_the_images_everywhere_and_keeps_the_rest(env, ws):
+def test_purge_removes_the_images_everywhere_and_keeps_the_rest(env, ws, tmp_path):
     from forgetting.data import image_hashes
     from tasks.versioning import object_paths, status_clean, tracked_md5
 
@@ -160,7 +160,7 @@ def test_purge_removes_the_images_everywhere_and_keeps_the_rest(env, ws):
     st = json.loads(forget(env, w.root, "status", "--json").stdout)
     assert {r["id"]: r for r in st["requests"]}[rid]["purge"]["image_sha256s"] == hashes
     # a later request's report marks the purged class's Acc_o as measured before the purge
-    report = w.root / "r2"
+    report = tmp_path / "r2"
     forget(env, w.root, "report", "req-0002", "--out", str(report))
     assert "last Acc_o measured before the purge" in (report / "report.md").read_text()
     again = forget(env, w.root, "purge", rid, check=False)
