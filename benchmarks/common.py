@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from pathlib import Path
 
@@ -33,3 +34,11 @@ def base_model(cfg: Config, cache: Path, splits, device: torch.device):
                    cfg.pretrain, device)
     save_checkpoint(res.model, path, splits["train"].info.class_names)
     return res.model, path, res.seconds
+
+
+def common_args(ap: argparse.ArgumentParser) -> None:
+    """--json, --config, --cache, --device: the options every benchmark takes."""
+    ap.add_argument("--json", action="store_true", help="last line: one JSON object")
+    ap.add_argument("--config", help="YAML config (params.yaml); defaults otherwise")
+    ap.add_argument("--cache", default=".forgetting/bench-cache", help="dataset and base model")
+    ap.add_argument("--device", default="auto")

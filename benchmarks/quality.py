@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import base_model, dataset  # benchmarks/ is on sys.path when run as a script
+from common import base_model, common_args, dataset  # benchmarks/ is on sys.path when run as a script
 from torch.utils.data import ConcatDataset
 
 from forgetting.config import Config, load_config
@@ -78,10 +78,7 @@ def run_pair(cfg: Config, model, splits, pair, device, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one class pair (under 5 minutes)")
-    ap.add_argument("--json", action="store_true", help="last line: one JSON object")
-    ap.add_argument("--config", help="YAML config (params.yaml); defaults otherwise")
-    ap.add_argument("--cache", default=".forgetting/bench-cache", help="dataset and base model")
-    ap.add_argument("--device", default="auto")
+    common_args(ap)
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     device = resolve_device(args.device)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import base_model, dataset
+from common import base_model, common_args, dataset
 from torch.utils.data import ConcatDataset
 
 from forgetting.config import load_config
@@ -122,11 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="requests in a row (one class each)")
     ap.add_argument("--shots", type=int, default=4, help="k of the k-shot variant")
-    ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     ap.add_argument("--no-pipeline", action="store_true", help="skip the pipeline overhead run")
-    ap.add_argument("--config", help="YAML config (params.yaml); defaults otherwise")
-    ap.add_argument("--cache", default=".forgetting/bench-cache", help="dataset and base model")
-    ap.add_argument("--device", default="auto")
+    common_args(ap)
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     device = resolve_device(args.device)

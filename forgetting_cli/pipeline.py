@@ -20,6 +20,7 @@ def _ws(root: Path):
 
     ws = Workspace.at(root)
     offline_environment(ws)
+    ws.config()  # a bad params.yaml stops every command up front, naming the field
     return ws
 
 
@@ -247,7 +248,9 @@ def serve(root: Root = Path("."), cron: str | None = None,
         _fail("give --cron EXPR or --interval SECONDS")
     from flows.process_requests import process_requests_flow
 
-    process_requests_flow.serve(name=name, cron=cron, interval=interval,
+    # limit=1: one run process at a time; without it, runs that wait for the run lock pile up
+    # (one Python+torch process per tick) until memory runs out (measured: SIGKILLed runs)
+    process_requests_flow.serve(name=name, cron=cron, interval=interval, limit=1,
                                 parameters={"root": str(ws.root)})
 
 

@@ -7,6 +7,7 @@ task in another thread. Stages are deprecated, so ``production`` and ``candidate
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,8 +46,17 @@ def with_backoff(fn: Callable[[], T], what: str, attempts: int = 4, first_delay:
 
 def client(ws: Workspace) -> MlflowClient:
     ws.state.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    mlflow.set_registry_uri(ws.tracking_uri)
+    uri = ws.tracking_uri
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)  # for the fluent log_model call
+    mlflow.set_registry_uri(uri)
+    # MLflow 3 also exports these to the environment, where they would override the next
+    # workspace's own store (measured: a second workspace in one process used the first's DB)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     return MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
 
 
