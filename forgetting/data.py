@@ -26,6 +26,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from .config import DataConfig
+
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
 _META_KEY = b"forgetting.dataset"
@@ -226,6 +228,18 @@ def import_image_folder(
             labels.append(label)
     return write_dataset(path, images, labels, [d.name for d in class_dirs],
                          source=f"imagefolder:{root.name}", **split_kw)
+
+
+def import_source(source: str, path: str | Path, data: DataConfig, channels: int) -> DatasetInfo:
+    """The one dispatch from a source name: ``sklearn-digits`` (bundled), a ``.parquet`` file
+    made by this package, or an ImageFolder directory."""
+    kw = dict(val_fraction=data.val_fraction, test_fraction=data.test_fraction, seed=data.seed,
+              row_group_size=data.row_group_size)
+    if source == "sklearn-digits":
+        return import_sklearn_digits(path, data.image_size, **kw)
+    if source.endswith(".parquet"):
+        return import_parquet(source, path)
+    return import_image_folder(source, path, data.image_size, channels=channels, **kw)
 
 
 def import_parquet(src: str | Path, path: str | Path) -> DatasetInfo:

@@ -2,6 +2,9 @@
 
 Per step, with a retained batch (x_r, y_r) and a forgotten batch (x_f, y_f):
     L = CE(x_r, y_r) + beta * ReLU(BND - CE(x_f, y_f)) + alpha * sum_g ||theta_g||_2 (+ L_pro)
+plus, when earlier requests' classes still have images (not purged), a batch (x_o, y_o) of them
+under the same bounded term, beta_earlier * ReLU(BND - CE(x_o, y_o)): it is zero while they stay
+forgotten and pushes back only if this request's LoRA starts to revive them.
 The epoch kept is the one with the best H-Mean on the *validation* split (raw or EMA weights,
 whichever is better, recorded); groups under the norm threshold are then dropped, the rest
 saved in PEFT's format, and the returned model is base + that stored adapter, so what is
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
@@ -114,9 +118,14 @@ def forget_classes(
     if not retained:
         raise RequestError("no retained class with training images left")
     train_f, train_r = train_ds.with_classes(forget), train_ds.with_classes(retained)
+    # earlier-forgotten classes that still have images (a purge removes them)
+    counts = np.bincount(train_ds.labels, minlength=model.num_classes)
+    held = [c for c in earlier if counts[c] >= (cfg.shots or 1)] if cfg.beta_earlier else []
+    train_o = train_ds.with_classes(held) if held else None
     if cfg.shots is not None:
         train_f = k_shot(train_f, cfg.shots, cfg.seed, forget)
         train_r = k_shot(train_r, cfg.shots, cfg.seed + 1, retained)
+        train_o = k_shot(train_o, cfg.shots, cfg.seed + 2, held) if held else None
     if len(train_f) == 0:
         raise DataError("the forgotten classes have no training images")
     model = model.to(device).eval()
@@ -138,6 +147,8 @@ def forget_classes(
     # batch sizes shrink to the data in k-shot mode, where a class has only k images
     load_r = seeded_loader(train_r, cfg.batch_size, cfg.seed)
     load_f = _cycle(seeded_loader(train_f, cfg.forget_batch_size, cfg.seed + 1))
+    load_o = (None if train_o is None
+              else _cycle(seeded_loader(train_o, cfg.forget_batch_size, cfg.seed + 2)))
     steps_per_epoch = max(len(load_r), cfg.min_steps_per_epoch)
     load_r = _cycle(load_r)
     steps = cfg.epochs * steps_per_epoch
@@ -150,19 +161,25 @@ def forget_classes(
     for epoch in bar:
         peft_model.train()
         alpha = cfg.alpha if epoch >= cfg.alpha_warmup_epochs else 0.0
-        sums = dict.fromkeys(("loss", "ce_r", "ce_f", "structure", "pro"), 0.0)
+        sums = dict.fromkeys(("loss", "ce_r", "ce_f", "ce_o", "structure", "pro"), 0.0)
         for _ in range(steps_per_epoch):
             x_r, y_r = next(load_r)
             x_f, y_f = next(load_f)
-            x = torch.cat([x_r, x_f]).to(device)
-            y_r, y_f = y_r.to(device), y_f.to(device)
+            x_o, y_o = next(load_o) if load_o else (x_f[:0], y_f[:0])
+            x = torch.cat([x_r, x_f, x_o]).to(device)
+            y_r, y_f, y_o = y_r.to(device), y_f.to(device), y_o.to(device)
             feats = base.embed(x)
-            f_r, f_f = feats[: len(y_r)], feats[len(y_r):]
+            n_r, n_f = len(y_r), len(y_r) + len(y_f)
+            f_r, f_f, f_o = feats[:n_r], feats[n_r:n_f], feats[n_f:]
             logits_r, logits_f = base.head(f_r, y_r), base.head(f_f)
             ce_r = F.cross_entropy(logits_r, y_r)
             ce_f = F.cross_entropy(logits_f, y_f)
             structure = group_sparse_loss(groups)
             loss = ce_r + cfg.beta * bounded_forget_loss(ce_f, cfg.bound) + alpha * structure
+            ce_o = torch.zeros((), device=device)
+            if len(y_o):
+                ce_o = F.cross_entropy(base.head(f_o), y_o)
+                loss = loss + cfg.beta_earlier * bounded_forget_loss(ce_o, cfg.bound)
             pro = torch.zeros((), device=device)
             if protos is not None:
                 v_r, v_f = (f_r, f_f) if protos.source == "embedding" else (logits_r, logits_f)
@@ -179,7 +196,7 @@ def forget_classes(
                     ema = ModelEmaV3(peft_model, decay=cfg.ema_decay)
                 else:
                     ema.update(peft_model, step=step)
-            for k, v in zip(sums, (loss, ce_r, ce_f, structure, pro), strict=True):
+            for k, v in zip(sums, (loss, ce_r, ce_f, ce_o, structure, pro), strict=True):
                 sums[k] += float(v.detach())
         row = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()},
                "lr": opt.param_groups[0]["lr"],

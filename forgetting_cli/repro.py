@@ -17,15 +17,11 @@ from typing import Annotated
 
 import typer
 
+from forgetting.files import write_json_atomic
+
 app = typer.Typer(help="Stages run by `dvc repro` (see dvc.yaml).", no_args_is_help=True)
 Params = Annotated[Path, typer.Option(help="params.yaml")]
 Out = Annotated[Path, typer.Option(help="output folder")]
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -54,20 +50,11 @@ def _splits(out: Path):
 @app.command()
 def prepare(params: Params = Path("params.yaml"), out: Out = Path("data/repro")) -> None:
     """Import the configured dataset (default: the bundled digits) to Parquet."""
-    from forgetting.data import import_image_folder, import_parquet, import_sklearn_digits
+    from forgetting.data import import_source
 
     cfg, _ = _setup(params)
-    out.mkdir(parents=True, exist_ok=True)
-    d = cfg.data
-    kw = dict(val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=d.seed,
-              row_group_size=d.row_group_size)
     dst = out / "dataset.parquet"
-    if d.source == "sklearn-digits":
-        info = import_sklearn_digits(dst, d.image_size, **kw)
-    elif d.source.endswith(".parquet"):
-        info = import_parquet(d.source, dst)
-    else:
-        info = import_image_folder(d.source, dst, d.image_size, channels=cfg.model.in_chans, **kw)
+    info = import_source(cfg.data.source, dst, cfg.data, cfg.model.in_chans)
     typer.echo(f"{dst}: {info.num_rows} images, {info.num_classes} classes, "
                f"version {info.content_hash[:12]}")
 
@@ -84,7 +71,7 @@ def pretrain_stage(params: Params = Path("params.yaml"), out: Out = Path("data/r
     res = pretrain(cfg.model, info.num_classes, sp["train"], sp["val"], cfg.pretrain, dev)
     save_checkpoint(res.model, out / "base.safetensors", info.class_names,
                     extra={"dataset_version": info.content_hash})
-    _write_json(out / "pretrain.json", {"val_acc": res.val_acc, "best_epoch": res.best_epoch,
+    write_json_atomic(out / "pretrain.json", {"val_acc": res.val_acc, "best_epoch": res.best_epoch,
                                         "seconds": round(res.seconds, 1)})
     typer.echo(f"pretrained: val accuracy {res.val_acc:.3f} in {res.seconds:.0f}s")
 
@@ -121,7 +108,7 @@ def forget(params: Params = Path("params.yaml"), out: Out = Path("data/repro")) 
         typer.echo(f"step {i} {','.join(r.classes)}: kept groups {res.kept_groups}, "
                    f"{res.train_seconds:.0f}s")
         model, earlier_names = res.model, earlier_names + r.classes
-    _write_json(tmp_root / "steps.json", steps)
+    write_json_atomic(tmp_root / "steps.json", steps)
     shutil.rmtree(adapters, ignore_errors=True)
     os.replace(tmp_root, adapters)  # the folder appears whole or not at all
     if curves:
@@ -160,7 +147,7 @@ def evaluate_stage(params: Params = Path("params.yaml"), out: Out = Path("data/r
                        "after": after.per_class[c]} for c in names]
         earlier += forget
     last = results[-1] if results else {}
-    _write_json(out / "metrics.json", {"final": {k: last.get(k) for k in (
+    write_json_atomic(out / "metrics.json", {"final": {k: last.get(k) for k in (
         "acc_f", "acc_r", "acc_o", "h_mean")}, "steps": results})
     if per_class:
         _write_csv(out / "per_class.csv", per_class)

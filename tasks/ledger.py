@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -18,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from forgetting.data import check_class_name
+from forgetting.files import write_json_atomic
 
 Status = Literal["pending", "running", "done", "failed_gate", "failed"]
 
@@ -137,8 +136,4 @@ class Ledger:
         return new
 
     def _write(self, req: Request) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"{req.id}.json"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(req.model_dump(), indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        write_json_atomic(self.dir / f"{req.id}.json", req.model_dump())

@@ -17,12 +17,11 @@ from forgetting.data import (
     DataError,
     DatasetInfo,
     ParquetImageDataset,
-    import_image_folder,
-    import_parquet,
-    import_sklearn_digits,
+    import_source,
     read_info,
 )
 from forgetting.evaluate import evaluate
+from forgetting.files import write_json_atomic
 from forgetting.lora import apply_adapter
 from forgetting.mia import membership_inference
 from forgetting.model import (
@@ -48,19 +47,11 @@ def splits(ws: Workspace) -> dict[str, ParquetImageDataset]:
 def import_dataset(root: str, source: str = "sklearn-digits") -> dict:
     """Import to ``data/dataset.parquet``: the bundled digits, an ImageFolder, or a Parquet file."""
     ws = Workspace.at(root)
-    cfg = ws.config().data
-    kw = dict(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
-              row_group_size=cfg.row_group_size)
+    cfg = ws.config()
     staged = ws.work / f"import-{os.getpid()}.parquet"  # checked before it replaces anything
     ws.work.mkdir(parents=True, exist_ok=True)
     try:
-        if source == "sklearn-digits":
-            info = import_sklearn_digits(staged, cfg.image_size, **kw)
-        elif source.endswith(".parquet"):
-            info = import_parquet(source, staged)
-        else:
-            info = import_image_folder(source, staged, cfg.image_size,
-                                       channels=ws.config().model.in_chans, **kw)
+        info = import_source(source, staged, cfg.data, cfg.model.in_chans)
         if ws.base_checkpoint.exists():
             _, model_classes, _ = load_checkpoint(ws.base_checkpoint)
             if list(model_classes) != list(info.class_names):
@@ -192,7 +183,7 @@ def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int]
                "trainable_params": res.trainable_params, "total_params": res.total_params,
                "adapter_bytes": res.adapter_bytes, "model_bytes": res.model_bytes,
                "val": res.val.as_dict(), "history": res.history}
-    _write_json(summary_path, summary)
+    write_json_atomic(summary_path, summary)
     get_run_logger().info(f"{request_id}: kept groups {res.kept_groups} of "
                           f"{len(res.group_norms)}, {res.train_seconds:.1f}s")
     return summary
@@ -217,7 +208,7 @@ def evaluate_request(root: str, checkpoint: str, request_id: str, forget: list[i
         for prefix, m in (("before_", parent), ("", after_model)):
             mia = membership_inference(m, sp["train"], heldout, forget, dev, earlier=earlier)
             metrics.update(mia.as_dict(f"{prefix}mia_"))
-    _write_json(ws.work_dir(request_id) / "metrics.json", metrics)
+    write_json_atomic(ws.work_dir(request_id) / "metrics.json", metrics)
     return metrics
 
 
@@ -242,16 +233,10 @@ def retrain_reference(root: str, request_id: str, forget: list[int], earlier: li
         out.update(membership_inference(res.model, sp["train"],
                                         ConcatDataset([sp["val"], sp["test"]]), forget, dev,
                                         earlier=earlier).as_dict("mia_"))
-    _write_json(path, out)
+    write_json_atomic(path, out)
     get_run_logger().info(f"{request_id}: retrained from scratch in {res.seconds:.0f}s, "
                           f"Acc_r {m.acc_r:.3f}")
     return out
-
-
-def _write_json(path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
 
 
 def dataset_info(ws: Workspace) -> DatasetInfo:
