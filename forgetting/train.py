@@ -148,7 +148,7 @@ def forget_classes(
     load_r = seeded_loader(train_r, cfg.batch_size, cfg.seed)
     load_f = _cycle(seeded_loader(train_f, cfg.forget_batch_size, cfg.seed + 1))
     load_o = (None if train_o is None
-              else _cycle(seeded_loader(train_o, cfg.forget_batch_size, cfg.seed + 2)))
+              else _cycle(seeded_loader(train_o, cfg.earlier_batch_size, cfg.seed + 2)))
     steps_per_epoch = max(len(load_r), cfg.min_steps_per_epoch)
     load_r = _cycle(load_r)
     steps = cfg.epochs * steps_per_epoch
@@ -179,7 +179,7 @@ def forget_classes(
             ce_o = torch.zeros((), device=device)
             if len(y_o):
                 ce_o = F.cross_entropy(base.head(f_o), y_o)
-                loss = loss + cfg.beta_earlier * bounded_forget_loss(ce_o, cfg.bound)
+                loss = loss + cfg.beta_earlier * bounded_forget_loss(ce_o, cfg.bound_earlier)
             pro = torch.zeros((), device=device)
             if protos is not None:
                 v_r, v_f = (f_r, f_f) if protos.source == "embedding" else (logits_r, logits_f)

@@ -170,3 +170,19 @@ def test_purge_removes_the_images_everywhere_and_keeps_the_rest(env, ws, tmp_pat
     forget(env, w.root, "run")
     assert _request(w, nxt)["dataset_version"] == rec["dataset_version_after"]
     assert_exactly_once(w, nxt, file_sha256(w.dataset))
+
+
+def test_prefect_api_unreachable_leaves_the_request_pending(env, ws):
+    """Prefect's client retries with backoff, then `forget run` exits 2 naming the API; nothing
+    was started, so the request stays pending and the next healthy run processes it once."""
+    w, _ = ws
+    rid = _queue(env, w, "digit_1")
+    down = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"}
+    res = forget(down, w.root, "run", check=False)
+    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
+    assert "Prefect API unreachable" in res.stderr and "stay" in res.stderr, res.stderr[-2000:]
+    req = _request(w, rid)
+    assert req["status"] == "pending" and req["attempts"] == 0 and req["model_version"] is None
+    forget(env, w.root, "run")
+    assert_exactly_once(w, rid, file_sha256(w.dataset))
+    assert _request(w, rid)["attempts"] == 1

@@ -71,6 +71,25 @@ def test_adapter_chain_reproduces_each_model_bit_for_bit(first, base_model, digi
     assert m.acc_f <= 0.05 and m.acc_o <= 0.05 and m.acc_r > 0.85
 
 
+def test_earlier_classes_are_guarded_while_their_images_remain(first, digits, tiny_cfg,
+                                                              tmp_path):
+    """The bounded term on earlier-forgotten classes sees their (k-shot) images, and a purge
+    (their images gone) simply turns it off while Acc_o is still measured on validation."""
+    cfg = tiny_cfg.forget.model_copy(update={"shots": 4, "epochs": 2})
+    kept = digits["train"]
+    res = forget_classes(first.model, kept, digits["val"], [5], cfg, tmp_path / "g", CPU,
+                         earlier=[0, 1], progress=False)
+    assert all(r["ce_o"] > 0 for r in res.history), res.history
+    purged = kept.with_classes([c for c in range(10) if c not in (0, 1)])
+    res = forget_classes(first.model, purged, digits["val"], [5], cfg, tmp_path / "p", CPU,
+                         earlier=[0, 1], progress=False)
+    assert all(r["ce_o"] == 0 for r in res.history) and res.val.acc_o is not None
+    off = cfg.model_copy(update={"beta_earlier": 0.0})
+    res = forget_classes(first.model, kept, digits["val"], [5], off, tmp_path / "o", CPU,
+                         earlier=[0, 1], progress=False)
+    assert all(r["ce_o"] == 0 for r in res.history)
+
+
 def test_kshot_gs_lora_pp_with_missing_classes(base_model, digits, tiny_cfg, tmp_path):
     cfg = tiny_cfg.forget.model_copy(update={"shots": 4})
     res = forget_classes(base_model[0], digits["train"], digits["val"], [2], cfg,
