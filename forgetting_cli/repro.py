@@ -72,7 +72,7 @@ def pretrain_stage(params: Params = Path("params.yaml"), out: Out = Path("data/r
     save_checkpoint(res.model, out / "base.safetensors", info.class_names,
                     extra={"dataset_version": info.content_hash})
     write_json_atomic(out / "pretrain.json", {"val_acc": res.val_acc, "best_epoch": res.best_epoch,
-                                        "seconds": round(res.seconds, 1)})
+                                              "seconds": round(res.seconds, 1)})
     typer.echo(f"pretrained: val accuracy {res.val_acc:.3f} in {res.seconds:.0f}s")
 
 
