@@ -80,8 +80,9 @@ def plot_training(history: list[dict], selected_epoch: int | None, path: Path) -
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     for k, label in (("ce_r", "CE retained"), ("ce_f", "CE forgotten"),
-                     ("structure", "group-sparse term")):
-        a.plot(ep, [h[k] for h in history], marker="o", label=label)
+                     ("ce_o", "CE earlier-forgotten"), ("structure", "group-sparse term")):
+        if any(h.get(k) for h in history):  # ce_o: only when earlier classes were guarded
+            a.plot(ep, [h.get(k, 0.0) for h in history], marker="o", label=label)
     a.set(xlabel="epoch", ylabel="mean per step", yscale="symlog", title="Training losses")
     for ax in (a, b):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
