@@ -100,6 +100,11 @@ def test_each_request_has_a_report_in_dvc_and_mlflow(workspace, tmp_path):
     c = registry.client(ws)
     listed = {a.path for a in c.list_artifacts(req["mlflow_run_id"], "report")}
     assert "report/report.md" in listed and "report/per_class.png" in listed
+    from prefect.artifacts import Artifact  # what the Prefect UI shows for the request
+
+    art = Artifact.get("request-req-0001")
+    assert art is not None and art.type == "markdown", art
+    assert "Acc_f" in art.data and "digit_0" in art.data, art.data
     res = _cli(runner, "report", "req-0001", "--out", str(tmp_path / "r"), "--root", str(ws.root))
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r" / "report.md").read_text() == md
