@@ -165,7 +165,7 @@ def forget_classes(
         for _ in range(steps_per_epoch):
             x_r, y_r = next(load_r)
             x_f, y_f = next(load_f)
-            x_o, y_o = next(load_o) if load_o else (x_f[:0], y_f[:0])
+            x_o, y_o = next(load_o) if load_o is not None else (x_f[:0], y_f[:0])
             x = torch.cat([x_r, x_f, x_o]).to(device)
             y_r, y_f, y_o = y_r.to(device), y_f.to(device), y_o.to(device)
             feats = base.embed(x)

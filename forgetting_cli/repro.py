@@ -9,6 +9,7 @@ Everything is written under ``data/repro/`` (a path cannot be both a stage outpu
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from forgetting.files import write_json_atomic
+from forgetting.files import write_json_atomic, write_text_atomic
 
 app = typer.Typer(help="Stages run by `dvc repro` (see dvc.yaml).", no_args_is_help=True)
 Params = Annotated[Path, typer.Option(help="params.yaml")]
@@ -25,12 +26,11 @@ Out = Annotated[Path, typer.Option(help="output folder")]
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
 
 
 def _setup(params: Path):
