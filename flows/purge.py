@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from forgetting.data import image_hashes, read_info
 from forgetting.train import RequestError
 from tasks import registry
+from tasks.faults import crash_point
 from tasks.ledger import Purge, file_lock
 from tasks.model_tasks import forgotten_in
 from tasks.purge import DATASET, last_acc_o, remove_old_versions, write_purged_dataset
@@ -46,8 +47,10 @@ def purge_flow(root: str, request_id: str) -> dict:
                         last_acc_o=last_acc_o(root, prod, req.classes),
                         last_acc_o_model_version=prod)
             req = led.update(request_id, purge=rec.model_dump())
+        crash_point("purge-after-record")
         after = write_purged_dataset(root, req.classes)
         track(root, [DATASET], f"purge {request_id}: dataset {after[:12]}")
+        crash_point("purge-after-dataset")
         removed = remove_old_versions(root, req.purge.image_sha256s)
         rec = req.purge.model_copy(update={"dataset_version_after": after,
                                            "cache_objects_removed": removed})

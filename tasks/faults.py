@@ -8,7 +8,8 @@ import os
 import signal
 
 POINTS = ("after-start", "after-train", "after-adapter-tracked", "after-mlflow-run",
-          "after-register", "after-production-alias", "after-ledger-done")
+          "after-register", "after-production-alias", "after-ledger-done",
+          "purge-after-record", "purge-after-dataset")
 
 
 def crash_point(name: str) -> None:

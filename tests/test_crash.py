@@ -144,6 +144,16 @@ def test_purge_removes_the_images_everywhere_and_keeps_the_rest(env, ws, tmp_pat
     hashes = image_hashes(w.dataset, cls)
     old_md5 = tracked_md5(w.root, "data/dataset.parquet")
     assert hashes and all(p.is_file() for p in object_paths(w.root, old_md5))
+    # killed after the audit record, then after the new dataset version: each rerun goes on
+    killed = forget(env, w.root, "purge", rid, kill_at="purge-after-record", check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert _request(w, rid)["purge"]["cache_objects_removed"] == -1
+    assert image_hashes(w.dataset, cls) == hashes  # nothing deleted yet
+    killed = forget(env, w.root, "purge", rid, kill_at="purge-after-dataset", check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert image_hashes(w.dataset, cls) == [] and _request(w, rid)["purge"]["image_sha256s"] \
+        == hashes  # the record from the first attempt, not re-measured on the purged data
+    assert all(p.is_file() for p in object_paths(w.root, old_md5)), "deleted before recorded"
     out = forget(env, w.root, "purge", rid).stdout
     assert f"purged {len(hashes)} images" in out, out
     assert image_hashes(w.dataset, cls) == []  # no split holds them
