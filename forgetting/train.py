@@ -3,8 +3,8 @@
 Per step, with a retained batch (x_r, y_r) and a forgotten batch (x_f, y_f):
     L = CE(x_r, y_r) + beta * ReLU(BND - CE(x_f, y_f)) + alpha * sum_g ||theta_g||_2 (+ L_pro)
 plus, when earlier requests' classes still have images (not purged), a batch (x_o, y_o) of them
-under the same bounded term, beta_earlier * ReLU(BND - CE(x_o, y_o)): it is zero while they stay
-forgotten and pushes back only if this request's LoRA starts to revive them.
+under a bounded term of its own, beta_earlier * ReLU(BND_o - CE(x_o, y_o)): it is zero while
+they stay forgotten and pushes back only if this request's LoRA starts to revive them.
 The epoch kept is the one with the best H-Mean on the *validation* split (raw or EMA weights,
 whichever is better, recorded); groups under the norm threshold are then dropped, the rest
 saved in PEFT's format, and the returned model is base + that stored adapter, so what is
