@@ -8,10 +8,12 @@ from pathlib import Path
 
 import torch
 
-from forgetting.config import Config
-from forgetting.data import ParquetImageDataset, import_sklearn_digits
+from forgetting.config import Config, load_config
+from forgetting.data import import_sklearn_digits
+from forgetting.datasets import ParquetImageDataset, splits
 from forgetting.model import load_checkpoint, save_checkpoint
 from forgetting.pretrain import pretrain
+from forgetting.runtime import setup_runtime
 
 
 def dataset(cfg: Config, cache: Path) -> tuple[Path, dict[str, ParquetImageDataset]]:
@@ -20,13 +22,14 @@ def dataset(cfg: Config, cache: Path) -> tuple[Path, dict[str, ParquetImageDatas
     if not data.exists():
         import_sklearn_digits(data, cfg.data.image_size, val_fraction=cfg.data.val_fraction,
                               test_fraction=cfg.data.test_fraction, seed=cfg.data.seed)
-    return data, {s: ParquetImageDataset(data, s) for s in ("train", "val", "test")}
+    return data, splits(data)
 
 
 def base_model(cfg: Config, cache: Path, splits, device: torch.device):
     """(model, checkpoint path, seconds spent pretraining: 0 when cached)."""
     key = hashlib.sha256((cfg.model.model_dump_json() + cfg.pretrain.model_dump_json()
-                          + cfg.data.model_dump_json()).encode()).hexdigest()[:16]
+                          + cfg.data.model_dump_json() + f"{cfg.threads}{cfg.deterministic}"
+                          ).encode()).hexdigest()[:16]
     path = cache / f"base-{key}.safetensors"
     if path.exists():
         return load_checkpoint(path)[0].to(device), path, 0.0
@@ -41,4 +44,12 @@ def common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     ap.add_argument("--config", help="YAML config (params.yaml); defaults otherwise")
     ap.add_argument("--cache", default=".forgetting/bench-cache", help="dataset and base model")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default=None, help="overrides the config's device")
+
+
+def setup(args: argparse.Namespace) -> tuple[Config, torch.device]:
+    """The config, with the runtime it asks for (threads, deterministic kernels, device)."""
+    cfg = load_config(args.config)
+    if args.device:
+        cfg = cfg.model_copy(update={"device": args.device})
+    return cfg, setup_runtime(cfg)

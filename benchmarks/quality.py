@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import torch
-from common import base_model, common_args, dataset  # benchmarks/ is on sys.path when run as a script
+from common import base_model, common_args, dataset, setup  # benchmarks/ is on sys.path when run as a script
 from torch.utils.data import ConcatDataset
 
-from forgetting.config import Config, load_config
+from forgetting.config import Config
 from forgetting.evaluate import evaluate
 from forgetting.mia import membership_inference
-from forgetting.model import model_bytes, resolve_device
+from forgetting.model import model_bytes
 from forgetting.pretrain import retrain_baseline
 from forgetting.train import forget_classes
 
@@ -80,9 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="one class pair (under 5 minutes)")
     common_args(ap)
     args = ap.parse_args(argv)
-    cfg = load_config(args.config)
-    device = resolve_device(args.device)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    cfg, device = setup(args)
     _, splits = dataset(cfg, Path(args.cache))
     model, _, pretrain_seconds = base_model(cfg, Path(args.cache), splits, device)
     rows = []
@@ -92,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     numeric = [k for k, v in rows[0].items() if isinstance(v, int | float)]
     result = {k: sum(r[k] for r in rows) / len(rows) for k in numeric}
     result.update(classes=[r["classes"] for r in rows], selected=rows[0]["selected"],
-                  device=str(device), pretrain_seconds=pretrain_seconds)
+                  device=str(device), threads=torch.get_num_threads(),
+                  pretrain_seconds=pretrain_seconds)
     print_table(result)
     if args.json:
         print(json.dumps(result))

@@ -23,13 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-from common import base_model, common_args, dataset
+from common import base_model, common_args, dataset, setup
 from torch.utils.data import ConcatDataset
 
-from forgetting.config import load_config
 from forgetting.evaluate import evaluate
 from forgetting.mia import membership_inference
-from forgetting.model import resolve_device
 from forgetting.pretrain import retrain_baseline
 from forgetting.train import forget_classes
 
@@ -90,12 +88,13 @@ def retrain_sequence(cfg, splits, steps: list[int], device, mia: bool) -> list[d
 def pipeline_sequence(cfg, data: Path, base_ckpt: Path, steps: list[int], names) -> dict:
     """The same requests through the Prefect flow (MLflow + DVC) in a temp workspace."""
     root = Path(tempfile.mkdtemp(prefix="forgetting-seq-"))
-    from tasks.workspace import Workspace, offline_environment
+    from tasks import environment
+    from tasks.workspace import Workspace
 
     ws = Workspace.at(root)
     os.environ.pop("PREFECT_API_URL", None)  # the temporary local server, like `forget run`
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    offline_environment(ws)
+    environment.apply(ws.state)
     from forgetting.config import dump_config
     from forgetting_cli.pipeline import init
 
@@ -103,7 +102,8 @@ def pipeline_sequence(cfg, data: Path, base_ckpt: Path, steps: list[int], names)
     (root / "params.yaml").write_text(dump_config(cfg.model_copy(update={
         "evidence": cfg.evidence.model_copy(update={"membership_inference": False,
                                                     "retrain_baseline": False}),
-        "gates": cfg.gates.model_copy(update={"max_acc_f": 1.0, "max_acc_r_drop": 1.0})})))
+        "gates": cfg.gates.model_copy(update={"max_acc_f": 1.0, "max_acc_r_drop": 1.0,
+                                              "max_class_drop": 1.0})})))
     init(root)
     from flows.ingest import ingest_flow
     from flows.pretrain import pretrain_flow
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-pipeline", action="store_true", help="skip the pipeline overhead run")
     common_args(ap)
     args = ap.parse_args(argv)
-    cfg = load_config(args.config)
-    device = resolve_device(args.device)
+    cfg, device = setup(args)
     data, splits = dataset(cfg, Path(args.cache))
     names = splits["train"].info.class_names
     if not 1 <= args.steps < len(names):
@@ -149,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         for r, rr in zip(rows, retrain, strict=True):
             r.update({f"retrain_{k}": v for k, v in rr.items()})
     result = {
-        "device": str(device), "steps": full, "fewshot_steps": few, "shots": args.shots,
+        "device": str(device), "threads": torch.get_num_threads(), "steps": full,
+        "fewshot_steps": few, "shots": args.shots,
         "forget_seconds_total": sum(r["seconds"] for r in full),
         "fewshot_forget_seconds_total": sum(r["seconds"] for r in few),
         "retrain_seconds_total": sum(r["seconds"] for r in retrain),
@@ -208,5 +208,4 @@ def print_pipeline(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     main(sys.argv[1:])

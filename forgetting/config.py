@@ -26,6 +26,11 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     seed: int = 0
     row_group_size: int = Field(256, ge=16)
+    # an import changes nothing silently: each lossy change must be allowed here (or by the
+    # matching `forget ingest` flag, which records it here)
+    resize: bool = Field(False, description="scale images of another size to image_size")
+    convert_channels: bool = Field(False, description="turn colour images grey for in_chans 1")
+    skip_nested: bool = Field(False, description="leave out images in nested class sub-folders")
 
 
 class ModelConfig(_Strict):
@@ -133,7 +138,9 @@ class GateConfig(_Strict):
     """When a candidate model may become production."""
 
     max_acc_f: float = Field(0.05, ge=0, le=1)
-    max_acc_r_drop: float = Field(0.05, ge=0, le=1)
+    max_acc_r_drop: float = Field(0.05, ge=0, le=1, description="mean over retained classes")
+    max_class_drop: float = Field(
+        0.15, ge=0, le=1, description="any single retained class (a mean hides a wrecked one)")
 
 
 class EvidenceConfig(_Strict):
@@ -166,6 +173,10 @@ class Config(_Strict):
     evidence: EvidenceConfig = EvidenceConfig()
     requests: list[RequestConfig] = Field(default_factory=lambda: list(DEFAULT_REQUESTS))
     device: str = "auto"
+    # CPU float sums depend on how work is split between threads: a fixed count (and
+    # deterministic kernels) makes a run repeat bit for bit; null uses every core
+    threads: int | None = Field(2, ge=1)
+    deterministic: bool = True
 
     @model_validator(mode="after")
     def _data_matches_model(self) -> Config:
@@ -195,7 +206,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {p} must hold a mapping, got {type(raw).__name__}")
     if overrides:
-        raw = _deep_merge(raw, overrides)
+        raw = deep_merge(raw, overrides)
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
@@ -205,10 +216,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         raise ConfigError(f"invalid config{f' {path}' if path else ''}: {fields}") from e
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

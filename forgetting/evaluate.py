@@ -17,7 +17,10 @@ def collect_outputs(model: nn.Module, ds: Dataset, device: torch.device, batch_s
     """Logits (and the embedding feeding the head) for every item, on the CPU."""
     model.eval()
     logits, feats, labels = [], [], []
-    for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
+    # its own generator: a DataLoader without one draws a seed from the global RNG on every
+    # pass, so an evaluation would change what a later seeded step (LoRA init) draws
+    for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False,
+                           generator=torch.Generator()):
         x = x.to(device)
         base = _classifier(model)
         f = base.embed(x)
@@ -93,3 +96,14 @@ def metrics_from_predictions(pred: np.ndarray, labels: np.ndarray, forget: Itera
         h_mean=h_mean(acc_f_before, acc_f, acc_r) if acc_f_before is not None else None,
         per_class=per_class,
     )
+
+
+def compare(before_model: nn.Module, after_model: nn.Module, ds, forget: Iterable[int],
+            earlier: Iterable[int], device: torch.device, class_names: tuple[str, ...]) -> dict:
+    """A request's effect on one split: the after-model's metrics, and the before-model's
+    with a ``before_`` prefix (what the gates and the reports read)."""
+    forget, earlier = list(forget), list(earlier)
+    before = evaluate(before_model, ds, forget, earlier, device=device, class_names=class_names)
+    after = evaluate(after_model, ds, forget, earlier, acc_f_before=before.acc_f, device=device,
+                     class_names=class_names)
+    return {**after.as_dict(), **before.as_dict("before_")}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from peft.utils import (
 )
 from safetensors.torch import load_file, save_file
 
+from .files import temp_sibling, write_atomic
 from .model import CheckpointError, Classifier, file_sha256
 
 _BLOCK_RE = re.compile(r"backbone\.blocks\.(\d+)\.mlp\.")
@@ -100,17 +100,16 @@ def save_sparse_adapter(peft_model: PeftModel, kept: Sequence[int], out_dir: str
     keep = set(kept)
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()
              if _BLOCK_RE.search(k) and int(_BLOCK_RE.search(k).group(1)) in keep}
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
         lora_config(rank, alpha, kept).save_pretrained(str(tmp))
         save_file(state, tmp / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
         if meta is not None:
             (tmp / "forgetting.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    shutil.rmtree(temp_sibling(out), ignore_errors=True)
+    write_atomic(out, write)
     return file_sha256(out / SAFETENSORS_WEIGHTS_NAME)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import timm
@@ -16,16 +15,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import ModelConfig
+from .files import write_atomic
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, unsafe or for another model."""
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
 
 
 class LinearHead(nn.Linear):
@@ -37,7 +31,7 @@ class CosineMarginHead(nn.Module):
     """Cosine classifier; with labels in training mode it applies the CosFace or ArcFace margin.
 
     At inference (or without labels) it is a plain scaled-cosine classifier: the research
-    code applied the margin at test time too, which inflates the true class's score.
+    code applied the margin at test time too, which lowers the true class's score.
     """
 
     def __init__(self, dim: int, num_classes: int, kind: str, scale: float, margin: float):
@@ -114,13 +108,8 @@ def save_checkpoint(model: Classifier, path: str | Path, class_names: list[str] 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model_config": model.cfg.model_dump_json(), "class_names": json.dumps(list(class_names)),
             "extra": json.dumps(extra or {})}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomic(path, lambda tmp: save_file(state, tmp, metadata=meta))
     return file_sha256(path)
 
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .config import ModelConfig, TrainConfig
 from .evaluate import accuracy, collect_outputs
 from .model import Classifier, create_model
+from .progress import progress_bar
 
 
 def seeded_loader(ds, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False
@@ -59,7 +59,7 @@ def fit(model: Classifier, train_ds, val_ds, cfg: TrainConfig, device: torch.dev
                               t_in_epochs=False)
     best = (-1.0, 0, copy.deepcopy(model.state_dict()))
     history, step = [], 0
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=None if progress else True, leave=False)
+    bar = progress_bar(cfg.epochs, desc, enabled=progress)
     for epoch in bar:
         model.train()
         total = 0.0
@@ -80,6 +80,7 @@ def fit(model: Classifier, train_ds, val_ds, cfg: TrainConfig, device: torch.dev
         bar.set_postfix(loss=f"{total / len(loader):.3f}", val_acc=f"{acc:.3f}")
         if acc > best[0]:
             best = (acc, epoch, copy.deepcopy(model.state_dict()))
+    bar.close()
     model.load_state_dict(best[2])
     model.eval()
     return FitResult(model, best[1], best[0], time.perf_counter() - t0, history)

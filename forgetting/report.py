@@ -1,8 +1,9 @@
-"""A request's evidence as a report: Markdown and HTML with matplotlib plots.
+"""A request's evidence as a report: Markdown and HTML, with the plots of ``forgetting.plots``.
 
 Input is one JSON-able dict (``report.json``, kept next to the report so it can be rendered
 again anywhere); keys are documented in ``write_report``. Both formats are rendered from the
-same list of sections so they never disagree.
+same list of sections so they never disagree. Rendering again reuses the stored plots, so
+``forget report`` does not load matplotlib.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
-import matplotlib
+from .files import fsync_path, fsync_tree, temp_sibling, write_atomic
 
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+PLOTS = ("group_norms.png", "per_class.png", "training.png")
 
 ROWS = (("acc_f", "Acc_f (forgotten now)"), ("acc_r", "Acc_r (retained)"),
         ("acc_o", "Acc_o (forgotten earlier)"), ("h_mean", "H-Mean"))
@@ -34,68 +33,36 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+def _secs(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def _fmt(x) -> str:
     return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
 
 
-def plot_group_norms(norms: dict, kept: list[int], threshold: float, path: Path) -> None:
-    blocks = sorted(int(b) for b in norms)
-    vals = [norms[str(b)] if str(b) in norms else norms[b] for b in blocks]
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar([str(b) for b in blocks], vals,
-           color=["tab:green" if b in kept else "tab:gray" for b in blocks])
-    ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"drop threshold {threshold}")
-    ax.set(xlabel="transformer block (LoRA group)", ylabel="group L2 norm (log)", yscale="log",
-           title="LoRA group norms (green: kept in the adapter)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _role(name: str, forgotten: list[str], earlier: list[str]) -> str:
+    return "forgotten now" if name in forgotten else ("earlier" if name in earlier
+                                                      else "retained")
 
 
-def plot_per_class(per_class: dict, forgotten: list[str], earlier: list[str], path: Path) -> None:
-    names = list(per_class)
-    series = [s for s in ("before", "after", "retrain")
-              if any(per_class[n].get(s) is not None for n in names)]
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names)), 3.2))
-    for i, s in enumerate(series):
-        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
-        ax.bar(xs, [100 * (per_class[n].get(s) or 0) for n in names], width, label=s)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    for lbl in ax.get_xticklabels():
-        if lbl.get_text() in forgotten:
-            lbl.set_color("tab:red")
-        elif lbl.get_text() in earlier:
-            lbl.set_color("tab:orange")
-    ax.set(ylabel="test accuracy %", ylim=(0, 125), yticks=range(0, 101, 20),
-           title="Per-class accuracy (red: forgotten now, orange: earlier)")
-    ax.legend(fontsize=8, ncol=len(series), loc="upper center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def per_class_rows(d: dict, cols: list[str]) -> list[list[str]]:
+    """Retained classes first, the largest drop at the top; then the forgotten ones."""
+    forgotten, earlier = d["request"]["classes"], d.get("earlier", [])
+    order = {"retained": 0, "forgotten now": 1, "earlier": 2}
+
+    def change(pc: dict) -> float:
+        b, a = pc.get("before"), pc.get("after")
+        return 0.0 if b is None or a is None else a - b
+
+    items = sorted(d["per_class"].items(), key=lambda kv: (
+        order[_role(kv[0], forgotten, earlier)], change(kv[1]), kv[0]))
+    return [[n, _role(n, forgotten, earlier), *(_pct(pc.get(c)) for c in cols),
+             _signed(change(pc))] for n, pc in items]
 
 
-def plot_training(history: list[dict], selected_epoch: int | None, path: Path) -> None:
-    ep = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for k, label in (("ce_r", "CE retained"), ("ce_f", "CE forgotten"),
-                     ("ce_o", "CE earlier-forgotten"), ("structure", "group-sparse term")):
-        if any(h.get(k) for h in history):  # ce_o: only when earlier classes were guarded
-            a.plot(ep, [h.get(k, 0.0) for h in history], marker="o", label=label)
-    a.set(xlabel="epoch", ylabel="mean per step", yscale="symlog", title="Training losses")
-    for ax in (a, b):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    a.legend(fontsize=8)
-    for k, label in (("h_mean", "H-Mean"), ("acc_r", "Acc_r"), ("acc_f", "Acc_f")):
-        b.plot(ep, [h["val_raw"][k] for h in history], marker="o", label=label)
-    if selected_epoch is not None:
-        b.axvline(selected_epoch, color="gray", ls=":", label="selected epoch")
-    b.set(xlabel="epoch", ylim=(-0.02, 1.02), title="Validation (stored adapter)")
-    b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _signed(x: float) -> str:
+    return f"{100 * x:+.2f}"
 
 
 def sections(d: dict) -> list[tuple[str, list[str] | None, list[list[str]] | str]]:
@@ -126,10 +93,15 @@ def sections(d: dict) -> list[tuple[str, list[str] | None, list[list[str]] | str
         ["kept / total", f"{len(g['kept'])} / {len(g['norms'])}"],
         ["adapter", f"{v.get('adapter_bytes', 0) / 1024:.1f} KiB, sha256 "
                     f"{v.get('adapter_sha256', '')}"]]))
+    train_s, retrain_s = d.get("train_seconds"), d.get("retrain_seconds")
+    cost = [["forgetting (training)", _secs(train_s)], ["retrain from scratch", _secs(retrain_s)]]
+    if train_s and retrain_s:
+        cost.append(["speed-up", f"{retrain_s / train_s:.1f}x"])
+    out.append(("Cost (seconds)", None, cost))
     out.append(("Versions", None, [[k, _fmt(v.get(k))] for k in (
         "dataset_version", "parent_version", "model_version", "adapter_path")]))
-    out.append(("Per-class accuracy (%)", ["class", *cols],
-                [[n, *(_pct(pc.get(c)) for c in cols)] for n, pc in d["per_class"].items()]))
+    out.append(("Per-class accuracy (%, retained classes with the largest drop first)",
+                ["class", "role", *cols, "change"], per_class_rows(d, cols)))
     for f, title in (("group_norms.png", "Group norms per block"),
                      ("per_class.png", "Per-class accuracy"), ("training.png", "Training curves")):
         out.append((title, None, f))
@@ -170,36 +142,94 @@ def to_html(title: str, secs) -> str:
     return "\n".join([*parts, "</body></html>"])
 
 
-def write_report(d: dict, out_dir: str | Path) -> Path:
+REPORT_FILES = {"report.md", "report.html", "report.json", "group_norms.png", "per_class.png",
+                "training.png"}
+MARKER = ".forgetting-report"  # in every report folder: proof that this program wrote it
+
+
+class ReportError(ValueError):
+    """A report cannot be written where asked (the folder holds other files)."""
+
+
+def _check_replaceable(out: Path) -> bool:
+    """True if ``out`` is a report folder this program wrote (safe to replace), False if it
+    does not exist or is empty; a ``ReportError`` for anything else."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ReportError(f"{out} exists and is not a folder; choose another --out")
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return False
+    if MARKER in entries and entries <= REPORT_FILES | {MARKER}:
+        return True
+    others = sorted(entries - REPORT_FILES - {MARKER})
+    raise ReportError(f"{out} is not empty and is not a report folder written by this program "
+                      f"(it holds {', '.join((others or sorted(entries))[:5])}); nothing was "
+                      "written: choose a new or empty folder")
+
+
+def write_report(d: dict, out_dir: str | Path, plots_from: Path | None = None) -> Path:
     """Render ``d`` to ``out_dir`` (report.md, report.html, report.json, three PNGs).
 
     Keys: ``request`` (id, classes, shots, method, reason, requester), ``metrics``
     (before/after/retrain -> acc_f, acc_r, acc_o, h_mean), ``per_class`` (class -> before/
     after/retrain), ``mia`` (model -> auc, member_rate), ``groups`` (norms, kept, threshold),
     ``history`` (training epochs), ``selected_epoch``, ``versions``, ``gate``, ``forgotten``,
-    ``earlier``, optional ``purged_note``. Written to a temp folder, then renamed into place.
+    ``earlier``, ``train_seconds``, ``retrain_seconds``, optional ``purged_note``.
+
+    ``plots_from``: a report folder whose plots are copied instead of drawn again.
+
+    Written to a temp folder, then renamed into place. An existing ``out_dir`` is replaced only
+    if it is a report folder this program wrote (it holds the marker file and nothing else
+    than report files); any other non-empty folder is refused, never deleted.
     """
     out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    replace = _check_replaceable(out)
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        if plots_from is not None and all((Path(plots_from) / p).is_file() for p in PLOTS):
+            for p in PLOTS:
+                shutil.copyfile(Path(plots_from) / p, tmp / p)
+        else:
+            from .plots import plot_group_norms, plot_per_class, plot_training
+
+            g = d["groups"]
+            plot_group_norms(g["norms"], g["kept"], g["threshold"], tmp / "group_norms.png")
+            plot_per_class(d["per_class"], d["request"]["classes"], d.get("earlier", []),
+                           tmp / "per_class.png")
+            plot_training(d["history"], d.get("selected_epoch"), tmp / "training.png")
+        title = f"Erasure request {d['request']['id']}: {', '.join(d['request']['classes'])}"
+        secs = sections(d)
+        (tmp / "report.md").write_text(to_markdown(title, secs))
+        (tmp / "report.html").write_text(to_html(title, secs))
+        (tmp / "report.json").write_text(json.dumps(d, indent=2, default=str))  # order matters
+        (tmp / MARKER).write_text(json.dumps({"request": d["request"]["id"]}) + "\n")
+
+    tmp = temp_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    plot_group_norms(d["groups"]["norms"], d["groups"]["kept"], d["groups"]["threshold"],
-                     tmp / "group_norms.png")
-    plot_per_class(d["per_class"], d["request"]["classes"], d.get("earlier", []),
-                   tmp / "per_class.png")
-    plot_training(d["history"], d.get("selected_epoch"), tmp / "training.png")
-    title = f"Erasure request {d['request']['id']}: {', '.join(d['request']['classes'])}"
-    secs = sections(d)
-    (tmp / "report.md").write_text(to_markdown(title, secs))
-    (tmp / "report.html").write_text(to_html(title, secs))
-    (tmp / "report.json").write_text(json.dumps(d, indent=2, default=str))  # order matters
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    if not replace:  # absent or empty: a rename onto an empty folder is atomic
+        write_atomic(out, write)
+        return out / "report.md"
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    try:
+        write(tmp)
+        fsync_tree(tmp)
+        os.replace(out, old)  # only our own files are in it (checked above)
+        os.replace(tmp, out)
+        fsync_path(out.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists():
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
     return out / "report.md"
 
 
 def render_again(report_json: str | Path, out_dir: str | Path, **changes) -> Path:
-    """Re-render a stored report (``forget report``), optionally with updated fields."""
+    """Re-render a stored report (``forget report``), optionally with updated fields; the
+    plots are copied from it (they do not depend on the fields that change)."""
     d = json.loads(Path(report_json).read_text()) | changes
-    return write_report(d, out_dir)
+    return write_report(d, out_dir, plots_from=Path(report_json).parent)

@@ -18,16 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import ConcatDataset
-from tqdm.auto import tqdm
 
 from .config import ForgetConfig
-from .data import DataError, k_shot
+from .data import DataError
+from .datasets import request_data
 from .evaluate import Metrics, evaluate
 from .lora import (
     adapter_bytes,
@@ -45,31 +44,9 @@ from .lora import (
 from .losses import bounded_forget_loss, group_sparse_loss, prototype_loss
 from .model import Classifier, model_bytes
 from .pretrain import seeded_loader
+from .progress import progress_bar
 from .prototypes import Prototypes, compute_prototypes
-
-
-class RequestError(ValueError):
-    """An erasure request that cannot be carried out as asked."""
-
-
-def validate_request(class_names: Sequence[str], forget: Sequence[str],
-                     earlier: Sequence[str] = ()) -> list[int]:
-    """Names -> indices, with a clear error for each way a request can be wrong."""
-    if not forget:
-        raise RequestError("empty request: name at least one class to forget")
-    dup = sorted({c for c in forget if list(forget).count(c) > 1})
-    if dup:
-        raise RequestError(f"duplicate class in request: {', '.join(dup)}")
-    idx = []
-    for c in forget:
-        if c not in class_names:
-            raise RequestError(f"unknown class {c!r}; known: {', '.join(class_names)}")
-        if c in earlier:
-            raise RequestError(f"class {c!r} is already forgotten")
-        idx.append(class_names.index(c))
-    if len(set(earlier) | set(forget)) >= len(class_names):
-        raise RequestError("request would forget every remaining class; at least one must stay")
-    return idx
+from .requests import RequestError
 
 
 @dataclass
@@ -117,15 +94,9 @@ def forget_classes(
         raise RequestError("empty request: name at least one class to forget")
     if not retained:
         raise RequestError("no retained class with training images left")
-    train_f, train_r = train_ds.with_classes(forget), train_ds.with_classes(retained)
-    # earlier-forgotten classes that still have images (a purge removes them)
-    counts = np.bincount(train_ds.labels, minlength=model.num_classes)
-    held = [c for c in earlier if counts[c] >= (cfg.shots or 1)] if cfg.beta_earlier else []
-    train_o = train_ds.with_classes(held) if held else None
-    if cfg.shots is not None:
-        train_f = k_shot(train_f, cfg.shots, cfg.seed, forget)
-        train_r = k_shot(train_r, cfg.shots, cfg.seed + 1, retained)
-        train_o = k_shot(train_o, cfg.shots, cfg.seed + 2, held) if held else None
+    data = request_data(train_ds, forget, retained, earlier if cfg.beta_earlier else [],
+                        cfg.shots, cfg.seed)
+    train_f, train_r, train_o = data.forget, data.retained, data.earlier
     if len(train_f) == 0:
         raise DataError("the forgotten classes have no training images")
     model = model.to(device).eval()
@@ -139,6 +110,9 @@ def forget_classes(
         protos = compute_prototypes(model, ConcatDataset([train_f, train_r]), model.num_classes,
                                     device, cfg.prototypes.source).to(device)
 
+    # seeded right before the LoRA init, so the draw does not depend on what ran before
+    # (whether the prototypes were passed in or computed above, how many evaluations ran)
+    torch.manual_seed(cfg.seed)
     peft_model = add_lora(model, cfg.rank, cfg.lora_alpha).to(device)
     base = peft_model.get_base_model()
     groups = list(lora_groups(peft_model).values())
@@ -157,7 +131,7 @@ def forget_classes(
     candidates: list[dict] = []
     history: list[dict] = []
     step = 0
-    bar = tqdm(range(cfg.epochs), desc="forget", disable=None if progress else True, leave=False)
+    bar = progress_bar(cfg.epochs, "forget", enabled=progress)
     for epoch in bar:
         peft_model.train()
         alpha = cfg.alpha if epoch >= cfg.alpha_warmup_epochs else 0.0
@@ -217,6 +191,7 @@ def forget_classes(
         history.append(row)
         bar.set_postfix(ce_r=f"{row['ce_r']:.3f}", ce_f=f"{row['ce_f']:.2f}",
                         h=f"{row['val_raw']['h_mean']:.3f}")
+    bar.close()
 
     best = select_candidate(candidates, cfg.select_tolerance)
     load_lora_state(peft_model, best["state"])

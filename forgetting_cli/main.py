@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -13,8 +13,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 
 @app.callback()
-def _main() -> None:
+def _main(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="tracebacks and Prefect's error logs on failures")] = False
+          ) -> None:
     """Erase classes from a pre-trained ViT, one request after another."""
+    from . import console
+
+    console.setup(verbose)
 
 
 @app.command("library-demo")
@@ -26,29 +31,31 @@ def library_demo(
 ) -> None:
     """The library alone (no Prefect, MLflow or DVC): digits, pretrain, the config's requests."""
     from forgetting.config import load_config
-    from forgetting.data import ParquetImageDataset, import_sklearn_digits
+    from forgetting.data import import_sklearn_digits
+    from forgetting.datasets import splits
     from forgetting.evaluate import evaluate
-    from forgetting.model import resolve_device, save_checkpoint
+    from forgetting.model import save_checkpoint
     from forgetting.pretrain import pretrain
+    from forgetting.runtime import setup_runtime
     from forgetting.train import forget_classes
 
     cfg = load_config(config)
-    dev = resolve_device(device if device != "auto" else cfg.device)
+    dev = setup_runtime(cfg.model_copy(update={"device": device}) if device != "auto" else cfg)
     workdir.mkdir(parents=True, exist_ok=True)
     data = workdir / "digits.parquet"
     info = import_sklearn_digits(data, cfg.data.image_size, seed=cfg.data.seed)
-    sp = {s: ParquetImageDataset(data, s) for s in ("train", "val", "test")}
+    sp = splits(data)
     typer.echo(f"dataset {data}: {info.num_rows} images, {info.num_classes} classes")
     res = pretrain(cfg.model, info.num_classes, sp["train"], sp["val"], cfg.pretrain, dev)
     save_checkpoint(res.model, workdir / "base.safetensors", info.class_names)
     typer.echo(f"pretrained in {res.seconds:.0f}s, val accuracy {res.val_acc:.3f}")
     model, earlier = res.model, []
     rows = []
+    adapters = Path(tempfile.mkdtemp(prefix="adapters-", dir=workdir))  # new: deletes nothing
     for i, r in enumerate(cfg.requests, 1):
         classes, shots = r.classes, r.shots
         idx = [info.class_index(c) for c in classes]
-        out = workdir / f"adapter-{i}"
-        shutil.rmtree(out, ignore_errors=True)
+        out = adapters / f"adapter-{i}"
         before = evaluate(model, sp["test"], idx, earlier, device=dev, class_names=info.class_names)
         fr = forget_classes(model, sp["train"], sp["val"], idx,
                             cfg.forget.for_request(shots, r.method), out, dev,

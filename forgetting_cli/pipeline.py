@@ -1,44 +1,62 @@
-"""Pipeline commands: init, ingest, pretrain, request add, run, status, promote, rollback,
-serve, demo. Prefect and MLflow are imported only after the workspace's offline settings."""
+"""Pipeline commands: init, ingest, pretrain, request add/cancel, run, status, report, purge,
+promote, rollback, serve, demo.
+
+Each command imports only what it needs, after the workspace's offline settings: reading the
+ledger or the registry starts no Prefect server and loads no torch, so ``status``, ``report``
+and ``request add`` answer in about a second. Every command but ``init`` and ``demo`` checks
+that it runs in a workspace, and errors end in one ``error:`` line and exit code 2
+(``--verbose`` shows the traceback and Prefect's own error logs).
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import yaml
 
+from . import console
+
 Root = Annotated[Path, typer.Option("--root", envvar="FORGET_ROOT",
                                     help="workspace (params.yaml, data/, .forgetting/)")]
 
 
-def _ws(root: Path):
-    from tasks.workspace import Workspace, offline_environment
+def _ws(root: Path, require: bool = True):
+    from tasks import environment
+    from tasks.workspace import Workspace
 
     ws = Workspace.at(root)
-    offline_environment(ws)
+    environment.apply(ws.state if ws.exists or not require else None)
+    if require:
+        ws.require()
     ws.config()  # a bad params.yaml stops every command up front, naming the field
     return ws
 
 
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg="red", err=True)
-    raise typer.Exit(2)
+def _prefect():
+    """Import Prefect (for commands that run flows) and keep its error tracebacks off the
+    console unless --verbose: the error line says it, the flow run's logs keep it."""
+    import prefect  # noqa: F401
+
+    console.quiet_prefect_errors()
 
 
 def init(root: Root = Path(".")) -> None:
     """git + DVC repo with a local remote, and a params.yaml with the defaults."""
-    ws = _ws(root)
+    ws = _ws(root, require=False)
     from forgetting.config import Config, dump_config
-    from tasks.versioning import commit, init_repo
+    from tasks.dvc import commit, init_repo
+    from tasks.environment import apply
 
     ws.root.mkdir(parents=True, exist_ok=True)
     init_repo(ws.root, ws.dvc_remote)
+    apply(ws.state)
     if not ws.params.exists():
-        ws.params.write_text(dump_config(Config()))
+        ws.write_params(dump_config(Config()))
     gi = ws.root / ".gitignore"
     if ".forgetting/" not in (gi.read_text() if gi.exists() else ""):
         with gi.open("a") as f:
@@ -50,13 +68,31 @@ def init(root: Root = Path(".")) -> None:
 
 def ingest(root: Root = Path("."),
            source: Annotated[str, typer.Option(help="sklearn-digits, an ImageFolder directory "
-                                               "or a .parquet file")] = "sklearn-digits") -> None:
-    """Import a dataset to data/dataset.parquet and version it with DVC."""
+                                               "or a .parquet file")] = "sklearn-digits",
+           resize: Annotated[bool, typer.Option(
+               "--resize", help="scale images of another size to data.image_size")] = False,
+           channels: Annotated[bool, typer.Option(
+               "--channels", help="turn colour images grey when model.in_chans is 1")] = False,
+           skip_nested: Annotated[bool, typer.Option(
+               "--skip-nested", help="leave out images in nested class sub-folders")] = False,
+           ) -> None:
+    """Import a dataset to data/dataset.parquet; record the source (and any allowed lossy
+    change) in params.yaml; version both. Says what it did: images per class, files skipped
+    and why, resizes, channel conversions."""
     ws = _ws(root)
+    if source != "sklearn-digits" and Path(source).exists():
+        source = str(Path(source).resolve())  # params.yaml must not depend on the cwd
+    allow = {k: True for k, v in (("resize", resize), ("convert_channels", channels),
+                                  ("skip_nested", skip_nested)) if v}
+    _prefect()
     from flows.ingest import ingest_flow
 
-    info = ingest_flow(str(ws.root), source)
-    typer.echo(f"dataset version {info['content_hash'][:12]}, {len(info['classes'])} classes")
+    info = ingest_flow(str(ws.root), source, allow)
+    for line in info["summary"]:
+        typer.echo(f"  {line}")
+    typer.echo(f"dataset version {info['content_hash'][:12]}: {len(info['classes'])} classes, "
+               f"{info['image_size']}x{info['image_size']}, {info['channels']} channel(s); "
+               f"source recorded in params.yaml")
 
 
 def pretrain(root: Root = Path("."),
@@ -65,13 +101,10 @@ def pretrain(root: Root = Path("."),
                       "dict of the params.yaml model) instead of pretraining")] = None) -> None:
     """Pretrain and register a base model (only when none is in production)."""
     ws = _ws(root)
+    _prefect()
     from flows.pretrain import pretrain_flow
-    from forgetting.model import CheckpointError
 
-    try:
-        version = pretrain_flow(str(ws.root), str(checkpoint.resolve()) if checkpoint else None)
-    except CheckpointError as e:
-        _fail(str(e))
+    version = pretrain_flow(str(ws.root), str(checkpoint.resolve()) if checkpoint else None)
     typer.echo(f"production model: v{version}")
 
 
@@ -91,8 +124,6 @@ def request_add(
     ws = _ws(root)
     from pydantic import ValidationError
 
-    from forgetting.data import DataError
-    from forgetting.train import RequestError
     from tasks.ledger import RequestSpec
     from tasks.requests import add_request
 
@@ -100,39 +131,62 @@ def request_add(
         if file is not None:
             raw = yaml.safe_load(file.read_text())
             if not isinstance(raw, dict):
-                _fail(f"request file {file} must hold a mapping")
+                console.fail(f"request file {file} must hold a mapping")
             spec = RequestSpec.model_validate(raw)
         else:
             spec = RequestSpec(classes=classes or [], shots=shots, method=method, reason=reason,
                                requester=requester)
-        req = add_request(ws, spec)
     except ValidationError as e:
         fields = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'request'}: {err['msg']}"
                            for err in e.errors())
-        _fail(f"invalid request: {fields}")
-    except (RequestError, DataError, yaml.YAMLError, OSError) as e:
-        _fail(str(e))
+        console.fail(f"invalid request: {fields}")
+    except (yaml.YAMLError, OSError) as e:
+        console.fail(str(e))
+    req = add_request(ws, spec)
     typer.echo(f"queued {req.id}: {', '.join(req.classes)}")
+
+
+def request_cancel(
+    request_id: str,
+    reason: Annotated[str, typer.Option(help="why; kept in the request's audit record")] = "",
+    requester: str = "cli",
+    root: Root = Path("."),
+) -> None:
+    """Take a pending request off the queue (one that keeps failing blocks later ones)."""
+    ws = _ws(root)
+    from tasks.dvc import track_paths
+    from tasks.requests import cancel_request
+
+    req = cancel_request(ws, request_id, reason, requester)
+    track_paths(ws.root, [ws.rel(ws.requests)], f"request {req.id}: cancelled ({reason})")
+    typer.echo(f"cancelled {req.id}: {reason}")
 
 
 def run(root: Root = Path(".")) -> None:
     """Process the pending requests now, in order."""
     ws = _ws(root)
+    _prefect()
     from flows.process_requests import process_requests_flow
 
     for r in process_requests_flow(str(ws.root)):
-        typer.echo(f"{r['id']}: {r['status']} (model v{r.get('model_version', '-')})")
+        line = f"{r['id']}: {r['status']}"
+        if r.get("model_version") is not None:
+            line += f" (model v{r['model_version']}, Acc_f {r['acc_f']:.3f}, Acc_r {r['acc_r']:.3f})"
+        if r.get("gate") not in (None, "passed"):
+            line += f"; gate: {r['gate']}"
+        typer.echo(line)
 
 
 def status_dict(ws) -> dict:
-    from tasks import registry
+    from tasks.registry_reader import reader
     from tasks.requests import ledger
+    from tasks.workspace import MODEL_NAME
 
-    c = registry.client(ws)
+    reg = reader(ws)
     return {
-        "model": registry.MODEL_NAME, "tracking_uri": ws.tracking_uri,
-        "production_version": registry.alias_version(c, "production"),
-        "candidate_version": registry.alias_version(c, "candidate"),
+        "model": MODEL_NAME, "tracking_uri": ws.tracking_uri,
+        "production_version": reg.alias_version("production"),
+        "candidate_version": reg.alias_version("candidate"),
         "requests": [{"id": r.id, "classes": r.classes, "status": r.status,
                       "model_version": r.model_version, "acc_f": r.metrics.get("acc_f"),
                       "acc_r": r.metrics.get("acc_r"), "h_mean": r.metrics.get("h_mean"),
@@ -142,6 +196,7 @@ def status_dict(ws) -> dict:
                       "dataset_version": r.dataset_version, "parent_version": r.parent_version,
                       "mlflow_run_id": r.mlflow_run_id, "method": r.method,
                       "attempts": r.attempts, "history": r.history,
+                      "cancel_reason": r.cancel_reason,
                       "metrics": r.metrics, "purge": r.purge.model_dump() if r.purge else None}
                      for r in ledger(ws).all()],
     }
@@ -155,7 +210,9 @@ def status(root: Root = Path("."), as_json: Annotated[bool, typer.Option("--json
     if as_json:
         typer.echo(json.dumps(st))
         return
-    typer.echo(f"model {st['model']} production v{st['production_version']} "
+    prod = st["production_version"]
+    typer.echo(f"model {st['model']}: production "
+               f"{'v' + str(prod) if prod else 'none yet (run `forget pretrain`)'} "
                f"(tracking {st['tracking_uri']})")
     for r in st["requests"]:
         m = "" if r["acc_f"] is None else (f" Acc_f {r['acc_f']:.3f} Acc_r {r['acc_r']:.3f} "
@@ -166,54 +223,56 @@ def status(root: Root = Path("."), as_json: Annotated[bool, typer.Option("--json
 
 def promote(version: int, reason: Annotated[str, typer.Option()] = "manual promotion",
             root: Root = Path(".")) -> None:
-    """Move the production alias to VERSION."""
+    """Move the production alias to VERSION (waits for a run in progress to finish)."""
     ws = _ws(root)
     from tasks import registry
+    from tasks.locks import run_lock
 
     c = registry.client(ws)
     try:
         c.get_model_version(registry.MODEL_NAME, str(version))
     except Exception:
-        _fail(f"no version {version} of {registry.MODEL_NAME}")
-    registry.set_alias(c, "production", version, reason)
+        console.fail(f"no version {version} of {registry.MODEL_NAME}")
+    with run_lock(ws, "promoting"):
+        registry.set_alias(c, "production", version, reason)
     typer.echo(f"production -> v{version}")
 
 
 def rollback(reason: Annotated[str, typer.Option()] = "rollback", root: Root = Path(".")) -> None:
-    """Move production back to the version it had before."""
+    """Move production back to the version it had before (waits for a run in progress)."""
     ws = _ws(root)
     from tasks import registry
+    from tasks.locks import run_lock
 
-    c = registry.client(ws)
-    hist = json.loads(c.get_registered_model(registry.MODEL_NAME).tags.get(
-        "production_history", "[]"))
-    if len(hist) < 2:
-        _fail("no earlier production version to roll back to")
-    prev = hist[-2]
-    c.set_registered_model_alias(registry.MODEL_NAME, "production", str(prev))
-    c.set_model_version_tag(registry.MODEL_NAME, str(hist[-1]), "rolled_back_reason", reason)
-    c.set_registered_model_tag(registry.MODEL_NAME, "production_history", json.dumps(hist[:-1]))
-    typer.echo(f"production -> v{prev} (rolled back from v{hist[-1]})")
+    with run_lock(ws, "rolling back"):
+        try:
+            cur, prev = registry.rollback(registry.client(ws), reason)
+        except ValueError as e:
+            console.fail(str(e))
+    typer.echo(f"production -> v{prev} (rolled back from v{cur})")
 
 
 def report(request_id: str,
-           out: Annotated[Path | None, typer.Option(help="folder to write (default: ./report-ID)")]
-           = None, root: Root = Path(".")) -> None:
-    """Write a request's report (Markdown, HTML, PNG plots) to a folder."""
+           out: Annotated[Path | None, typer.Option(
+               help="a new or empty folder, or one an earlier `forget report` wrote "
+                    "(default: ./report-ID)")] = None,
+           root: Root = Path(".")) -> None:
+    """Write a request's report (Markdown, HTML, PNG plots) to a folder; never into a folder
+    that holds anything else."""
     ws = _ws(root)
-    from forgetting.report import render_again
+    from tasks.reports import purge_note
     from tasks.requests import ledger
 
     try:
         req = ledger(ws).get(request_id)
     except KeyError as e:
-        _fail(str(e.args[0]))
+        console.fail(str(e.args[0]))
     stored = ws.report_dir(req.id) / "report.json"
     if not stored.is_file():
-        _fail(f"{req.id} has no report yet (status {req.status})")
-    dest = out or Path(f"report-{req.id}")
-    from tasks.reports import purge_note
+        console.fail(f"{req.id} has no report yet (status {req.status})")
+    from forgetting.report import render_again
 
+    dest = out or Path(f"report-{req.id}")
     data = json.loads(stored.read_text())
     note = purge_note(ws, data["request"]["classes"] + data.get("earlier", []))
     path = render_again(stored, dest, **({"purged_note": note} if note else {}))
@@ -224,12 +283,13 @@ def purge(request_id: str, root: Root = Path(".")) -> None:
     """Remove a done request's images: new DVC-tracked dataset version, old copies deleted from
     the DVC cache and remote; the audit record keeps only their hashes."""
     ws = _ws(root)
+    _prefect()
     from flows.purge import purge_flow
 
     try:
         rec = purge_flow(str(ws.root), request_id)
     except KeyError as e:
-        _fail(str(e.args[0]))
+        console.fail(str(e.args[0]))
     typer.echo(f"purged {rec['images']} images of {request_id}: dataset "
                f"{rec['dataset_version_before'][:12]} -> {rec['dataset_version_after'][:12]}, "
                f"{rec['cache_objects_removed']} cached objects removed; last Acc_o before "
@@ -245,7 +305,8 @@ def serve(root: Root = Path("."), cron: str | None = None,
     """
     ws = _ws(root)
     if cron is None and interval is None:
-        _fail("give --cron EXPR or --interval SECONDS")
+        console.fail("give --cron EXPR or --interval SECONDS")
+    _prefect()
     from flows.process_requests import process_requests_flow
 
     # limit=1: one run process at a time; without it, runs that wait for the run lock pile up
@@ -254,52 +315,83 @@ def serve(root: Root = Path("."), cron: str | None = None,
                                 parameters={"root": str(ws.root)})
 
 
+def ui_commands(ws) -> dict[str, str]:
+    """Commands that open what the demo made, printed so that they work as printed: absolute
+    tool paths (no activated virtualenv needed) and the offline settings in front."""
+    from tasks.environment import shell_command
+
+    return {
+        "MLflow UI": shell_command(["mlflow", "ui", "--backend-store-uri", ws.tracking_uri,
+                                    "--host", "127.0.0.1", "--port", "5000"]),
+        "Prefect UI": shell_command(["prefect", "server", "start", "--host", "127.0.0.1",
+                                     "--port", "4200"], state=ws.state),
+        "DVC": shell_command(["dvc", "status"], cwd=ws.root),
+    }
+
+
 def demo(root: Root = Path(".forgetting/demo")) -> None:
     """Embedded defaults end to end: ingest the bundled digits, pretrain, queue and process
     the requests of params.yaml (by default two, the second 4-shot), print the results and
-    where to look."""
-    ws = _ws(root)
+    where to look. A request may end `failed_gate` (its model is registered, production
+    stays): that is the gates doing their job, shown in its report."""
     init(root)
+    ws = _ws(root)
     if not ws.dataset.exists():
         ingest(root)
     pretrain(root)
     from tasks.ledger import RequestSpec
-    from tasks.requests import ledger
+    from tasks.requests import add_request, ledger
 
     if not ledger(ws).all():
-        from tasks.requests import add_request
-
         for i, r in enumerate(ws.config().requests, 1):
             spec = RequestSpec(**r.model_dump(), reason=f"demo request {i}", requester="demo")
             typer.echo(f"queued {add_request(ws, spec).id}: {', '.join(spec.classes)}")
     run(root)
     status(root)
-    typer.echo(f"\nMLflow UI:  mlflow ui --backend-store-uri {ws.tracking_uri} --host 127.0.0.1"
-               f"\nPrefect UI: PREFECT_HOME={ws.state / 'prefect'} prefect server start"
-               f"\nDVC:        cd {ws.root} && dvc status")
+    typer.echo("")
+    for what, cmd in ui_commands(ws).items():
+        typer.echo(f"{what + ':':<12}{cmd}")
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """Failures with a message meant for the user; imported only when one happened (some
+    live in modules that load torch)."""
+    from forgetting.config import ConfigError
+    from forgetting.data import DataError
+    from forgetting.model import CheckpointError
+    from forgetting.report import ReportError
+    from forgetting.requests import RequestError
+    from tasks.ledger import StaleRequest
+    from tasks.locks import Busy
+    from tasks.registry_reader import ServiceUnavailable
+    from tasks.workspace import NotAWorkspace
+
+    return (ConfigError, DataError, CheckpointError, RequestError, ReportError, NotAWorkspace,
+            Busy, StaleRequest, ServiceUnavailable)
 
 
 def clear_errors(fn):
-    """Known failures (bad config, request, data, checkpoint; an unreachable server) end the
-    command with their message and exit code 2 instead of a traceback."""
+    """Known failures (bad input, a missing workspace, an unreachable server) end the command
+    with one ``error:`` line and exit code 2; anything else with one line and exit code 1.
+    ``--verbose`` prints the traceback first."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from forgetting.config import ConfigError
-        from forgetting.data import DataError
-        from forgetting.model import CheckpointError
-        from forgetting.train import RequestError
-        from tasks.registry import ServiceUnavailable
-
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, CheckpointError, RequestError, ServiceUnavailable) as e:
-            _fail(str(e))
-        except RuntimeError as e:
-            if "Failed to reach API" not in str(e):  # Prefect's message after its retries
-                raise
-            _fail(f"Prefect API unreachable: {e}; nothing was started, queued requests stay "
-                  "pending")
+        except (typer.Exit, typer.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if console.verbose():
+                traceback.print_exc()
+            if isinstance(e, known_errors()):
+                console.fail(str(e))
+            if isinstance(e, RuntimeError) and "Failed to reach API" in str(e):
+                console.fail(f"Prefect API unreachable: {e}; nothing was started, queued "
+                             "requests stay pending")
+            console.fail(f"unexpected {type(e).__name__}: {e}"
+                         + ("" if console.verbose() else " (--verbose shows the traceback)"),
+                         code=1)
 
     return wrapper
 
@@ -309,10 +401,9 @@ def register_commands(app: typer.Typer) -> None:
                demo):
         app.command()(clear_errors(fn))
     request_app.command("add")(clear_errors(request_add))
+    request_app.command("cancel")(clear_errors(request_cancel))
     app.add_typer(request_app, name="request")
     from .repro import app as repro_app
 
     app.add_typer(repro_app, name="repro")
 
-
-__all__ = ["register_commands"]

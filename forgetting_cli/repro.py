@@ -4,6 +4,10 @@ DVC is the orchestrator here, so these call the library directly (no Prefect, no
 ``dvc repro`` reruns a stage only when its code, params (``params.yaml``) or inputs change.
 Everything is written under ``data/repro/`` (a path cannot be both a stage output and the
 ``dvc add``-ed dataset of the request pipeline), each file to a temp path and renamed.
+
+The request chain follows the same rule as the request pipeline: a request builds on the last
+model that passed the gates (``forgetting.gates``, on the test split), so a request that fails
+them is recorded and its adapter kept, but the next one does not build on it.
 """
 
 from __future__ import annotations
@@ -11,14 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from forgetting.files import write_json_atomic, write_text_atomic
+from forgetting.files import replace_durably, write_json_atomic, write_text_atomic
 
 app = typer.Typer(help="Stages run by `dvc repro` (see dvc.yaml).", no_args_is_help=True)
 Params = Annotated[Path, typer.Option(help="params.yaml")]
@@ -35,26 +38,29 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def _setup(params: Path):
     from forgetting.config import load_config
-    from forgetting.model import resolve_device
+    from forgetting.runtime import setup_runtime
 
     cfg = load_config(params if params.exists() else None)
-    return cfg, resolve_device(cfg.device)
+    return cfg, setup_runtime(cfg)
 
 
 def _splits(out: Path):
-    from forgetting.data import ParquetImageDataset
+    from forgetting.datasets import splits
 
-    return {s: ParquetImageDataset(out / "dataset.parquet", s) for s in ("train", "val", "test")}
+    return splits(out / "dataset.parquet")
 
 
 @app.command()
 def prepare(params: Params = Path("params.yaml"), out: Out = Path("data/repro")) -> None:
-    """Import the configured dataset (default: the bundled digits) to Parquet."""
+    """Import the configured source (``data.source``: a folder, a .parquet file or a source
+    descriptor such as data/sources/sklearn-digits.yaml) to Parquet."""
     from forgetting.data import import_source
 
     cfg, _ = _setup(params)
     dst = out / "dataset.parquet"
-    info = import_source(cfg.data.source, dst, cfg.data, cfg.model.in_chans)
+    info, report = import_source(cfg.data.source, dst, cfg.data, cfg.model.in_chans)
+    for line in report.lines():
+        typer.echo(f"  {line}")
     typer.echo(f"{dst}: {info.num_rows} images, {info.num_classes} classes, "
                f"version {info.content_hash[:12]}")
 
@@ -78,27 +84,35 @@ def pretrain_stage(params: Params = Path("params.yaml"), out: Out = Path("data/r
 
 @app.command()
 def forget(params: Params = Path("params.yaml"), out: Out = Path("data/repro")) -> None:
-    """Train one sparse adapter per configured request, in order, each on the model left by
-    the previous ones (base + adapter chain)."""
+    """Train one sparse adapter per configured request, in order; each builds on the last model
+    that passed the gates (base + the adapters of the passing steps)."""
+    from forgetting.evaluate import compare
+    from forgetting.gates import gate_verdict
     from forgetting.model import load_checkpoint
-    from forgetting.train import forget_classes, validate_request
+    from forgetting.requests import validate_request
+    from forgetting.train import forget_classes
 
     cfg, dev = _setup(params)
     sp = _splits(out)
     model, names, _ = load_checkpoint(out / "base.safetensors")
+    model = model.to(dev)
     adapters = out / "adapters"
     tmp_root = out / ".adapters.tmp"
-    shutil.rmtree(tmp_root, ignore_errors=True)
+    shutil.rmtree(tmp_root, ignore_errors=True)  # this stage's own scratch
     tmp_root.mkdir(parents=True)
-    earlier_names: list[str] = []
+    forgotten: list[str] = []  # by the model the next request builds on
+    parent_step = 0
     steps, curves = [], []
     for i, r in enumerate(cfg.requests, 1):
-        forget_idx = validate_request(names, r.classes, earlier_names)
-        earlier = [names.index(n) for n in earlier_names]
+        forget_idx = validate_request(names, r.classes, forgotten)
+        earlier = [names.index(n) for n in forgotten]
         res = forget_classes(model, sp["train"], sp["val"], forget_idx,
                              cfg.forget.for_request(r.shots, r.method), tmp_root / f"step-{i}",
                              dev, earlier=earlier, adapter_meta={"step": i})
+        metrics = compare(model, res.model, sp["test"], forget_idx, earlier, dev, tuple(names))
+        gate = gate_verdict(metrics, cfg.gates, forgotten + r.classes)
         steps.append({"step": i, "classes": r.classes, "shots": r.shots, "method": r.method,
+                      "parent_step": parent_step, "gate": gate or "passed",
                       "adapter_sha256": res.adapter_sha256, "kept_groups": res.kept_groups,
                       "adapter_bytes": res.adapter_bytes, "selected_epoch": res.selected_epoch,
                       "train_seconds": round(res.train_seconds, 1)})
@@ -106,52 +120,59 @@ def forget(params: Params = Path("params.yaml"), out: Out = Path("data/repro")) 
                     "ce_f": h["ce_f"], **{f"val_{k}": v for k, v in h["val_raw"].items()}}
                    for h in res.history]
         typer.echo(f"step {i} {','.join(r.classes)}: kept groups {res.kept_groups}, "
-                   f"{res.train_seconds:.0f}s")
-        model, earlier_names = res.model, earlier_names + r.classes
+                   f"{res.train_seconds:.0f}s, gate {gate or 'passed'}")
+        if gate is None:
+            model, forgotten, parent_step = res.model, forgotten + r.classes, i
     write_json_atomic(tmp_root / "steps.json", steps)
-    shutil.rmtree(adapters, ignore_errors=True)
-    os.replace(tmp_root, adapters)  # the folder appears whole or not at all
+    if adapters.exists():  # this stage's own output: DVC removes it before a run anyway
+        shutil.rmtree(adapters)
+    replace_durably(tmp_root, adapters)  # the folder appears whole or not at all
     if curves:
         _write_csv(out / "training.csv", curves)
 
 
 @app.command("evaluate")
 def evaluate_stage(params: Params = Path("params.yaml"), out: Out = Path("data/repro")) -> None:
-    """Test-split metrics after each step (Acc_f, Acc_r, Acc_o, H-Mean, per class) and the
-    gate verdict the request pipeline would give."""
-    from forgetting.evaluate import evaluate
+    """Test-split metrics after each step (Acc_f, Acc_r, Acc_o, H-Mean, per class), each step
+    against the model it built on, and the gate verdict, checked against the forget stage's."""
+    from forgetting.evaluate import compare
+    from forgetting.gates import gate_verdict
     from forgetting.lora import apply_adapter
     from forgetting.model import load_checkpoint
 
     cfg, dev = _setup(params)
     test = _splits(out)["test"]
-    model, names, _ = load_checkpoint(out / "base.safetensors")
-    model = model.to(dev)
+    base, names, _ = load_checkpoint(out / "base.safetensors")
+    models, forgotten = {0: base.to(dev)}, {0: []}
     steps = json.loads((out / "adapters" / "steps.json").read_text())
-    earlier: list[int] = []
     results, per_class = [], []
     for s in steps:
+        parent, earlier_names = models[s["parent_step"]], forgotten[s["parent_step"]]
         forget = [names.index(c) for c in s["classes"]]
-        before = evaluate(model, test, forget, earlier, device=dev, class_names=tuple(names))
-        model = apply_adapter(model, out / "adapters" / f"step-{s['step']}",
+        earlier = [names.index(c) for c in earlier_names]
+        model = apply_adapter(parent, out / "adapters" / f"step-{s['step']}",
                               s["adapter_sha256"]).to(dev)
-        after = evaluate(model, test, forget, earlier, acc_f_before=before.acc_f, device=dev,
-                         class_names=tuple(names))
-        drop = before.acc_r - after.acc_r
-        gate = after.acc_f <= cfg.gates.max_acc_f and drop <= cfg.gates.max_acc_r_drop
-        results.append({"step": s["step"], "classes": s["classes"], "acc_f": after.acc_f,
-                        "acc_r": after.acc_r, "acc_o": after.acc_o, "h_mean": after.h_mean,
-                        "before_acc_f": before.acc_f, "before_acc_r": before.acc_r,
-                        "gate_passed": gate})
-        per_class += [{"step": s["step"], "class": c, "before": before.per_class[c],
-                       "after": after.per_class[c]} for c in names]
-        earlier += forget
+        m = compare(parent, model, test, forget, earlier, dev, tuple(names))
+        gate = gate_verdict(m, cfg.gates, earlier_names + s["classes"])
+        if (gate or "passed") != s["gate"]:
+            raise RuntimeError(f"step {s['step']}: gate {gate or 'passed'!r} here but "
+                               f"{s['gate']!r} in the forget stage (not deterministic?)")
+        models[s["step"]], forgotten[s["step"]] = model, earlier_names + s["classes"]
+        results.append({"step": s["step"], "classes": s["classes"], "acc_f": m["acc_f"],
+                        "acc_r": m["acc_r"], "acc_o": m["acc_o"], "h_mean": m["h_mean"],
+                        "before_acc_f": m["before_acc_f"], "before_acc_r": m["before_acc_r"],
+                        "parent_step": s["parent_step"], "gate_passed": gate is None,
+                        "gate": gate or "passed"})
+        per_class += [{"step": s["step"], "class": c, "before": m["before_per_class"][c],
+                       "after": m["per_class"][c]} for c in names]
     last = results[-1] if results else {}
-    write_json_atomic(out / "metrics.json", {"final": {k: last.get(k) for k in (
-        "acc_f", "acc_r", "acc_o", "h_mean")}, "steps": results})
+    passed = [r["step"] for r in results if r["gate_passed"]]
+    write_json_atomic(out / "metrics.json", {
+        "final": {k: last.get(k) for k in ("acc_f", "acc_r", "acc_o", "h_mean")},
+        "production_step": passed[-1] if passed else 0, "steps": results})
     if per_class:
         _write_csv(out / "per_class.csv", per_class)
     for r in results:
-        typer.echo(f"step {r['step']} {','.join(r['classes'])}: Acc_f {r['acc_f']:.3f} "
-                   f"Acc_r {r['acc_r']:.3f} H {r['h_mean']:.3f} "
-                   f"gate {'passed' if r['gate_passed'] else 'failed'}")
+        typer.echo(f"step {r['step']} {','.join(r['classes'])} (on step {r['parent_step']}): "
+                   f"Acc_f {r['acc_f']:.3f} Acc_r {r['acc_r']:.3f} H {r['h_mean']:.3f} "
+                   f"gate {r['gate']}")

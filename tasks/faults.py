@@ -1,13 +1,17 @@
-"""Named crash points for the crash-safety tests: with ``FORGETTING_KILL_AT=<name>`` set, the
-process SIGKILLs itself when it reaches that point, exactly as an OOM kill or a power cut
-would stop it there. Unset (always, outside tests) this does nothing."""
+"""Named fault points for the crash-safety tests. With ``FORGETTING_KILL_AT=<name>`` the
+process SIGKILLs itself when it reaches that point, exactly as an OOM kill or a power cut would
+stop it there; with ``FORGETTING_PAUSE_AT=<name>`` it writes ``$FORGETTING_PAUSE_FILE`` and
+waits until the test removes it (to break a server in the middle of a request). Unset (always,
+outside tests) this does nothing."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 
-POINTS = ("after-start", "after-train", "after-adapter-tracked", "after-mlflow-run",
+POINTS = ("after-start", "after-train", "after-adapter-tracked", "in-log-run", "after-mlflow-run",
           "after-register", "after-production-alias", "after-ledger-done",
           "purge-after-record", "purge-after-dataset")
 
@@ -16,3 +20,8 @@ def crash_point(name: str) -> None:
     assert name in POINTS, name
     if os.environ.get("FORGETTING_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("FORGETTING_PAUSE_AT") == name:
+        flag = Path(os.environ["FORGETTING_PAUSE_FILE"])
+        flag.write_text(str(os.getpid()))
+        while flag.exists():
+            time.sleep(0.2)

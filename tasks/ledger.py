@@ -1,24 +1,28 @@
 """The request ledger: the one source of truth for erasure requests and their state.
 
-One JSON file per request under ``data/requests/`` (DVC-tracked), written atomically; ids are
-sequential (``req-0001``) so arrival order is the id order. A lock file serialises writers and
-runs, so two ``forget run`` processes never take the same request.
+One JSON file per request under ``data/requests/`` (DVC-tracked), written durably (temp file,
+fsync, rename); ids are sequential (``req-0001``) so arrival order is the id order. Every
+read-modify-write holds the ledger lock (``tasks.locks``), so two ``request add`` cannot queue
+the same class twice and a cancel cannot race a status update.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from forgetting.data import check_class_name
 from forgetting.files import write_json_atomic
 
-Status = Literal["pending", "running", "done", "failed_gate", "failed"]
+from .locks import hold
+
+Status = Literal["pending", "running", "done", "failed_gate", "failed", "cancelled"]
+OPEN = ("pending", "running")  # still to be processed, in order
 
 
 class RequestSpec(BaseModel):
@@ -73,21 +77,7 @@ class Request(RequestSpec):
     metrics: dict = Field(default_factory=dict)
     history: list[dict] = Field(default_factory=list)
     purge: Purge | None = None
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, blocking: bool = True):
-    """An exclusive OS lock (flock), released even if the holder is killed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise RuntimeError(f"another process holds {path.name}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    cancel_reason: str | None = None
 
 
 def _now() -> str:
@@ -95,11 +85,8 @@ def _now() -> str:
 
 
 class Ledger:
-    def __init__(self, directory: Path, lock_path: Path):
-        self.dir, self.lock_path = Path(directory), Path(lock_path)
-
-    def locked(self):
-        return file_lock(self.lock_path)
+    def __init__(self, directory: Path, lock: FileLock):
+        self.dir, self.lock = Path(directory), lock
 
     def all(self) -> list[Request]:
         if not self.dir.is_dir():
@@ -109,31 +96,47 @@ class Ledger:
 
     def get(self, request_id: str) -> Request:
         p = self.dir / f"{request_id}.json"
-        if not p.is_file() or "/" in request_id or ".." in request_id:
+        if "/" in request_id or ".." in request_id or not p.is_file():
             raise KeyError(f"no request {request_id!r}")
         return Request.model_validate_json(p.read_text())
 
     def pending(self) -> list[Request]:
-        return [r for r in self.all() if r.status in ("pending", "running")]
+        return [r for r in self.all() if r.status in OPEN]
 
-    def add(self, spec: RequestSpec) -> Request:
-        with self.locked():
-            seq = max((r.seq for r in self.all()), default=0) + 1
+    def add(self, spec: RequestSpec, check: Callable[[RequestSpec, list[Request]], None]
+            ) -> Request:
+        """Queue ``spec`` after ``check(spec, requests)`` passes; both under the lock, so the
+        queue the check saw is the queue the request joins."""
+        with hold(self.lock, "the request ledger"):
+            requests = self.all()
+            check(spec, requests)
+            seq = max((r.seq for r in requests), default=0) + 1
             now = _now()
             req = Request(**spec.model_dump(), id=f"req-{seq:04d}", seq=seq, created_at=now,
                           updated_at=now, history=[{"at": now, "status": "pending"}])
             self._write(req)
             return req
 
-    def update(self, request_id: str, **changes) -> Request:
-        req = self.get(request_id)
-        now = _now()
-        data = req.model_dump() | changes | {"updated_at": now}
-        if "status" in changes and changes["status"] != req.status:
-            data["history"] = [*req.history, {"at": now, "status": changes["status"]}]
-        new = Request.model_validate(data)
-        self._write(new)
-        return new
+    def update(self, request_id: str, expect: tuple[str, ...] | None = None, note: str | None = None,
+               **changes) -> Request:
+        """Read, change, write under the lock; ``expect``: the statuses the request may be in
+        (else ``StaleRequest``: someone else changed it meanwhile)."""
+        with hold(self.lock, "the request ledger"):
+            req = self.get(request_id)
+            if expect is not None and req.status not in expect:
+                raise StaleRequest(f"{request_id} is {req.status}, not {' or '.join(expect)}")
+            now = _now()
+            data = req.model_dump() | changes | {"updated_at": now}
+            if "status" in changes and changes["status"] != req.status:
+                entry = {"at": now, "status": changes["status"]}
+                data["history"] = [*req.history, entry | ({"note": note} if note else {})]
+            new = Request.model_validate(data)
+            self._write(new)
+            return new
 
     def _write(self, req: Request) -> None:
         write_json_atomic(self.dir / f"{req.id}.json", req.model_dump())
+
+
+class StaleRequest(RuntimeError):
+    """A request changed state under us (cancelled while queued for a run, say)."""

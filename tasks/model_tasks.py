@@ -8,50 +8,55 @@ import json
 import os
 import shutil
 
-import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import ConcatDataset
 
-from forgetting.data import (
-    DataError,
-    DatasetInfo,
-    ParquetImageDataset,
-    import_source,
-    read_info,
-)
-from forgetting.evaluate import evaluate
-from forgetting.files import write_json_atomic
+from forgetting.data import DataError, DatasetInfo, image_hashes_of, import_source, read_info
+from forgetting.datasets import ParquetImageDataset, request_data, splits
+from forgetting.evaluate import compare, evaluate
+from forgetting.files import fsync_tree, replace_durably, write_json_atomic
 from forgetting.lora import apply_adapter
 from forgetting.mia import membership_inference
 from forgetting.model import (
     CheckpointError,
     Classifier,
+    file_sha256,
     load_checkpoint,
-    resolve_device,
     save_checkpoint,
 )
 from forgetting.pretrain import pretrain, retrain_baseline
 from forgetting.prototypes import Prototypes, compute_prototypes
+from forgetting.runtime import setup_runtime
 from forgetting.train import forget_classes
 
 from . import registry
+from .requests import ledger
 from .workspace import Workspace
 
+TRAINING_SUMMARY = "training.json"  # stored in the adapter folder, next to the weights
 
-def splits(ws: Workspace) -> dict[str, ParquetImageDataset]:
-    return {s: ParquetImageDataset(ws.dataset, s) for s in ("train", "val", "test")}
+
+def workspace_splits(ws: Workspace) -> dict[str, ParquetImageDataset]:
+    return splits(ws.dataset)
+
+
+def dataset_info(ws: Workspace) -> DatasetInfo:
+    return read_info(ws.dataset)
 
 
 @task(cache_policy=NO_CACHE)
-def import_dataset(root: str, source: str = "sklearn-digits") -> dict:
-    """Import to ``data/dataset.parquet``: the bundled digits, an ImageFolder, or a Parquet file."""
+def import_dataset(root: str, source: str, changes: dict) -> dict:
+    """Import to ``data/dataset.parquet``: the bundled digits, an ImageFolder, or a Parquet file,
+    with params.yaml plus ``changes`` (what ``forget ingest`` is about to record there).
+    Staged and checked (classes of an existing model) before it replaces anything."""
     ws = Workspace.at(root)
-    cfg = ws.config()
-    staged = ws.work / f"import-{os.getpid()}.parquet"  # checked before it replaces anything
+    cfg, _ = ws.params_with(changes)
+    staged = ws.work / f"import-{os.getpid()}.parquet"
     ws.work.mkdir(parents=True, exist_ok=True)
     try:
-        info = import_source(source, staged, cfg.data, cfg.model.in_chans)
+        info, report = import_source(source, staged, cfg.data, cfg.model.in_chans)
+        refuse_purged(ws, staged, source)
         if ws.base_checkpoint.exists():
             _, model_classes, _ = load_checkpoint(ws.base_checkpoint)
             if list(model_classes) != list(info.class_names):
@@ -63,21 +68,38 @@ def import_dataset(root: str, source: str = "sklearn-digits") -> dict:
                     f"{', same names in another order' if not extra and not missing else ''})"
                     "; a new class list needs a new workspace")
         ws.dataset.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, ws.dataset)
+        replace_durably(staged, ws.dataset)
     finally:
         staged.unlink(missing_ok=True)
-    get_run_logger().info(f"dataset {info.num_rows} images, {info.num_classes} classes, "
-                          f"version {info.content_hash[:12]}")
-    return {"content_hash": info.content_hash, "classes": list(info.class_names)}
+    for line in report.lines():
+        get_run_logger().info(f"ingest: {line}")
+    return {"content_hash": info.content_hash, "classes": list(info.class_names),
+            "image_size": info.image_size, "channels": info.channels,
+            "report": report.as_dict(), "summary": report.lines()}
+
+
+def refuse_purged(ws: Workspace, staged, source: str) -> None:
+    """A purge is for good: a source that still holds purged images (the same folder, say)
+    must not bring them back with the next ingest."""
+    purged = {h: r.id for r in ledger(ws).all() if r.purge for h in r.purge.image_sha256s}
+    if not purged:
+        return
+    back = {purged[h] for h in image_hashes_of(staged) if h in purged}
+    if back:
+        n = sum(1 for h in image_hashes_of(staged) if h in purged)
+        raise DataError(f"{n} images in {source} were purged by {', '.join(sorted(back))}: "
+                        "remove them from the source first (the purge records hold their "
+                        "sha256); nothing was imported")
 
 
 @task(cache_policy=NO_CACHE)
 def pretrain_base(root: str) -> dict:
     ws = Workspace.at(root)
     cfg = ws.config()
-    sp = splits(ws)
+    dev = setup_runtime(cfg)
+    sp = workspace_splits(ws)
     res = pretrain(cfg.model, sp["train"].info.num_classes, sp["train"], sp["val"], cfg.pretrain,
-                   resolve_device(cfg.device))
+                   dev)
     sha = save_checkpoint(res.model, ws.base_checkpoint, sp["train"].info.class_names,
                           extra={"dataset_version": sp["train"].info.content_hash})
     get_run_logger().info(f"pretrained in {res.seconds:.0f}s, val accuracy {res.val_acc:.3f}")
@@ -120,10 +142,6 @@ def model_for_version(ws: Workspace, version: int) -> tuple[Classifier, list[str
     return model.eval(), names
 
 
-def forgotten_in(ws: Workspace, version: int) -> list[str]:
-    return json.loads(registry.version_tags(registry.client(ws), version).get("forgotten", "[]"))
-
-
 @task(cache_policy=NO_CACHE)
 def materialize(root: str, version: int, request_id: str) -> str:
     """The model of ``version`` rebuilt from DVC-tracked files, as a checkpoint in the work dir."""
@@ -134,56 +152,70 @@ def materialize(root: str, version: int, request_id: str) -> str:
     return str(out)
 
 
+def _retained(num_classes: int, forget: list[int], earlier: list[int]) -> list[int]:
+    return sorted(set(range(num_classes)) - set(forget) - set(earlier))
+
+
 @task(cache_policy=NO_CACHE)
 def prototypes(root: str, checkpoint: str, request_id: str, forget: list[int], earlier: list[int],
                shots: int | None) -> str:
-    """GS-LoRA++ prototypes of the current model over the images this request may use."""
-    from forgetting.data import k_shot
-
+    """GS-LoRA++ prototypes of the current model over the images this request may use (the
+    same draw as its training: ``request_data``)."""
     ws = Workspace.at(root)
-    cfg = ws.config().forget
+    cfg = ws.config()
+    dev = setup_runtime(cfg)
     model, names, _ = load_checkpoint(checkpoint)
-    train = splits(ws)["train"]
-    retained = sorted(set(range(len(names))) - set(forget) - set(earlier))
-    f, r = train.with_classes(forget), train.with_classes(retained)
-    if shots is not None:  # the same seeded draw as training uses
-        f, r = k_shot(f, shots, cfg.seed, forget), k_shot(r, shots, cfg.seed + 1, retained)
-    dev = resolve_device(ws.config().device)
-    protos = compute_prototypes(model.to(dev), torch.utils.data.ConcatDataset([f, r]), len(names),
-                                dev, cfg.prototypes.source)
+    data = request_data(workspace_splits(ws)["train"], forget,
+                        _retained(len(names), forget, earlier), [], shots, cfg.forget.seed)
+    protos = compute_prototypes(model.to(dev), ConcatDataset([data.forget, data.retained]),
+                                len(names), dev, cfg.forget.prototypes.source)
     out = ws.work_dir(request_id) / "prototypes.safetensors"
     protos.save(out)
     return str(out)
+
+
+def stored_training(ws: Workspace, request_id: str) -> dict | None:
+    """The training summary of an adapter already stored for this request (a retried run)."""
+    p = ws.adapter_dir(request_id) / TRAINING_SUMMARY
+    return json.loads(p.read_text()) if p.is_file() else None
 
 
 @task(cache_policy=NO_CACHE)
 def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int],
                   earlier: list[int], shots: int | None, method: str,
                   prototypes_path: str | None) -> dict:
-    """Train and store ``data/adapters/<request>``; an adapter already stored for this request
-    (a retried run) is kept, not trained again."""
+    """Train and store ``data/adapters/<request>`` with its training summary in one rename, so
+    "already trained" is read from the DVC-tracked folder itself: a retried run keeps it
+    (and its sha256, which may already be registered) even when the scratch dir is gone."""
     ws = Workspace.at(root)
     out = ws.adapter_dir(request_id)
-    summary_path = ws.work_dir(request_id) / "train.json"
-    if (out / "forgetting.json").is_file() and summary_path.is_file():
+    if (stored := stored_training(ws, request_id)) is not None:
         get_run_logger().info(f"adapter for {request_id} already stored; not retraining")
-        return json.loads(summary_path.read_text())
-    shutil.rmtree(out, ignore_errors=True)  # a partial folder can only come from a crash
+        return stored
     cfg = ws.config()
+    dev = setup_runtime(cfg)
     fcfg = cfg.forget.for_request(shots, method)
     model, _, _ = load_checkpoint(checkpoint)
-    sp = splits(ws)
-    dev = resolve_device(cfg.device)
+    sp = workspace_splits(ws)
     protos = Prototypes.load(prototypes_path) if prototypes_path else None
-    res = forget_classes(model, sp["train"], sp["val"], forget, fcfg, out, dev, earlier=earlier,
-                         adapter_meta={"request_id": request_id}, prototypes=protos)
+    staging = ws.work_dir(request_id) / "adapter"
+    shutil.rmtree(staging, ignore_errors=True)  # a partial staging folder is from a crash
+    res = forget_classes(model, sp["train"], sp["val"], forget, fcfg, staging, dev,
+                         earlier=earlier, adapter_meta={"request_id": request_id},
+                         prototypes=protos)
     summary = {"adapter_sha256": res.adapter_sha256, "kept_groups": res.kept_groups,
                "group_norms": res.group_norms, "selected_epoch": res.selected_epoch,
                "selected_weights": res.selected_weights, "train_seconds": res.train_seconds,
                "trainable_params": res.trainable_params, "total_params": res.total_params,
                "adapter_bytes": res.adapter_bytes, "model_bytes": res.model_bytes,
                "val": res.val.as_dict(), "history": res.history}
-    write_json_atomic(summary_path, summary)
+    write_json_atomic(staging / TRAINING_SUMMARY, summary)
+    fsync_tree(staging)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # a folder without the summary: an adapter folder of an older version
+        raise CheckpointError(f"{ws.rel(out)} exists but has no {TRAINING_SUMMARY}; move it "
+                              "away to retrain this request")
+    replace_durably(staging, out)
     get_run_logger().info(f"{request_id}: kept groups {res.kept_groups} of "
                           f"{len(res.group_norms)}, {res.train_seconds:.1f}s")
     return summary
@@ -192,19 +224,17 @@ def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int]
 @task(cache_policy=NO_CACHE)
 def evaluate_request(root: str, checkpoint: str, request_id: str, forget: list[int],
                      earlier: list[int], adapter_sha256: str) -> dict:
-    """Test-split metrics before (parent) and after (parent + stored adapter)."""
+    """Test-split metrics before (parent) and after (parent + stored adapter), and the
+    membership-inference figures of both."""
     ws = Workspace.at(root)
+    cfg = ws.config()
+    dev = setup_runtime(cfg)
     parent, names, _ = load_checkpoint(checkpoint)
-    dev = resolve_device(ws.config().device)
-    test = splits(ws)["test"]
-    before = evaluate(parent.to(dev), test, forget, earlier, device=dev, class_names=tuple(names))
+    sp = workspace_splits(ws)
     after_model = apply_adapter(parent, ws.adapter_dir(request_id), adapter_sha256).to(dev)
-    after = evaluate(after_model, test, forget, earlier, acc_f_before=before.acc_f, device=dev,
-                     class_names=tuple(names))
-    metrics = {**after.as_dict(), **before.as_dict("before_")}
-    if ws.config().evidence.membership_inference:
-        sp = splits(ws)
-        heldout = ConcatDataset([sp["val"], test])
+    metrics = compare(parent.to(dev), after_model, sp["test"], forget, earlier, dev, tuple(names))
+    if cfg.evidence.membership_inference:
+        heldout = ConcatDataset([sp["val"], sp["test"]])
         for prefix, m in (("before_", parent), ("", after_model)):
             mia = membership_inference(m, sp["train"], heldout, forget, dev, earlier=earlier)
             metrics.update(mia.as_dict(f"{prefix}mia_"))
@@ -221,12 +251,11 @@ def retrain_reference(root: str, request_id: str, forget: list[int], earlier: li
     if path.is_file():
         return json.loads(path.read_text())
     cfg = ws.config()
-    sp = splits(ws)
-    dev = resolve_device(cfg.device)
+    dev = setup_runtime(cfg)
+    sp = workspace_splits(ws)
     names = sp["train"].info.class_names
-    gone = set(forget) | set(earlier)
     res = retrain_baseline(cfg.model, len(names), sp["train"], sp["val"], cfg.pretrain, dev,
-                           [c for c in range(len(names)) if c not in gone])
+                           _retained(len(names), forget, earlier))
     m = evaluate(res.model, sp["test"], forget, earlier, device=dev, class_names=tuple(names))
     out = {**m.as_dict(), "seconds": res.seconds}
     if cfg.evidence.membership_inference:
@@ -239,5 +268,30 @@ def retrain_reference(root: str, request_id: str, forget: list[int], earlier: li
     return out
 
 
-def dataset_info(ws: Workspace) -> DatasetInfo:
-    return read_info(ws.dataset)
+def load_model(checkpoint: str, adapter_dir: str | None = None, sha256: str | None = None
+               ) -> Classifier:
+    """A checkpoint, optionally with an adapter merged in (what gets logged to MLflow)."""
+    model = load_checkpoint(checkpoint)[0]
+    return apply_adapter(model, adapter_dir, sha256) if adapter_dir else model
+
+
+
+@task(cache_policy=NO_CACHE)
+def register_base(root: str, pretrained: dict) -> int:
+    """The base checkpoint as version 1 of the registered model (found again after a crash)."""
+    ws = Workspace.at(root)
+    c = registry.client(ws)
+    version = registry.version_for_request(c, "base")
+    if version is not None:
+        return version
+    cfg = ws.config()
+    info = dataset_info(ws)
+    tags = {"checkpoint": ws.rel(ws.base_checkpoint),
+            "checkpoint_sha256": file_sha256(ws.base_checkpoint),
+            "dataset_version": info.content_hash, "forgotten": "[]"}
+    model = load_checkpoint(ws.base_checkpoint, tags["checkpoint_sha256"])[0]
+    run_id = registry.log_request_run(
+        ws, "base", {"kind": "pretrain", **cfg.pretrain.model_dump()},
+        {k: v for k, v in pretrained.items() if isinstance(v, float)}, [ws.base_checkpoint], model,
+        (cfg.model.in_chans, info.image_size, info.image_size))
+    return registry.register(ws, "base", run_id, tags)

@@ -10,6 +10,7 @@ remote, by their md5 (DVC 3's ``files/md5/xx/…`` layout); everything else stay
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,10 +19,15 @@ from prefect.cache_policies import NO_CACHE
 
 from forgetting.data import DataError, image_hashes, read_info, write_without_classes
 from forgetting.evaluate import accuracy, collect_outputs
-from forgetting.model import resolve_device
+from forgetting.files import replace_durably
+from forgetting.requests import RequestError
+from forgetting.runtime import setup_runtime
 
-from .model_tasks import model_for_version, splits
-from .versioning import historic_md5s, object_paths, tracked_md5
+from . import registry
+from .dvc import historic_md5s, object_paths, tracked_md5
+from .ledger import Purge, Request
+from .model_tasks import model_for_version, workspace_splits
+from .requests import ledger
 from .workspace import Workspace
 
 DATASET = "data/dataset.parquet"
@@ -31,10 +37,10 @@ DATASET = "data/dataset.parquet"
 def last_acc_o(root: str, version: int, classes: list[str]) -> float | None:
     """The production model's accuracy on these classes' test images, while they still exist."""
     ws = Workspace.at(root)
-    test = splits(ws)["test"]
+    test = workspace_splits(ws)["test"]
     idx = [test.info.class_index(c) for c in classes]
     model, _ = model_for_version(ws, version)
-    dev = resolve_device(ws.config().device)
+    dev = setup_runtime(ws.config())
     out = collect_outputs(model.to(dev), test, dev)
     return accuracy(out["logits"].argmax(-1).numpy(), out["labels"].numpy(), idx)
 
@@ -49,7 +55,7 @@ def write_purged_dataset(root: str, classes: list[str]) -> str:
     ws.work.mkdir(parents=True, exist_ok=True)
     try:
         info = write_without_classes(ws.dataset, staged, classes)
-        os.replace(staged, ws.dataset)
+        replace_durably(staged, ws.dataset)
     finally:
         staged.unlink(missing_ok=True)
     return info.content_hash
@@ -85,3 +91,45 @@ def remove_old_versions(root: str, hashes: list[str]) -> int:
                 removed += 1
             get_run_logger().info(f"purge: removed dataset object {md5} ({len(copies)} copies)")
     return removed
+
+
+@task(cache_policy=NO_CACHE)
+def check_and_record(root: str, request_id: str) -> Request:
+    """Refuse what cannot be purged; on the first attempt, record the audit entry (hashes,
+    last Acc_o) while the images still exist. A resumed purge keeps that first record."""
+    ws = Workspace.at(root)
+    led = ledger(ws)
+    req = led.get(request_id)
+    if req.purge is not None and req.purge.cache_objects_removed >= 0:
+        raise RequestError(f"{request_id} was purged already on {req.purge.at}")
+    if req.status != "done":
+        raise RequestError(f"{request_id} is {req.status}; only a request whose forgetting "
+                           "is done can be purged")
+    running = [r.id for r in led.all() if r.status == "running"]
+    if running:
+        raise RequestError(f"{', '.join(running)} stopped part-way on the current dataset: "
+                           "finish it with `forget run` (or cancel it) before purging")
+    c = registry.client(ws)
+    prod = registry.alias_version(c, "production")
+    missing = set(req.classes) - set(registry.forgotten_in(c, prod))
+    if missing:
+        raise RequestError(f"the production model v{prod} has not forgotten "
+                           f"{', '.join(sorted(missing))}; purge after it has")
+    if req.purge is None:
+        rec = Purge(at=datetime.now(UTC).isoformat(timespec="seconds"),
+                    dataset_version_before=read_info(ws.dataset).content_hash,
+                    dataset_version_after="", image_sha256s=image_hashes(ws.dataset, req.classes),
+                    cache_objects_removed=-1, last_acc_o=last_acc_o.fn(root, prod, req.classes),
+                    last_acc_o_model_version=prod)
+        req = led.update(request_id, purge=rec.model_dump())
+    return req
+
+
+@task(cache_policy=NO_CACHE)
+def finish_record(root: str, request_id: str, after: str, removed: int) -> Purge:
+    led = ledger(Workspace.at(root))
+    req = led.get(request_id)
+    rec = req.purge.model_copy(update={"dataset_version_after": after,
+                                       "cache_objects_removed": removed})
+    led.update(request_id, purge=rec.model_dump())
+    return rec

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -17,30 +16,29 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from .registry_reader import ServiceUnavailable
 from .workspace import EXPERIMENT, MODEL_NAME, Workspace
 
 T = TypeVar("T")
 PIP_REQUIREMENTS = ["torch", "timm", "safetensors"]  # skips 10-18 s of requirement inference
 
 
-class ServiceUnavailable(RuntimeError):
-    """The tracking server (or another service) did not answer after retries."""
-
-
 def with_backoff(fn: Callable[[], T], what: str, attempts: int = 4, first_delay: float = 1.0) -> T:
-    """Retry a call to the tracking server with exponential backoff, then fail clearly."""
-    delay = first_delay
-    for i in range(attempts):
-        try:
-            return fn()
-        except (MlflowException, OSError) as e:
-            if i == attempts - 1:
-                raise ServiceUnavailable(
-                    f"MLflow unreachable or failing during {what} after {attempts} attempts "
-                    f"({str(e).splitlines()[0][:300]})") from e
-            time.sleep(delay)
-            delay *= 2
+    """Retry a call to the tracking server with exponential backoff (1, 2, 4 s), then fail
+    with one clear error instead of the client's traceback."""
+    try:
+        for attempt in Retrying(stop=stop_after_attempt(attempts),
+                                wait=wait_exponential(multiplier=first_delay),
+                                retry=retry_if_exception_type((MlflowException, OSError)),
+                                reraise=True):
+            with attempt:
+                return fn()
+    except (MlflowException, OSError) as e:
+        raise ServiceUnavailable(
+            f"MLflow unreachable or failing during {what} after {attempts} attempts "
+            f"({str(e).splitlines()[0][:300]})") from e
     raise AssertionError("unreachable")
 
 
@@ -81,8 +79,10 @@ def find_run(c: MlflowClient, exp_id: str, request_id: str) -> str | None:
 
 
 def log_request_run(ws: Workspace, request_id: str, params: dict, metrics: dict,
-                    artifacts: list[Path], model, image_shape: tuple[int, ...]) -> str:
-    """One finished run per request (re-used if it already exists: exactly once)."""
+                    artifacts: list[Path], model, image_shape: tuple[int, ...],
+                    on_started: Callable[[], None] | None = None) -> str:
+    """One finished run per request (re-used if it already exists: exactly once).
+    ``on_started``: called once the run exists and holds its params (a crash-test point)."""
     c = client(ws)
     exp = experiment_id(c, ws)
     existing = find_run(c, exp, request_id)
@@ -94,6 +94,8 @@ def log_request_run(ws: Workspace, request_id: str, params: dict, metrics: dict,
     try:
         for k, v in params.items():
             c.log_param(rid, k, str(v)[:6000])
+        if on_started is not None:
+            on_started()
         for k, v in metrics.items():
             if isinstance(v, int | float) and v is not None:
                 c.log_metric(rid, k, float(v))
@@ -174,14 +176,37 @@ def check_reachable(ws: Workspace) -> None:
 
 
 def set_alias(c: MlflowClient, alias: str, version: int, reason: str) -> None:
+    """Move ``alias``; for ``production`` also append to its history tag. A read-modify-write:
+    callers hold the run lock (``tasks.locks``), so no concurrent move is lost."""
     c.set_registered_model_alias(MODEL_NAME, alias, str(version))
     c.set_model_version_tag(MODEL_NAME, str(version), f"{alias}_reason", reason)
     if alias == "production":
-        hist = json.loads(c.get_registered_model(MODEL_NAME).tags.get("production_history", "[]"))
+        hist = production_history(c)
         if not hist or hist[-1] != version:
             hist.append(version)
         c.set_registered_model_tag(MODEL_NAME, "production_history", json.dumps(hist))
 
 
+def rollback(c: MlflowClient, reason: str) -> tuple[int, int]:
+    """Production back to the version before it: (from, to). Under the run lock."""
+    hist = production_history(c)
+    if len(hist) < 2:
+        raise ValueError("no earlier production version to roll back to")
+    prev, cur = hist[-2], hist[-1]
+    c.set_registered_model_alias(MODEL_NAME, "production", str(prev))
+    c.set_model_version_tag(MODEL_NAME, str(cur), "rolled_back_reason", reason)
+    c.set_registered_model_tag(MODEL_NAME, "production_history", json.dumps(hist[:-1]))
+    return cur, prev
+
+
 def version_tags(c: MlflowClient, version: int) -> dict[str, str]:
     return dict(c.get_model_version(MODEL_NAME, str(version)).tags)
+
+
+def forgotten_in(c: MlflowClient, version: int) -> list[str]:
+    """Every class the model of ``version`` has forgotten (its own request's and earlier)."""
+    return json.loads(version_tags(c, version).get("forgotten", "[]"))
+
+
+def production_history(c: MlflowClient) -> list[int]:
+    return json.loads(c.get_registered_model(MODEL_NAME).tags.get("production_history", "[]"))

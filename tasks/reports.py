@@ -1,16 +1,15 @@
 """A request's report: gathered from what the request's steps stored, rendered by
-``forgetting.report`` into ``data/reports/<request>/`` (DVC-tracked, logged to MLflow)."""
+``forgetting.report`` into ``data/reports/<request>/`` (DVC-tracked, logged to MLflow by the
+``publish_report`` step). No Prefect here: ``forget report`` re-renders without a server."""
 
 from __future__ import annotations
 
 import json
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from forgetting.report import sections, to_markdown, write_report
+from forgetting.report import sections, to_markdown
 
 from .ledger import Request
+from .requests import ledger
 from .workspace import Workspace
 
 KEYS = ("acc_f", "acc_r", "acc_o", "h_mean")
@@ -47,12 +46,6 @@ def report_data(ws: Workspace, req: Request, summary: dict, metrics: dict,
     }
 
 
-@task(cache_policy=NO_CACHE)
-def write_request_report(root: str, data: dict) -> str:
-    ws = Workspace.at(root)
-    return str(write_report(data, ws.report_dir(data["request"]["id"])))
-
-
 def markdown_summary(data: dict) -> str:
     """The report without its images (a Prefect artifact cannot show local files)."""
     secs = [s for s in sections(data) if not (isinstance(s[2], str) and s[2].endswith(".png"))]
@@ -68,8 +61,6 @@ def load_report_data(ws: Workspace, request_id: str) -> dict:
 def purge_note(ws: Workspace, classes: list[str]) -> str | None:
     """For reports that involve purged classes: their Acc_o can no longer be measured, so the
     last value measured before each purge is shown, marked as such."""
-    from .requests import ledger
-
     notes = []
     for r in ledger(ws).all():
         p = r.purge

@@ -3,7 +3,7 @@
 Layout under the root: ``params.yaml``; ``data/`` (DVC-tracked: the dataset, the base
 checkpoint, one adapter and one report folder per request, the request ledger); ``.forgetting/`` (local state,
 not versioned: MLflow's SQLite store and artifacts, Prefect's home, the local DVC remote, work
-files of running requests, the run lock).
+files of running requests, the locks).
 """
 
 from __future__ import annotations
@@ -12,7 +12,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgetting.config import Config, load_config
+import yaml
+
+from forgetting.config import Config, deep_merge, load_config
+from forgetting.files import write_text_atomic
+
+
+class NotAWorkspace(RuntimeError):
+    """A command run outside a workspace (it must not create one as a side effect)."""
 
 MODEL_NAME = "forgetting-vit"
 EXPERIMENT = "forgetting"
@@ -60,26 +67,28 @@ class Workspace:
     def config(self) -> Config:
         return load_config(self.params if self.params.exists() else None)
 
+    def params_with(self, changes: dict) -> tuple[Config, str]:
+        """params.yaml with ``changes`` merged in: the validated config and the YAML text
+        (other keys and their order kept), to write once the change has worked."""
+        raw = (yaml.safe_load(self.params.read_text()) or {}) if self.params.exists() else {}
+        merged = deep_merge(raw, changes)
+        return load_config(None, merged), yaml.safe_dump(merged, sort_keys=False)
+
+    def write_params(self, text: str) -> None:
+        write_text_atomic(self.params, text)
+
+    @property
+    def exists(self) -> bool:
+        """``forget init`` made it: params.yaml and a DVC repo."""
+        return self.params.is_file() and (self.root / ".dvc").is_dir()
+
+    def require(self) -> Workspace:
+        if not self.exists:
+            missing = [p for p, ok in (("params.yaml", self.params.is_file()),
+                                       (".dvc/", (self.root / ".dvc").is_dir())) if not ok]
+            raise NotAWorkspace(f"not a workspace: {self.root} has no {' or '.join(missing)}; "
+                                f"run `forget init --root {self.root}` first (or pass --root)")
+        return self
+
     def rel(self, p: Path) -> str:
         return str(Path(p).resolve().relative_to(self.root))
-
-
-def offline_environment(ws: Workspace) -> None:
-    """Telemetry off, Prefect home inside the workspace; call before importing Prefect/MLflow.
-
-    Values the user already set (PREFECT_API_URL, MLFLOW_TRACKING_URI, PREFECT_HOME) win.
-    """
-    defaults = {
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DVC_NO_ANALYTICS": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        "PREFECT_HOME": str(ws.state / "prefect"),
-        "DVC_SITE_CACHE_DIR": str(ws.state / "dvc-site"),
-        "HF_HUB_OFFLINE": "1",
-    }
-    for k, v in defaults.items():
-        os.environ.setdefault(k, v)
-    if os.environ["PREFECT_HOME"] == defaults["PREFECT_HOME"]:  # Prefect warns if it is missing
-        Path(defaults["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny ViT pretrained once per session on the bundled digits.
 
-Hermetic settings are applied before Prefect / MLflow / DVC can be imported by any test.
+Hermetic settings are applied before Prefect / MLflow / DVC can be imported by any test: the
+project's offline defaults (``tasks.environment``) and a temporary Prefect home.
 """
 
 from __future__ import annotations
@@ -12,17 +13,15 @@ from pathlib import Path
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="forgetting-tests-"))
 os.environ.update(
     PREFECT_HOME=str(_SESSION_TMP / "prefect"),
-    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
-    PREFECT_SERVER_ANALYTICS_ENABLED="false",
-    DO_NOT_TRACK="true",
-    MLFLOW_DISABLE_TELEMETRY="true",
-    DVC_NO_ANALYTICS="1",
     DVC_SITE_CACHE_DIR=str(_SESSION_TMP / "dvc-site"),
-    HF_HUB_OFFLINE="1",
     TQDM_DISABLE="1",
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",  # a server a test stops must not stall for minutes
 )
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+from tasks import environment  # noqa: E402
+
+environment.apply()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -33,6 +32,14 @@ TINY = {
     "model": {"embed_dim": 64, "depth": 4, "num_heads": 4, "image_size": 16, "patch_size": 4},
     "pretrain": {"epochs": 25, "batch_size": 64, "lr": 3e-3},
     "forget": {"epochs": 5},
+}
+# the smallest model that still shows the behaviour, for tests about the pipeline's mechanics
+MICRO = {
+    "model": {"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 16, "patch_size": 4},
+    "pretrain": {"epochs": 4, "batch_size": 64, "lr": 3e-3},
+    "forget": {"epochs": 2, "min_steps_per_epoch": 4},
+    "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0},
+    "evidence": {"retrain_baseline": False, "membership_inference": False},
 }
 
 
@@ -48,12 +55,12 @@ def tiny_cfg() -> Config:
 
 @pytest.fixture(scope="session")
 def digits(session_tmp):
-    from forgetting.data import ParquetImageDataset, import_sklearn_digits
+    from forgetting.data import import_sklearn_digits
+    from forgetting.datasets import splits
 
     path = session_tmp / "digits.parquet"
     info = import_sklearn_digits(path, 16)
-    return {"path": path, "info": info,
-            **{s: ParquetImageDataset(path, s) for s in ("train", "val", "test")}}
+    return {"path": path, "info": info, **splits(path)}
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +68,40 @@ def base_model(digits, tiny_cfg, session_tmp):
     """(model, checkpoint path) of a tiny ViT pretrained on digits (~96 % val accuracy)."""
     from forgetting.model import save_checkpoint
     from forgetting.pretrain import pretrain
+    from forgetting.runtime import setup_runtime
 
-    torch.set_num_threads(2)
+    dev = setup_runtime(tiny_cfg)
     res = pretrain(tiny_cfg.model, 10, digits["train"], digits["val"], tiny_cfg.pretrain,
-                   torch.device("cpu"), progress=False)
+                   dev, progress=False)
     path = session_tmp / "base.safetensors"
     save_checkpoint(res.model, path, digits["info"].class_names)
     return res.model, path
+
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """One Prefect server for the session (Prefect's test harness: a real server process on
+    127.0.0.1 with a temporary database), for in-process flows and ``forget`` subprocesses."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def cli_env(prefect_api) -> dict:
+    """The environment of ``forget`` subprocesses: this session's offline settings and its
+    Prefect server (so no run pays for a temporary server's start-up)."""
+    return {**os.environ, "PREFECT_API_URL": prefect_api}
+
+
+def write_params(root: Path, params: dict) -> None:
+    """Every key spelled out (DVC needs each tracked params section present)."""
+    from forgetting.config import dump_config
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(dump_config(Config.model_validate(params)))

@@ -1,19 +1,23 @@
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from forgetting.config import DataConfig
 from forgetting.data import (
     DataError,
-    ParquetImageDataset,
     check_class_name,
     import_image_folder,
     import_parquet,
     import_sklearn_digits,
-    k_shot,
+    import_source,
+    label_counts,
     read_info,
     write_without_classes,
 )
+from forgetting.datasets import ParquetImageDataset, k_shot
 
 
 def test_digits_import_is_deterministic_and_stratified(digits, tmp_path):
@@ -61,21 +65,86 @@ def test_class_names_that_could_escape_paths_are_refused(name):
         check_class_name(name)
 
 
-def _folder(root, classes=("cat", "dog"), n=4):
+def _folder(root, classes=("cat", "dog"), n=4, size=16, mode="RGB"):
     rng = np.random.default_rng(0)
+    shape = (size, size, 3) if mode == "RGB" else (size, size)
     for c in classes:
         (root / c).mkdir(parents=True)
         for i in range(n):
-            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(
                 root / c / f"{i}.png")
 
 
 def test_image_folder_import(tmp_path):
     _folder(tmp_path / "imgs")
-    info = import_image_folder(tmp_path / "imgs", tmp_path / "ds.parquet", image_size=16)
+    info, rep = import_image_folder(tmp_path / "imgs", tmp_path / "ds.parquet", image_size=16)
     assert info.class_names == ("cat", "dog") and info.channels == 3 and info.num_rows == 8
+    assert rep.per_class == {"cat": 4, "dog": 4} and not rep.resized and not rep.skipped
     ds = ParquetImageDataset(tmp_path / "ds.parquet")
     assert ds[0][0].shape == (3, 16, 16)
+
+
+def test_import_refuses_silent_resizes_and_names_the_params(tmp_path):
+    _folder(tmp_path / "imgs", size=28)
+    with pytest.raises(DataError) as e:
+        import_image_folder(tmp_path / "imgs", tmp_path / "ds.parquet", image_size=16)
+    msg = str(e.value)
+    assert "8 images are not 16x16 (sizes: 28x28 (8))" in msg, msg
+    assert "data.image_size and model.image_size to 28" in msg and "--resize" in msg
+    assert not (tmp_path / "ds.parquet").exists()
+    info, rep = import_image_folder(tmp_path / "imgs", tmp_path / "ds.parquet", image_size=16,
+                                    resize=True)
+    assert info.image_size == 16 and rep.resized == {"28x28 -> 16x16": 8}
+    assert "resized 28x28 -> 16x16: 8 images" in rep.lines()
+
+
+def test_import_refuses_dropping_colour_but_not_grey_stored_as_rgb(tmp_path):
+    _folder(tmp_path / "colour")
+    with pytest.raises(DataError, match="8 images are in colour but model.in_chans is 1.*"
+                                        "model.in_chans: 3.*--channels"):
+        import_image_folder(tmp_path / "colour", tmp_path / "a.parquet", 16, channels=1)
+    _, rep = import_image_folder(tmp_path / "colour", tmp_path / "a.parquet", 16, channels=1,
+                                 convert_channels=True)
+    assert rep.converted == {"RGB -> L": 8}
+    grey = tmp_path / "grey"  # grey pictures saved as RGB files: nothing is lost
+    _folder(grey, mode="L")
+    for f in grey.rglob("*.png"):
+        Image.open(f).convert("RGB").save(f)
+    info, rep = import_image_folder(grey, tmp_path / "b.parquet", 16, channels=1)
+    assert info.channels == 1 and rep.converted == {"RGB -> L": 8}
+
+
+def test_import_lists_skipped_files_and_refuses_nested_images(tmp_path):
+    root = tmp_path / "imgs"
+    _folder(root)
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / ".DS_Store").write_bytes(b"x")
+    (root / "README.md").write_text("about")
+    (root / "dog" / "more").mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "dog" / "more" / "x.png")
+    with pytest.raises(DataError, match=r"1 nested folder\(s\) hold images.*dog/more/ "
+                                        r"\(1 images\).*--skip-nested"):
+        import_image_folder(root, tmp_path / "ds.parquet", 16)
+    info, rep = import_image_folder(root, tmp_path / "ds.parquet", 16, skip_nested=True)
+    assert info.num_rows == 8
+    assert rep.skipped == {"not an image (.txt)": ["cat/notes.txt"], "hidden": [".DS_Store"],
+                           "file outside the class folders": ["README.md"],
+                           "images in nested folders": ["dog/more/ (1 images)"]}
+    assert any(line.startswith("skipped 1 (not an image (.txt)): cat/notes.txt")
+               for line in rep.lines())
+
+
+def test_builtin_source_by_name_or_descriptor_file(tmp_path):
+    repo_descriptor = Path(__file__).resolve().parents[1] / "data/sources/sklearn-digits.yaml"
+    a, rep = import_source("sklearn-digits", tmp_path / "a.parquet", DataConfig(), 1)
+    b, _ = import_source(str(repo_descriptor), tmp_path / "b.parquet", DataConfig(), 1)
+    assert a.content_hash == b.content_hash and sum(rep.per_class.values()) == 1797
+    assert label_counts(tmp_path / "a.parquet", "train").sum() == len(
+        ParquetImageDataset(tmp_path / "a.parquet", "train"))
+    bad = tmp_path / "x.yaml"
+    bad.write_text("builtin: imagenet\n")
+    with pytest.raises(DataError, match="'builtin' must be one of sklearn-digits"):
+        import_source(str(bad), tmp_path / "c.parquet", DataConfig(), 1)
 
 
 def test_corrupt_image_is_an_error_and_nothing_is_written(tmp_path):

@@ -1,0 +1,157 @@
+"""The torch side of the Parquet store: a map-style ``Dataset`` over one split, and k-shot draws.
+
+Labels are read eagerly (a few bytes per row); image bytes are read one row group at a time,
+decoded to a uint8 tensor and kept in a small LRU, per DataLoader worker.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset
+
+from .data import SPLITS, DataError, decode_image, read_info
+
+
+class ParquetImageDataset(Dataset):
+    """Rows of one split (optionally a subset of classes / indices) of a Parquet dataset.
+
+    Labels are read eagerly (a few bytes per row); image bytes are read one row group at a
+    time, decoded to a uint8 tensor and kept in a small LRU, per DataLoader worker.
+    Items are ``(float tensor CxHxW in [-1, 1], label)``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        split: str | None = None,
+        classes: Iterable[int] | None = None,
+        indices: np.ndarray | None = None,
+        cache_row_groups: int = 64,
+    ) -> None:
+        self.path = Path(path)
+        self.info = read_info(self.path)
+        cols = pq.read_table(self.path, columns=["label", "split"])
+        labels = cols["label"].to_numpy().astype(np.int64)
+        splits = cols["split"].to_numpy(zero_copy_only=False).astype(str)
+        mask = np.ones(len(labels), dtype=bool)
+        if split is not None:
+            if split not in SPLITS:
+                raise DataError(f"unknown split {split!r}; allowed: {SPLITS}")
+            mask &= splits == split
+        if classes is not None:
+            mask &= np.isin(labels, np.fromiter(classes, dtype=np.int64))
+        rows = np.flatnonzero(mask)
+        if indices is not None:
+            rows = np.intersect1d(rows, indices)
+        self.rows = rows
+        self.labels = labels[rows]
+        meta = pq.ParquetFile(self.path).metadata
+        self._rg_starts = np.cumsum([0] + [meta.row_group(i).num_rows
+                                           for i in range(meta.num_row_groups)])
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._cache_size = cache_row_groups
+        self._pf: pq.ParquetFile | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self):  # each DataLoader worker opens its own file handle and cache
+        state = self.__dict__.copy()
+        state["_pf"], state["_cache"] = None, OrderedDict()
+        return state
+
+    def _row_group(self, rg: int) -> torch.Tensor:
+        if rg in self._cache:
+            self._cache.move_to_end(rg)
+            return self._cache[rg]
+        if self._pf is None:
+            self._pf = pq.ParquetFile(self.path)
+        blobs = self._pf.read_row_group(rg, columns=["image"])["image"].to_pylist()
+        start = int(self._rg_starts[rg])
+        arrs = [decode_image(b, f"{self.path} row {start + i}") for i, b in enumerate(blobs)]
+        t = torch.from_numpy(np.stack(arrs))
+        t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
+        self._cache[rg] = t.contiguous()
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return self._cache[rg]
+
+    def image_uint8(self, i: int) -> torch.Tensor:
+        row = int(self.rows[i])
+        rg = int(np.searchsorted(self._rg_starts, row, side="right") - 1)
+        return self._row_group(rg)[row - int(self._rg_starts[rg])]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.image_uint8(i).float().div_(127.5).sub_(1.0), int(self.labels[i])
+
+    def subset(self, positions: np.ndarray) -> ParquetImageDataset:
+        """A view on some of this dataset's items (positions into it), sharing the cache."""
+        out = object.__new__(ParquetImageDataset)
+        out.__dict__.update(self.__dict__)
+        out.rows, out.labels = self.rows[positions], self.labels[positions]
+        return out
+
+    def with_classes(self, classes: Iterable[int]) -> ParquetImageDataset:
+        return self.subset(np.flatnonzero(np.isin(self.labels, list(classes))))
+
+    def sha256s(self) -> list[str]:
+        col = pq.read_table(self.path, columns=["sha256"])["sha256"].to_numpy(zero_copy_only=False)
+        return [str(col[r]) for r in self.rows]
+
+
+def k_shot(ds: ParquetImageDataset, k: int, seed: int, classes: Iterable[int] | None = None
+           ) -> ParquetImageDataset:
+    """Seeded choice of exactly k items per class; an error if a class has fewer.
+
+    Prototypes and training draw with this one function and the same seeds
+    (``request_subsets``), so both see the same k images."""
+    rng = np.random.default_rng(seed)
+    classes = sorted(set(ds.labels.tolist()) if classes is None else set(classes))
+    picks = []
+    for c in classes:
+        pos = np.flatnonzero(ds.labels == c)
+        if len(pos) < k:
+            raise DataError(
+                f"{k} shots asked but class {ds.info.class_names[c]!r} has only {len(pos)} "
+                "training images"
+            )
+        picks.append(rng.choice(pos, size=k, replace=False))
+    return ds.subset(np.sort(np.concatenate(picks)) if picks else np.array([], dtype=np.int64))
+
+
+@dataclass
+class RequestData:
+    """The training images one request may use."""
+
+    forget: ParquetImageDataset
+    retained: ParquetImageDataset
+    earlier: ParquetImageDataset | None  # earlier-forgotten classes whose images remain
+
+
+def request_data(train: ParquetImageDataset, forget: Sequence[int], retained: Sequence[int],
+                 earlier: Sequence[int], shots: int | None, seed: int) -> RequestData:
+    """Forgotten, retained and earlier-forgotten training images; k per class when ``shots``.
+
+    The one draw shared by the prototypes and the training of a request (same seeds, same
+    images). Earlier classes with fewer than ``shots`` images left (a purge removes them all)
+    are left out.
+    """
+    counts = np.bincount(train.labels, minlength=len(train.info.class_names))
+    held = [c for c in sorted(set(earlier)) if counts[c] >= (shots or 1)]
+    f, r = train.with_classes(forget), train.with_classes(retained)
+    o = train.with_classes(held) if held else None
+    if shots is not None:
+        f, r = k_shot(f, shots, seed, forget), k_shot(r, shots, seed + 1, retained)
+        o = k_shot(o, shots, seed + 2, held) if held else None
+    return RequestData(f, r, o)
+
+
+def splits(path: str | Path) -> dict[str, ParquetImageDataset]:
+    return {s: ParquetImageDataset(path, s) for s in SPLITS}

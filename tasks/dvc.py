@@ -1,0 +1,118 @@
+"""DVC and git through their supported interface, the CLI (``dvc.api`` is read-only).
+
+Plain functions, no Prefect: quick commands (``request cancel``) use them directly; flows use
+the ``track`` task of ``tasks.versioning``.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger("forgetting")
+
+
+def _dvc(root: Path, *args: str) -> str:
+    cmd = [sys.executable, "-m", "dvc", *args]
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed in {root}: {res.stderr.strip()[-800:]}")
+    return res.stdout
+
+
+def _git(root: Path, *args: str) -> str:
+    res = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed in {root}: {res.stderr.strip()[-400:]}")
+    return res.stdout
+
+
+def init_repo(root: Path, remote: Path) -> None:
+    """git + DVC in ``root`` (kept if present), update checks off, a local default remote."""
+    if not (root / ".git").exists():
+        _git(root, "init", "-q")
+    if not (root / ".dvc").exists():
+        _dvc(root, "init", "-q")
+    _dvc(root, "config", "core.check_update", "false")
+    _dvc(root, "config", "core.analytics", "false")
+    remote.mkdir(parents=True, exist_ok=True)
+    _dvc(root, "remote", "add", "--local", "-d", "-f", "local", str(remote))
+
+
+def track_paths(root: str | Path, paths: list[str], message: str,
+                extra: list[str] = ()) -> None:
+    """``dvc add`` + ``dvc push`` the paths, then commit their pointer files and ``extra``
+    plain files (``params.yaml``) to git in one commit."""
+    r = Path(root)
+    _dvc(r, "add", "-q", *paths)
+    _dvc(r, "push", "-q", *paths)
+    pointers = [f"{p}.dvc" for p in paths] + [str(Path(p).parent / ".gitignore") for p in paths]
+    commit(r, [*pointers, *extra], message)
+    log.info(f"DVC tracked and pushed {', '.join(paths)}")
+
+
+def commit(root: Path, paths: list[str], message: str) -> None:
+    """git add + commit those of ``paths`` that exist, if anything changed."""
+    paths = [p for p in paths if (Path(root) / p).exists()]
+    if not paths:
+        return
+    _git(root, "add", "--", *paths)
+    if _git(root, "status", "--porcelain", "--", *paths).strip():
+        _git(root, "-c", "user.name=forgetting-pipeline", "-c", "user.email=pipeline@localhost",
+             "commit", "-q", "-m", message, "--", *paths)
+
+
+def status_clean(root: Path) -> bool:
+    out = _dvc(root, "status", "--json")
+    return out.strip() in ("", "{}")
+
+
+def tracked_md5(root: Path, path: str, rev: str | None = None) -> str | None:
+    """The md5 that ``<path>.dvc`` records, in the working tree or at a git revision."""
+    pointer = f"{path}.dvc"
+    if rev is None:
+        f = Path(root) / pointer
+        text = f.read_text() if f.is_file() else None
+    else:
+        res = subprocess.run(["git", "show", f"{rev}:{pointer}"], cwd=root, capture_output=True,
+                             text=True)
+        text = res.stdout if res.returncode == 0 else None
+    if not text:
+        return None
+    outs = yaml.safe_load(text).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def historic_md5s(root: Path, path: str) -> set[str]:
+    """Every version of ``path`` that git history has pointed to."""
+    revs = _git(root, "log", "--format=%H", "--", f"{path}.dvc").split()
+    return {m for m in (tracked_md5(root, path, r) for r in revs) if m}
+
+
+def object_paths(root: Path, md5: str) -> list[Path]:
+    """Where DVC 3 keeps a file's object: the local cache and the default local remote."""
+    cache = Path(_dvc(root, "cache", "dir").strip())
+    out = [cache / "files" / "md5" / md5[:2] / md5[2:]]
+    remote = _default_remote_path(root)
+    if remote is not None:
+        out.append(remote / "files" / "md5" / md5[:2] / md5[2:])
+    return out
+
+
+def _default_remote_path(root: Path) -> Path | None:
+    name = _dvc(root, "remote", "default").strip()
+    if not name:
+        return None
+    for line in _dvc(root, "remote", "list").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == name:
+            url = parts[1]
+            if "://" in url and not url.startswith("file://"):
+                raise RuntimeError(f"remote {name!r} ({url}) is not a local directory; delete "
+                                   "the purged objects there with that storage's own tools")
+            return Path(url.removeprefix("file://"))
+    return None
