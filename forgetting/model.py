@@ -18,6 +18,9 @@ from .config import ModelConfig
 from .files import write_atomic
 
 
+META_KEY = "forgetting"
+
+
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, unsafe or for another model."""
 
@@ -103,11 +106,16 @@ def file_sha256(path: str | Path) -> str:
 
 def save_checkpoint(model: Classifier, path: str | Path, class_names: list[str] | tuple[str, ...],
                     extra: dict | None = None) -> str:
-    """safetensors weights + config/class names in its metadata; atomic; returns sha256."""
+    """safetensors weights + config/class names in its metadata; atomic; returns sha256.
+
+    The metadata is one key holding sorted JSON: safetensors writes its metadata map in hash
+    order, which differs between processes, so several keys made the same checkpoint come out
+    as different bytes (measured: the request pipeline's and ``dvc repro``'s base models)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model_config": model.cfg.model_dump_json(), "class_names": json.dumps(list(class_names)),
-            "extra": json.dumps(extra or {})}
+    meta = {META_KEY: json.dumps({"model_config": model.cfg.model_dump(mode="json"),
+                                  "class_names": list(class_names), "extra": extra or {}},
+                                 sort_keys=True)}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_atomic(path, lambda tmp: save_file(state, tmp, metadata=meta))
     return file_sha256(path)
@@ -136,7 +144,11 @@ def load_checkpoint(path: str | Path, expected_sha256: str | None = None,
             state = load_file(path)
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from e
-        if "model_config" in meta:
+        if META_KEY in meta:
+            m = json.loads(meta[META_KEY])
+            cfg, class_names = ModelConfig.model_validate(m["model_config"]), m["class_names"]
+            extra = m["extra"]
+        elif "model_config" in meta:  # written before the one-key layout
             cfg = ModelConfig.model_validate_json(meta["model_config"])
             class_names = json.loads(meta["class_names"])
             extra = json.loads(meta.get("extra", "{}"))

@@ -40,7 +40,7 @@ def _ws(root: Path, require: bool = True):
 def _prefect():
     """Import Prefect (for commands that run flows) and keep its error tracebacks off the
     console unless --verbose: the error line says it, the flow run's logs keep it."""
-    import prefect  # noqa: F401
+    import prefect.main  # noqa: F401  (Prefect's logging is set up there)
 
     console.quiet_prefect_errors()
 
