@@ -1,18 +1,16 @@
-# `make demo` and `make test` each create .venv if missing and install the project into it.
+# `make demo` and `make test` each create .venv if missing and install the project into it,
+# with the exact versions of requirements.lock (pip-tools; `make lock` remakes it).
+# Offline and telemetry settings live in tasks/environment.py, applied by the CLI and the tests.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-export DO_NOT_TRACK := true
-export MLFLOW_DISABLE_TELEMETRY := true
-export DVC_NO_ANALYTICS := 1
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test lint bench bench-seq clean
+.PHONY: demo test test-fast lint lock bench bench-seq figures clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -21,14 +19,25 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# Resolve pyproject.toml's ranges to exact versions (run when a dependency changes).
+lock:
+	$(PY) -m piptools compile --quiet --extra dev --strip-extras --no-emit-index-url \
+		--no-emit-find-links --output-file requirements.lock pyproject.toml
 
 bench: $(STAMP)
 	$(PY) benchmarks/quality.py --quick
 
 bench-seq: $(STAMP)
 	$(PY) benchmarks/sequence.py
+
+figures: $(STAMP)
+	$(PY) benchmarks/readme_figures.py --run
 
 clean:
 	rm -rf .forgetting mlruns mlflow.db

@@ -6,8 +6,8 @@ from __future__ import annotations
 from prefect import flow
 
 from forgetting.data import DataError
+from tasks.data_tasks import import_dataset
 from tasks.locks import run_lock
-from tasks.model_tasks import import_dataset
 from tasks.requests import ledger
 from tasks.versioning import track
 from tasks.workspace import Workspace

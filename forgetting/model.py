@@ -17,7 +17,6 @@ from torch import nn
 from .config import ModelConfig
 from .files import write_atomic
 
-
 META_KEY = "forgetting"
 
 

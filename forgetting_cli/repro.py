@@ -36,11 +36,17 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def _setup(params: Path):
+def _config(params: Path):
     from forgetting.config import load_config
+
+    return load_config(params if params.exists() else None)
+
+
+def _setup(params: Path):
+    """The config, and the runtime it asks for (threads, deterministic kernels, device)."""
     from forgetting.runtime import setup_runtime
 
-    cfg = load_config(params if params.exists() else None)
+    cfg = _config(params)
     return cfg, setup_runtime(cfg)
 
 
@@ -56,7 +62,7 @@ def prepare(params: Params = Path("params.yaml"), out: Out = Path("data/repro"))
     descriptor such as data/sources/sklearn-digits.yaml) to Parquet."""
     from forgetting.data import import_source
 
-    cfg, _ = _setup(params)
+    cfg = _config(params)  # no torch: importing is decoding and encoding images
     dst = out / "dataset.parquet"
     info, report = import_source(cfg.data.source, dst, cfg.data, cfg.model.in_chans)
     for line in report.lines():

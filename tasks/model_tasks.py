@@ -5,14 +5,13 @@ version, prototypes, GS-LoRA training and evaluation. They pass file paths, not 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import ConcatDataset
 
-from forgetting.data import DataError, DatasetInfo, image_hashes_of, import_source, read_info
+from forgetting.data import DatasetInfo, read_info
 from forgetting.datasets import ParquetImageDataset, request_data, splits
 from forgetting.evaluate import compare, evaluate
 from forgetting.files import fsync_tree, replace_durably, write_json_atomic
@@ -31,7 +30,6 @@ from forgetting.runtime import setup_runtime
 from forgetting.train import forget_classes
 
 from . import registry
-from .requests import ledger
 from .workspace import Workspace
 
 TRAINING_SUMMARY = "training.json"  # stored in the adapter folder, next to the weights
@@ -43,53 +41,6 @@ def workspace_splits(ws: Workspace) -> dict[str, ParquetImageDataset]:
 
 def dataset_info(ws: Workspace) -> DatasetInfo:
     return read_info(ws.dataset)
-
-
-@task(cache_policy=NO_CACHE)
-def import_dataset(root: str, source: str, changes: dict) -> dict:
-    """Import to ``data/dataset.parquet``: the bundled digits, an ImageFolder, or a Parquet file,
-    with params.yaml plus ``changes`` (what ``forget ingest`` is about to record there).
-    Staged and checked (classes of an existing model) before it replaces anything."""
-    ws = Workspace.at(root)
-    cfg, _ = ws.params_with(changes)
-    staged = ws.work / f"import-{os.getpid()}.parquet"
-    ws.work.mkdir(parents=True, exist_ok=True)
-    try:
-        info, report = import_source(source, staged, cfg.data, cfg.model.in_chans)
-        refuse_purged(ws, staged, source)
-        if ws.base_checkpoint.exists():
-            _, model_classes, _ = load_checkpoint(ws.base_checkpoint)
-            if list(model_classes) != list(info.class_names):
-                extra = sorted(set(info.class_names) - set(model_classes))
-                missing = sorted(set(model_classes) - set(info.class_names))
-                raise DataError(
-                    f"dataset {source} does not match the model's classes (new: "
-                    f"{extra[:5] or 'none'}, missing: {missing[:5] or 'none'}"
-                    f"{', same names in another order' if not extra and not missing else ''})"
-                    "; a new class list needs a new workspace")
-        ws.dataset.parent.mkdir(parents=True, exist_ok=True)
-        replace_durably(staged, ws.dataset)
-    finally:
-        staged.unlink(missing_ok=True)
-    for line in report.lines():
-        get_run_logger().info(f"ingest: {line}")
-    return {"content_hash": info.content_hash, "classes": list(info.class_names),
-            "image_size": info.image_size, "channels": info.channels,
-            "report": report.as_dict(), "summary": report.lines()}
-
-
-def refuse_purged(ws: Workspace, staged, source: str) -> None:
-    """A purge is for good: a source that still holds purged images (the same folder, say)
-    must not bring them back with the next ingest."""
-    purged = {h: r.id for r in ledger(ws).all() if r.purge for h in r.purge.image_sha256s}
-    if not purged:
-        return
-    back = {purged[h] for h in image_hashes_of(staged) if h in purged}
-    if back:
-        n = sum(1 for h in image_hashes_of(staged) if h in purged)
-        raise DataError(f"{n} images in {source} were purged by {', '.join(sorted(back))}: "
-                        "remove them from the source first (the purge records hold their "
-                        "sha256); nothing was imported")
 
 
 @task(cache_policy=NO_CACHE)

@@ -18,15 +18,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from forgetting.data import DataError, image_hashes, read_info, write_without_classes
-from forgetting.evaluate import accuracy, collect_outputs
 from forgetting.files import replace_durably
 from forgetting.requests import RequestError
-from forgetting.runtime import setup_runtime
 
 from . import registry
 from .dvc import historic_md5s, object_paths, tracked_md5
 from .ledger import Purge, Request
-from .model_tasks import model_for_version, workspace_splits
 from .requests import ledger
 from .workspace import Workspace
 
@@ -35,7 +32,13 @@ DATASET = "data/dataset.parquet"
 
 @task(cache_policy=NO_CACHE)
 def last_acc_o(root: str, version: int, classes: list[str]) -> float | None:
-    """The production model's accuracy on these classes' test images, while they still exist."""
+    """The production model's accuracy on these classes' test images, while they still exist.
+    (torch is imported here: a resumed purge, which has this figure already, never loads it.)"""
+    from forgetting.evaluate import accuracy, collect_outputs
+    from forgetting.runtime import setup_runtime
+
+    from .model_tasks import model_for_version, workspace_splits
+
     ws = Workspace.at(root)
     test = workspace_splits(ws)["test"]
     idx = [test.info.class_index(c) for c in classes]

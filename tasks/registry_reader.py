@@ -109,7 +109,14 @@ class RestReader:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:  # an answer: not retried
             body = e.read().decode(errors="replace")
-            if e.code == 404 or "RESOURCE_DOES_NOT_EXIST" in body:
+            try:
+                err = json.loads(body)
+            except ValueError:
+                err = {}
+            # what MLflow answers for a missing model, version or alias (as tasks.registry reads)
+            if e.code == 404 or err.get("error_code") == "RESOURCE_DOES_NOT_EXIST" or (
+                    err.get("error_code") == "INVALID_PARAMETER_VALUE"
+                    and "not found" in err.get("message", "")):
                 return None
             raise ServiceUnavailable(f"MLflow at {self.uri} answered HTTP {e.code} to "
                                      f"{endpoint}: {body[:300]}") from None

@@ -94,8 +94,12 @@ def prefect_api() -> str:
 
 @pytest.fixture(scope="session")
 def cli_env(prefect_api) -> dict:
-    """The environment of ``forget`` subprocesses: this session's offline settings and its
-    Prefect server (so no run pays for a temporary server's start-up)."""
+    """The environment of ``forget`` processes: this session's offline settings and its
+    Prefect server (so no run pays for a temporary server's start-up). Starts the fork server
+    they come from (tests/forkserver.py)."""
+    from . import forkserver
+
+    forkserver.start(prefect_api)
     return {**os.environ, "PREFECT_API_URL": prefect_api}
 
 

@@ -7,28 +7,35 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from forgetting.model import file_sha256
 
 
 def forget(env: dict, root: Path, *args: str, kill_at: str | None = None, check: bool = True,
-           timeout: float = 600, **extra_env) -> subprocess.CompletedProcess:
-    """``python -m forgetting_cli ARGS --root ROOT`` in a subprocess (this checkout's code)."""
+           timeout: float = 600, fresh: bool = False, **extra_env) -> subprocess.CompletedProcess:
+    """``forget ARGS --root ROOT`` in its own process: forked from the tests' fork server
+    (the pipeline already imported), or a fresh interpreter with ``fresh=True``."""
     e = {**env, **({"FORGETTING_KILL_AT": kill_at} if kill_at else {}), **extra_env}
-    res = subprocess.run([sys.executable, "-m", "forgetting_cli", *args, "--root", str(root)],
-                         env=e, capture_output=True, text=True, timeout=timeout)
+    argv = [*args, "--root", str(root)]
+    if fresh:
+        res = subprocess.run([sys.executable, "-m", "forgetting_cli", *argv], env=e,
+                             capture_output=True, text=True, timeout=timeout)
+    else:
+        p = start_forget(e, root, *args)
+        out, err = p.communicate(timeout)
+        res = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     if check:
         assert res.returncode == 0, (f"forget {' '.join(args)}:\n{res.stdout[-2000:]}\n"
                                      f"{res.stderr[-4000:]}")
     return res
 
 
-def start_forget(env: dict, root: Path, *args: str, **extra_env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "forgetting_cli", *args, "--root", str(root)],
-                            env={**env, **extra_env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start_forget(env: dict, root: Path, *args: str, **extra_env):
+    """A ``forget`` command running in the background (a fork-server process)."""
+    from .forkserver import Forked
+
+    return Forked([*args, "--root", str(root)], {**env, **extra_env})
 
 
 @contextlib.contextmanager
@@ -47,18 +54,9 @@ def lock_held_elsewhere(path: Path):
         p.wait(timeout=30)
 
 
-def wait_for_stderr(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
-    """Read ``proc``'s stderr until a line holds ``text`` (it says it waits on a lock)."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
-        if text in line:
-            return line
-    raise AssertionError(f"{proc.args} never said {text!r}:\n{''.join(seen)[-3000:]}")
+def wait_for_stderr(proc, text: str, timeout: float = 120) -> str:
+    """Until ``proc`` writes a stderr line holding ``text`` (it says it waits on a lock)."""
+    return proc.wait_for_stderr(text, timeout)
 
 
 def request_file(ws, rid: str) -> dict:

@@ -267,15 +267,18 @@ def test_prefect_api_unreachable_leaves_the_request_pending(cli_env, ws):
     assert request_file(w, rid)["attempts"] == 1
 
 
-def test_mlflow_failing_in_the_middle_of_a_request(prefect_api, tmp_path_factory,
-                                                   monkeypatch):
-    """The tracking server answers when the run starts and dies after training: the run backs
-    off, gives up naming MLflow, leaves the request pending with the reason; once the server
-    is back, the next run finishes it exactly once. (The CLI's one-line error for this is
-    checked in test_cli.py.)"""
-    from tasks.registry_reader import ServiceUnavailable
+def test_against_a_real_mlflow_server_that_fails_mid_request(prefect_api, tmp_path_factory,
+                                                             monkeypatch):
+    """A real `mlflow server` process: the pipeline registers through it and the fast status
+    path reads it over REST. Then the server dies while a request is half done (after
+    training): the run backs off, gives up naming MLflow and leaves the request pending with
+    the reason; once the server is back, the next run finishes it exactly once. (The CLI's
+    one-line error for such failures is checked in test_cli.py.)"""
+    from tasks.ledger import RequestSpec
+    from tasks.registry_reader import ClientReader, RestReader, ServiceUnavailable, reader
+    from tasks.requests import add_request
 
-    d = tmp_path_factory.mktemp("mlflow-mid")
+    d = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
@@ -285,8 +288,15 @@ def test_mlflow_failing_in_the_middle_of_a_request(prefect_api, tmp_path_factory
     flag = d / "paused"
     with server_process(cmd, f"{url}/health", d / "server1.log") as server:
         w, dataset_sha = _workspace(d / "ws")
-        from tasks.ledger import RequestSpec
-        from tasks.requests import add_request
+        first = add_request(w, RequestSpec(classes=["digit_4"])).id
+        assert [(r["id"], r["status"], r["model_version"]) for r in _run(w)] == [
+            (first, "done", 2)]
+        assert not (w.state / "mlflow.db").exists()  # nothing went to the embedded store
+        fast, slow = reader(w), ClientReader(w)
+        assert isinstance(fast, RestReader)
+        assert [fast.alias_version(a) for a in ("production", "nope")] == [2, None]
+        assert fast.version_tags(2) == slow.version_tags(2)
+        assert fast.version_for_request(first) == slow.version_for_request(first) == 2
 
         rid = add_request(w, RequestSpec(classes=["digit_5"])).id
         monkeypatch.setenv("FORGETTING_PAUSE_AT", "after-train")

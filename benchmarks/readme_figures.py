@@ -1,0 +1,220 @@
+"""The README's measured figures, generated from recorded results so they cannot go stale.
+
+    python benchmarks/readme_figures.py --run      # run every benchmark, record, render
+    python benchmarks/readme_figures.py            # render README from benchmarks/results/
+    python benchmarks/readme_figures.py --check    # exit 1 if README and results disagree
+
+``--run`` (about 20 minutes on 2 CPU cores) records, each with the machine it ran on:
+``forget demo`` in a fresh folder (``demo.json``), ``dvc repro``'s committed metrics
+(``data/repro/*.json``), ``quality.py --quick`` (``quality.json``), ``sequence.py``
+(``sequence.json``) and the CLI latencies (``latency.json``). The README holds each figure
+between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->``; the test suite runs
+``--check``, so a figure in the README is always the one in the results beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+README = REPO / "README.md"
+BLOCK = re.compile(r"(<!-- figures:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)",
+                   re.S)
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(),
+            "date": datetime.now(UTC).isoformat(timespec="minutes")}
+
+
+def _last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _save(name: str, data: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({**data, "machine": machine()}, indent=2)
+                                          + "\n")
+
+
+def run_all() -> None:
+    py = sys.executable
+    work = Path(tempfile.mkdtemp(prefix="figures-"))
+    t0 = time.perf_counter()
+    subprocess.run([py, "-m", "forgetting_cli", "demo", "--root", str(work / "demo")],
+                   check=True, cwd=REPO)
+    demo_s = time.perf_counter() - t0
+    st = json.loads(subprocess.run([py, "-m", "forgetting_cli", "status", "--json", "--root",
+                                    str(work / "demo")], check=True, capture_output=True,
+                                   text=True).stdout)
+    _save("demo", {"seconds": round(demo_s), "status": st})
+    lat = _last_json(subprocess.run([py, "benchmarks/cli_latency.py", "--root",
+                                     str(work / "demo"), "--json"], check=True, cwd=REPO,
+                                    capture_output=True, text=True).stdout)
+    before = json.loads((RESULTS / "latency.json").read_text()).get("before") \
+        if (RESULTS / "latency.json").exists() else None
+    _save("latency", {"after": lat, "before": before})
+    shutil.rmtree(work)  # the temp folder this script made
+    for name, args in (("quality", ["benchmarks/quality.py", "--quick", "--json"]),
+                       ("sequence", ["benchmarks/sequence.py", "--json"])):
+        out = subprocess.run([py, *args], check=True, cwd=REPO, capture_output=True,
+                             text=True).stdout
+        _save(name, _last_json(out))
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f} %"
+
+
+def _on(m: dict) -> str:
+    return f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date'][:10]}"
+
+
+def render_demo() -> str:
+    d = _load("demo")
+    reqs = d["status"]["requests"]
+    lines = [f"Measured (`benchmarks/results/demo.json`; {_on(d['machine'])}): the run took "
+             f"{d['seconds'] // 60} min {d['seconds'] % 60:02d} s after the install; production "
+             f"is v{d['status']['production_version']}."]
+    for r in reqs:
+        m = r["metrics"]
+        lines.append(f"- {r['id']} (`{','.join(r['classes'])}`"
+                     f"{', ' + str(r['shots']) + '-shot' if r['shots'] else ''}): "
+                     f"**{r['status']}** as v{r['model_version']}, Acc_f "
+                     f"{m['acc_f']:.3f}, Acc_r {m['before_acc_r']:.3f} -> {m['acc_r']:.3f}"
+                     + (f"; gate: {r['gate']}" if r["gate"] != "passed" else ""))
+    return "\n".join(lines) + "\n"
+
+
+def render_repro() -> str:
+    m = json.loads((REPO / "data" / "repro" / "metrics.json").read_text())
+    p = json.loads((REPO / "data" / "repro" / "pretrain.json").read_text())
+    rows = [f"base model: val accuracy {p['val_acc']:.3f}, pretrained in {p['seconds']:.0f} s"]
+    rows += [f"- step {s['step']} (`{','.join(s['classes'])}`, on step {s['parent_step']}): "
+             f"Acc_f {s['acc_f']:.3f}, Acc_r {s['before_acc_r']:.3f} -> {s['acc_r']:.3f}, "
+             f"gate {s['gate']}" for s in m["steps"]]
+    return "Measured (`data/repro/metrics.json`, `pretrain.json`, committed with `dvc.lock`): " \
+        + rows[0] + "\n" + "\n".join(rows[1:]) + "\n"
+
+
+def render_quality() -> str:
+    r = _load("quality")
+    return "\n".join([
+        f"Measured (`benchmarks/results/quality.json`; {_on(r['machine'])}, "
+        f"{r.get('threads', '?')} threads), forgetting `{','.join(r['classes'][0])}`:",
+        "",
+        "| model | Acc_f | Acc_r | H-Mean | seconds |",
+        "|---|---|---|---|---|",
+        f"| original | {_pct(r['acc_f_before'])} | {_pct(r['acc_r_before'])} | | |",
+        f"| GS-LoRA++ full data | {_pct(r['acc_f'])} | {_pct(r['acc_r'])} | "
+        f"{_pct(r['h_mean'])} | {r['forget_seconds']:.1f} |",
+        f"| GS-LoRA++ 4-shot | {_pct(r['fewshot_acc_f'])} | {_pct(r['fewshot_acc_r'])} | "
+        f"{_pct(r['fewshot_h_mean'])} | {r['fewshot_forget_seconds']:.1f} |",
+        f"| retrain from scratch | {_pct(r['retrain_acc_f'])} | {_pct(r['retrain_acc_r'])} | "
+        f"| {r['retrain_seconds']:.1f} |",
+        "",
+        f"{r['retrain_seconds'] / r['forget_seconds']:.1f}x faster than retraining "
+        f"({r['retrain_seconds'] / r['fewshot_forget_seconds']:.1f}x 4-shot); adapter "
+        f"{r['adapter_bytes'] / 1024:.1f} KiB = {100 * r['adapter_bytes'] / r['model_bytes']:.2f} "
+        f"% of the model, {r['groups_kept']:.0f} of {r['groups_total']:.0f} groups kept. "
+        f"Membership-inference AUC on the forgotten images: original "
+        f"{r['mia_forget_original']:.3f}, GS-LoRA++ {r['mia_forget']:.3f}, retrain "
+        f"{r['mia_forget_retrain']:.3f}.", ""])
+
+
+def render_sequence() -> str:
+    r = _load("sequence")
+    full, few = r["steps"][-1], r["fewshot_steps"][-1]
+    n = len(r["steps"])
+    lines = [
+        f"Measured (`benchmarks/results/sequence.json`; {_on(r['machine'])}, "
+        f"{r.get('threads', '?')} threads), {n} one-class requests in a row:", "",
+        f"| after {n} requests | Acc_f | Acc_r | Acc_o (max over steps) | seconds (total) |",
+        "|---|---|---|---|---|",
+        f"| GS-LoRA++ full data | {_pct(full['acc_f'])} | {_pct(full['acc_r'])} | "
+        f"{_pct(full['acc_o'])} ({_pct(max(s['acc_o'] or 0 for s in r['steps']))}) | "
+        f"{r['forget_seconds_total']:.0f} |",
+        f"| GS-LoRA++ {r['shots']}-shot | {_pct(few['acc_f'])} | {_pct(few['acc_r'])} | "
+        f"{_pct(few['acc_o'])} ({_pct(max(s['acc_o'] or 0 for s in r['fewshot_steps']))}) | "
+        f"{r['fewshot_forget_seconds_total']:.0f} |",
+        f"| retrain from scratch | {_pct(full['retrain_acc_f'])} | "
+        f"{_pct(full['retrain_acc_r'])} | {_pct(full['retrain_acc_o'])} | "
+        f"{r['retrain_seconds_total']:.0f} |", "",
+        f"Full data: {r['retrain_seconds_total'] / r['forget_seconds_total']:.1f}x faster than "
+        f"retraining. Membership-inference AUC on every class forgotten so far, gap to the "
+        f"retrained model per step: " + ", ".join(
+            f"{abs(s['mia_auc_all'] - s['retrain_mia_auc_all']):.3f}" for s in r["steps"]) + "."]
+    if "pipeline_seconds_total" in r:
+        over = r["pipeline_seconds_total"] - r["library_seconds_total"]
+        lines.append(f"Through Prefect + MLflow + DVC the same requests took "
+                     f"{r['pipeline_seconds_total']:.0f} s vs {r['library_seconds_total']:.0f} s "
+                     f"as library calls: {over / n:.1f} s per request of pipeline overhead.")
+    return "\n".join(lines) + "\n"
+
+
+def render_latency() -> str:
+    r = _load("latency")
+    rows = ["| command | before (s) | now (s) |", "|---|---|---|"]
+    for k, v in r["after"].items():
+        b = (r.get("before") or {}).get(k)
+        rows.append(f"| `forget {k}` | {b['median_s']:.2f} |" if b else f"| `forget {k}` | - |")
+        rows[-1] += f" {v['median_s']:.2f} |"
+    return (f"Median of 5 fresh processes on an idle machine (`benchmarks/results/latency.json`;"
+            f" {_on(r['machine'])}); *before*: commit {r.get('before_commit', '6d05317')}.\n\n"
+            + "\n".join(rows) + "\n")
+
+
+RENDER = {"demo": render_demo, "repro": render_repro, "quality": render_quality,
+          "sequence": render_sequence, "latency": render_latency}
+
+
+def rendered(text: str) -> str:
+    def sub(m: re.Match) -> str:
+        return m.group(1) + RENDER[m.group("name")]() + m.group(4)
+
+    return BLOCK.sub(sub, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", action="store_true", help="run the benchmarks first (~20 min)")
+    ap.add_argument("--check", action="store_true", help="exit 1 if README is not up to date")
+    args = ap.parse_args(argv)
+    if args.run:
+        run_all()
+    text = README.read_text()
+    new = rendered(text)
+    if args.check:
+        if new != text:
+            print("README.md figures differ from benchmarks/results: run "
+                  "`python benchmarks/readme_figures.py`", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

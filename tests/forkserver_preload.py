@@ -1,0 +1,10 @@
+"""Imported once by the tests' fork server (tests/forkserver.py): what `forget` commands load."""
+
+import prefect.main  # noqa: F401
+
+import flows.ingest  # noqa: F401
+import flows.pretrain  # noqa: F401
+import flows.process_requests  # noqa: F401
+import flows.purge  # noqa: F401
+import forgetting_cli.main  # noqa: F401
+import tasks.registry  # noqa: F401
