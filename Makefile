@@ -25,10 +25,14 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# Resolve pyproject.toml's ranges to exact versions (run when a dependency changes).
+# Resolve pyproject.toml's ranges to exact versions (run when a dependency changes), within
+# the machine's pip constraints where it has them (here: the torch builds on its disk).
+PIP_CONSTRAINTS := $(wildcard /etc/xdg/pip/constraints.txt)
 lock:
+	rm -f requirements.lock
 	$(PY) -m piptools compile --quiet --extra dev --strip-extras --no-emit-index-url \
-		--no-emit-find-links --output-file requirements.lock pyproject.toml
+		--no-emit-find-links $(addprefix --constraint ,$(PIP_CONSTRAINTS)) \
+		--output-file requirements.lock pyproject.toml
 
 bench: $(STAMP)
 	$(PY) benchmarks/quality.py --quick

@@ -44,10 +44,13 @@ def server_process(cmd: list[str], health_url: str, log: Path, env: dict | None 
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal the process group; SIGKILL it if it has not ended within 10 s."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):  # and whatever it started (workers)
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc.wait()

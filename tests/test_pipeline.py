@@ -25,7 +25,7 @@ from forgetting_cli.main import app
 from .conftest import MICRO, TINY, write_params
 from .servers import free_port, server_process
 
-PARAMS = {**TINY, "forget": {"epochs": 3}, "pretrain": {**TINY["pretrain"], "epochs": 12},
+PARAMS = {**TINY, "forget": {"epochs": 2}, "pretrain": {**TINY["pretrain"], "epochs": 8},
           "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0}}
 
 

@@ -73,3 +73,30 @@ def test_rendering_again_reuses_the_plots(tmp_path):
     png = (first / "group_norms.png").read_bytes()
     out = render_again(first / "report.json", tmp_path / "again").parent
     assert (out / "group_norms.png").read_bytes() == png
+
+
+def test_long_work_logs_progress_lines_off_a_terminal():
+    """tqdm hides itself when stderr is not a terminal; the epochs are then logged instead
+    (the first, the last, and at most one line per interval between them)."""
+    import logging
+
+    from forgetting.progress import progress_bar
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    log = logging.getLogger("forgetting")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        bar = progress_bar(5, "pretrain", every_s=3600)
+        for epoch in bar:
+            bar.set_postfix(loss=f"{1 / (epoch + 1):.3f}")
+        bar.close()
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("pretrain epoch 1/5 (") and lines[0].endswith("loss 1.000")
+    assert lines[1].startswith("pretrain epoch 5/5 (") and lines[1].endswith("loss 0.200")
