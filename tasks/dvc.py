@@ -17,7 +17,9 @@ log = logging.getLogger("forgetting")
 
 
 def _dvc(root: Path, *args: str) -> str:
-    cmd = [sys.executable, "-m", "dvc", *args]
+    # --wait-for-lock: a concurrent command (a cancel during a run, a user's `dvc status`)
+    # waits for DVC's repo lock instead of failing after DVC's ~3 s of retries
+    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
     res = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed in {root}: {res.stderr.strip()[-800:]}")

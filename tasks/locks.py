@@ -34,39 +34,34 @@ def _lock(path: Path) -> FileLock:
                     preserve_lock_file=True)
 
 
+def _acquire(lock: FileLock, waiting: str, level: int, timeout: float) -> None:
+    """Take ``lock``; when it is held elsewhere, log ``waiting`` once, then wait up to
+    ``timeout`` seconds (-1: as long as it takes; 0: not at all). Raises ``Timeout``."""
+    try:
+        lock.acquire(timeout=0)
+        return
+    except Timeout:
+        if timeout == 0:
+            raise
+    log.log(level, waiting)
+    lock.acquire(timeout=timeout)
+
+
 @contextlib.contextmanager
 def run_lock(ws: Workspace, what: str, timeout: float = -1):
     """Hold the run lock; ``timeout`` seconds (-1: wait for as long as it takes)."""
     lock = _lock(ws.lock)
     try:
-        lock.acquire(timeout=0)
+        _acquire(lock, f"waiting for the run in progress to finish before {what}", logging.INFO,
+                 timeout)
     except Timeout:
-        if timeout == 0:
-            raise Busy(f"a run is in progress in {ws.root} (it holds {ws.rel(ws.lock)}); "
-                       f"{what} was not started: retry when it has finished") from None
-        log.info(f"waiting for the run in progress to finish before {what}")
-        try:
-            lock.acquire(timeout=timeout)
-        except Timeout:
-            raise Busy(f"a run still held {ws.rel(ws.lock)} after {timeout:.0f} s; {what} "
-                       "was not started") from None
+        raise Busy(f"a run is in progress in {ws.root} (it holds {ws.rel(ws.lock)}); {what} "
+                   f"was not started{'' if timeout == 0 else f' within {timeout:.0f} s'}: "
+                   "retry when it has finished") from None
     try:
         yield
     finally:
         lock.release()
-
-
-def run_in_progress(ws: Workspace) -> bool:
-    """Whether another process holds the run lock right now."""
-    lock = _lock(ws.lock)
-    if lock.is_locked:  # held by this process
-        return False
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    lock.release()
-    return False
 
 
 def ledger_lock(ws: Workspace) -> FileLock:
@@ -75,12 +70,8 @@ def ledger_lock(ws: Workspace) -> FileLock:
 
 @contextlib.contextmanager
 def hold(lock: FileLock, what: str):
-    """Hold ``lock`` (waiting as long as it takes); says so at debug level when it must wait."""
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.debug(f"waiting for {what} ({lock.lock_file})")
-        lock.acquire()
+    """Hold ``lock`` for as long as it takes; says so at debug level when it must wait."""
+    _acquire(lock, f"waiting for {what} ({lock.lock_file})", logging.DEBUG, -1)
     try:
         yield
     finally:

@@ -287,16 +287,14 @@ def test_against_a_real_mlflow_server_that_fails_mid_request(prefect_api, tmp_pa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     flag = d / "paused"
     with server_process(cmd, f"{url}/health", d / "server1.log") as server:
-        w, dataset_sha = _workspace(d / "ws")
-        first = add_request(w, RequestSpec(classes=["digit_4"])).id
-        assert [(r["id"], r["status"], r["model_version"]) for r in _run(w)] == [
-            (first, "done", 2)]
+        w, dataset_sha = _workspace(d / "ws")  # the base registered through the server
         assert not (w.state / "mlflow.db").exists()  # nothing went to the embedded store
         fast, slow = reader(w), ClientReader(w)
         assert isinstance(fast, RestReader)
-        assert [fast.alias_version(a) for a in ("production", "nope")] == [2, None]
-        assert fast.version_tags(2) == slow.version_tags(2)
-        assert fast.version_for_request(first) == slow.version_for_request(first) == 2
+        assert [fast.alias_version(a) for a in ("production", "nope")] == [1, None]
+        assert fast.version_tags(1) == slow.version_tags(1)
+        assert fast.version_for_request("base") == slow.version_for_request("base") == 1
+        assert fast.version_for_request("req-0001") is None
 
         rid = add_request(w, RequestSpec(classes=["digit_5"])).id
         monkeypatch.setenv("FORGETTING_PAUSE_AT", "after-train")
@@ -324,6 +322,8 @@ def test_against_a_real_mlflow_server_that_fails_mid_request(prefect_api, tmp_pa
     req = request_file(w, rid)
     assert req["status"] == "pending" and "MLflow unreachable" in req["error"]
     with server_process(cmd, f"{url}/health", d / "server2.log"):
-        _run(w)
+        assert [(r["id"], r["status"], r["model_version"]) for r in _run(w)] == [
+            (rid, "done", 2)]
         assert_exactly_once(w, rid, dataset_sha)
+        assert fast.version_for_request(rid) == slow.version_for_request(rid) == 2
     assert request_file(w, rid)["attempts"] == 2
