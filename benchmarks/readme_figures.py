@@ -69,9 +69,9 @@ def run_all() -> None:
     lat = _last_json(subprocess.run([py, "benchmarks/cli_latency.py", "--root",
                                      str(work / "demo"), "--json"], check=True, cwd=REPO,
                                     capture_output=True, text=True).stdout)
-    before = json.loads((RESULTS / "latency.json").read_text()).get("before") \
-        if (RESULTS / "latency.json").exists() else None
-    _save("latency", {"after": lat, "before": before})
+    prev = json.loads((RESULTS / "latency.json").read_text()) \
+        if (RESULTS / "latency.json").exists() else {}
+    _save("latency", {"after": lat, **{k: v for k, v in prev.items() if k.startswith("before")}})
     shutil.rmtree(work)  # the temp folder this script made
     for name, args in (("quality", ["benchmarks/quality.py", "--quick", "--json"]),
                        ("sequence", ["benchmarks/sequence.py", "--json"])):
