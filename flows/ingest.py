@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from forgetting.data import DataError
-from tasks.data_tasks import import_dataset
+from tasks.data_tasks import import_dataset, refuse_while_a_request_is_half_done
 from tasks.locks import run_lock
-from tasks.requests import ledger
 from tasks.versioning import track
 from tasks.workspace import Workspace
 
@@ -18,14 +16,11 @@ def ingest_flow(root: str, source: str = "sklearn-digits", allow: dict | None = 
     """``allow``: the lossy changes this import may make (``resize``, ``convert_channels``,
     ``skip_nested``), recorded in params.yaml with the source."""
     ws = Workspace.at(root)
-    _, params = ws.params_with({"data": {"source": source, **(allow or {})}})
+    changes = {"data": {"source": source, **(allow or {})}}
+    _, params = ws.params_with(changes)
     with run_lock(ws, "ingesting"):  # never replace the dataset under a running request
-        running = [r.id for r in ledger(ws).all() if r.status == "running"]
-        if running:
-            raise DataError(f"{', '.join(running)} stopped part-way on the current dataset: "
-                            "finish it with `forget run` (or `forget request cancel` it) before "
-                            "a new dataset replaces it")
-        info = import_dataset(root, source, {"data": {"source": source, **(allow or {})}})
+        refuse_while_a_request_is_half_done(root)
+        info = import_dataset(root, source, changes)
         ws.write_params(params)
         track(root, ["data/dataset.parquet"], f"dataset {info['content_hash'][:12]} from {source}",
               extra=["params.yaml"])

@@ -15,6 +15,17 @@ from .workspace import Workspace
 
 
 @task(cache_policy=NO_CACHE)
+def refuse_while_a_request_is_half_done(root: str) -> None:
+    """A request that stopped part-way (status running, under no run) started on the current
+    dataset: it must be finished or cancelled before another dataset replaces it."""
+    running = [r.id for r in ledger(Workspace.at(root)).all() if r.status == "running"]
+    if running:
+        raise DataError(f"{', '.join(running)} stopped part-way on the current dataset: "
+                        "finish it with `forget run` (or `forget request cancel` it) before "
+                        "a new dataset replaces it")
+
+
+@task(cache_policy=NO_CACHE)
 def import_dataset(root: str, source: str, changes: dict) -> dict:
     """Import to ``data/dataset.parquet``: the bundled digits, an ImageFolder, or a Parquet file,
     with params.yaml plus ``changes`` (what ``forget ingest`` is about to record there).
