@@ -20,24 +20,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(url: str, timeout: float = 180, proc: subprocess.Popen | None = None,
+             log: Path | None = None) -> None:
+    """Until ``url`` answers (failing if ``proc`` exits first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                pytest.fail(f"{proc.args} exited:\n{log.read_text()[-2000:] if log else ''}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{url} did not answer within {timeout:.0f} s")
+            time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def server_process(cmd: list[str], health_url: str, log: Path, env: dict | None = None,
-                   timeout: float = 180):
-    """Start ``cmd`` in its own process group; yield once ``health_url`` answers."""
+                   timeout: float = 180, wait: bool = True):
+    """Start ``cmd`` in its own process group; yield once ``health_url`` answers (at once
+    with ``wait=False``: the caller waits)."""
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(health_url, timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"{cmd[2:4]} exited:\n{log.read_text()[-2000:]}")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{health_url} did not answer within {timeout:.0f} s")
-                time.sleep(0.5)
+        if wait:
+            wait_for(health_url, timeout, proc, log)
         yield proc
     finally:
         stop(proc)

@@ -8,13 +8,13 @@ workspace puts back what it changed, so no test depends on another one having ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 import yaml
@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from forgetting_cli.main import app
 
 from .conftest import MICRO, TINY, write_params
-from .servers import free_port, server_process
+from .servers import free_port, server_process, wait_for
 
 PARAMS = {**TINY, "forget": {"epochs": 2}, "pretrain": {**TINY["pretrain"], "epochs": 8},
           "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0}}
@@ -370,12 +370,14 @@ def test_printed_ui_commands_work_as_printed(processed, tmp_path):
     dvc = subprocess.run(["bash", "-c", cmds["DVC"]], env=env, capture_output=True, text=True,
                          timeout=120)
     assert dvc.returncode == 0, dvc.stderr
-    for what, url in (("MLflow UI", "http://127.0.0.1:5000/health"),
-                      ("Prefect UI", "http://127.0.0.1:4200/api/health")):
-        assert "DO_NOT_TRACK=true" in cmds[what]
-        log = tmp_path / f"{what}.log"
-        with server_process(["bash", "-c", "exec " + cmds[what]], url, log, env=env):
-            urllib.request.urlopen(url, timeout=5)
+    with contextlib.ExitStack() as servers:  # both start at once: each takes ~12 s here
+        for what, url in (("MLflow UI", "http://127.0.0.1:5000/health"),
+                          ("Prefect UI", "http://127.0.0.1:4200/api/health")):
+            assert "DO_NOT_TRACK=true" in cmds[what]
+            servers.enter_context(server_process(["bash", "-c", "exec " + cmds[what]], url,
+                                                 tmp_path / f"{what}.log", env=env, wait=False))
+        for url in ("http://127.0.0.1:5000/health", "http://127.0.0.1:4200/api/health"):
+            wait_for(url)
     assert f"PREFECT_HOME={ws.state / 'prefect'}" in shlex.split(cmds["Prefect UI"])
 
 
@@ -387,13 +389,13 @@ def test_served_deployment_picks_up_a_queued_request(processed, tmp_path):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_UI_ENABLED": "false",
-           "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_UI_ENABLED": "false",
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     server_cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                   "--port", str(port)]
     with server_process(server_cmd, f"{api}/health", tmp_path / "prefect-server.log", env):
         serve_env = {**env, "PREFECT_API_URL": api}
-        serve_cmd = [sys.executable, "-m", "forgetting_cli", "serve", "--interval", "5",
+        serve_cmd = [sys.executable, "-m", "forgetting_cli", "serve", "--interval", "3",
                      "--root", str(ws.root), "--name", "test-serve"]
         with server_process(serve_cmd, f"{api}/health", tmp_path / "serve.log", serve_env):
             res = _cli("request", "add", "digit_5", "--root", str(ws.root))
