@@ -317,11 +317,13 @@ def import_image_folder(
     if off and not resize:
         common = ", ".join(f"{w}x{h} ({c})" for (w, h), c in sizes.most_common(3))
         (w, h), _ = sizes.most_common(1)[0]
+        keep = (f"to keep them as they are, set data.image_size and model.image_size to {w} "
+                f"in params.yaml (with a model.patch_size that divides {w}); " if w == h
+                else "the model takes square images; ")
         problems.append(
-            f"{off} images are not {image_size}x{image_size} (sizes: {common}): to keep them "
-            f"as they are, set data.image_size and model.image_size to {w} in params.yaml "
-            f"(with a model.patch_size that divides {w}); to scale them to {image_size}x"
-            f"{image_size}, pass --resize (params: data.resize: true)")
+            f"{off} images are not {image_size}x{image_size} (sizes: {common}): {keep}to "
+            f"scale them to {image_size}x{image_size}, pass --resize (params: data.resize: "
+            "true)")
     if colour and not convert_channels:
         problems.append(
             f"{colour} images are in colour but model.in_chans is 1: to keep colour, set "

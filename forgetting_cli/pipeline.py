@@ -174,6 +174,8 @@ def run(root: Root = Path(".")) -> None:
             line += f" (model v{r['model_version']}, Acc_f {r['acc_f']:.3f}, Acc_r {r['acc_r']:.3f})"
         if r.get("gate") not in (None, "passed"):
             line += f"; gate: {r['gate']}"
+        if r.get("error"):
+            line += f": {r['error']}"
         typer.echo(line)
 
 

@@ -48,8 +48,8 @@ def start_request(root: str, request_id: str) -> dict:
         if req.dataset_version and req.dataset_version != info.content_hash:
             raise RequestError(
                 f"{request_id} was started on dataset {req.dataset_version[:12]}, the dataset "
-                f"is now {info.content_hash[:12]}: cancel it (`forget request cancel`) and "
-                "request it again")
+                f"is now {info.content_hash[:12]} (replaced outside `forget`): request it "
+                "again on this one")
         forget = validate_request(info.class_names, req.classes, earlier_names)
     except RequestError as e:
         led.update(request_id, expect=OPEN, status="failed", error=str(e))
