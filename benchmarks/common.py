@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from forgetting.config import Config, load_config
-from forgetting.data import import_sklearn_digits
+from forgetting.data import builtin_source, import_source
 from forgetting.datasets import ParquetImageDataset, splits
 from forgetting.model import load_checkpoint, save_checkpoint
 from forgetting.pretrain import pretrain
@@ -17,12 +17,15 @@ from forgetting.runtime import setup_runtime
 
 
 def dataset(cfg: Config, cache: Path) -> tuple[Path, dict[str, ParquetImageDataset]]:
+    """``data.source`` imported once (cached by source and split settings), through the
+    model's transform."""
     cache.mkdir(parents=True, exist_ok=True)
-    data = cache / f"digits-{cfg.data.image_size}.parquet"
+    name = builtin_source(cfg.data.source) or Path(cfg.data.source).stem
+    key = hashlib.sha256(cfg.data.model_dump_json().encode()).hexdigest()[:8]
+    data = cache / f"{name}-{key}.parquet"
     if not data.exists():
-        import_sklearn_digits(data, cfg.data.image_size, val_fraction=cfg.data.val_fraction,
-                              test_fraction=cfg.data.test_fraction, seed=cfg.data.seed)
-    return data, splits(data)
+        import_source(cfg.data.source, data, cfg.data, cfg.model.in_chans)
+    return data, splits(data, cfg.model)
 
 
 def base_model(cfg: Config, cache: Path, splits, device: torch.device):

@@ -25,6 +25,7 @@ from common import base_model, common_args, dataset, setup  # benchmarks/ is on 
 from torch.utils.data import ConcatDataset
 
 from forgetting.config import Config
+from forgetting.data import builtin_source
 from forgetting.evaluate import evaluate
 from forgetting.mia import membership_inference
 from forgetting.model import model_bytes
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     numeric = [k for k, v in rows[0].items() if isinstance(v, int | float)]
     result = {k: sum(r[k] for r in rows) / len(rows) for k in numeric}
     result.update(classes=[r["classes"] for r in rows], selected=rows[0]["selected"],
+                  source=builtin_source(cfg.data.source) or cfg.data.source,
+                  train_images=len(splits["train"]),
                   device=str(device), threads=torch.get_num_threads(),
                   pretrain_seconds=pretrain_seconds)
     print_table(result)
@@ -102,7 +105,7 @@ def print_table(r: dict) -> None:
     def pct(x):
         return f"{100 * x:6.2f}"
 
-    print(f"\nForgetting {r['classes']} on digits ({r['device']})")
+    print(f"\nForgetting {r['classes']} on {r['source']} ({r['device']})")
     print(f"{'model':<22}{'Acc_f %':>9}{'Acc_r %':>9}{'H-Mean':>9}{'seconds':>9}")
     print(f"{'original':<22}{pct(r['acc_f_before']):>9}{pct(r['acc_r_before']):>9}")
     print(f"{'GS-LoRA++ full data':<22}{pct(r['acc_f']):>9}{pct(r['acc_r']):>9}"

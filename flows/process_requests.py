@@ -17,6 +17,7 @@ from tasks.ledger import OPEN, StaleRequest
 from tasks.locks import run_lock
 from tasks.model_tasks import (
     evaluate_request,
+    export_production,
     materialize,
     prototypes,
     retrain_reference,
@@ -59,12 +60,14 @@ def process_request(root: str, request_id: str) -> dict:
     track(root, [ws.rel(ws.adapters)], f"adapter {request_id}")
     crash_point("after-adapter-tracked")
 
-    run_id = log_run(root, request_id, plan, parent, summary, metrics, retrain)
+    run_id = log_run(root, request_id, plan, summary, metrics, retrain)
     crash_point("after-mlflow-run")
     version = register_version(root, request_id, run_id, plan, summary)
     crash_point("after-register")
     gate = apply_gates(root, request_id, version, plan, metrics)
     crash_point("after-production-alias")
+    if gate is None:
+        export_production(root, version)
     # the report before the ledger says done: a request marked done always has its report
     publish_report(root, request_id, plan, version, run_id, summary, metrics, retrain, gate)
     status = finish_request(root, request_id, version, run_id, summary, metrics, retrain, gate)

@@ -21,6 +21,8 @@ class DataConfig(_Strict):
     """How the embedded dataset is imported and split."""
 
     source: str = "sklearn-digits"
+    # the size images are stored at; the model's transform resizes/crops to model.image_size
+    # at load time when they differ (forgetting/preprocess.py)
     image_size: int = Field(16, ge=8, le=1024)
     val_fraction: float = Field(0.2, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
@@ -47,6 +49,12 @@ class ModelConfig(_Strict):
     head: Literal["linear", "cosface", "arcface"] = "linear"
     head_scale: float = Field(16.0, gt=0, description="s of the cosine heads")
     head_margin: float = Field(0.2, ge=0, description="m of the margin heads (training only)")
+    global_pool: Literal["token", "avg"] = "token"
+    # preprocessing (forgetting/preprocess.py): null takes the arch's timm pretrained_cfg
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    crop_pct: float | None = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
@@ -74,6 +82,12 @@ class TrainConfig(_Strict):
     warmup_epochs: int = Field(3, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
+    # timm's training transform (forgetting/preprocess.py); off for the digits: a flipped or
+    # cropped digit is another digit
+    augment: bool = False
+    hflip: float = Field(0.5, ge=0, le=1)
+    scale_min: float = Field(0.08, gt=0, le=1, description="random resized crop, least area")
+    color_jitter: float = Field(0.4, ge=0)
 
 
 class PrototypeConfig(_Strict):
@@ -95,6 +109,9 @@ class ForgetConfig(_Strict):
     lora_alpha: float = Field(8.0, gt=0)
     epochs: int = Field(6, ge=1)
     min_steps_per_epoch: int = Field(10, ge=1, description="k-shot data fits in one batch")
+    # an epoch is one pass over the retained images; at tens of thousands of them, a cap
+    # keeps a request's cost independent of the dataset's size
+    max_steps_per_epoch: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1, description="retained images per step")
     forget_batch_size: int = Field(16, ge=1, description="forgotten images per step")
     lr: float = Field(1e-2, gt=0)
@@ -177,15 +194,13 @@ class Config(_Strict):
     # deterministic kernels) makes a run repeat bit for bit; null uses every core
     threads: int | None = Field(2, ge=1)
     deterministic: bool = True
-
-    @model_validator(mode="after")
-    def _data_matches_model(self) -> Config:
-        if self.data.image_size != self.model.image_size:
-            raise ValueError(
-                f"data.image_size {self.data.image_size} != model.image_size "
-                f"{self.model.image_size}"
-            )
-        return self
+    # throughput on CUDA (forgetting/runtime.py); none of these changes a CPU run
+    amp: Literal["auto", "off", "bf16"] = Field(
+        "auto", description="auto: bfloat16 autocast on a CUDA device that supports it")
+    loader_workers: int | None = Field(
+        None, ge=0, description="DataLoader processes; null: 0 on CPU, up to 8 on CUDA")
+    channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the backbone for training")
 
 
 class ConfigError(ValueError):

@@ -224,6 +224,56 @@ def import_sklearn_digits(path: str | Path, image_size: int = 16, **split_kw) ->
     return write_dataset(path, imgs, digits.target, names, source="sklearn-digits", **split_kw)
 
 
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+FASHION_MNIST_CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat", "sandal",
+                         "shirt", "sneaker", "bag", "ankle_boot"]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format: big-endian dims, then uint8 data), gzipped or not."""
+    import gzip
+    import struct
+
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+    except (OSError, EOFError, struct.error) as e:
+        raise DataError(f"{path} is not a readable IDX file: {e}") from e
+    if zero != 0 or dtype != 0x08:
+        raise DataError(f"{path} is not a uint8 IDX file")
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: {data.size} bytes for shape {dims}")
+    return data.reshape(dims)
+
+
+def import_fashion_mnist(path: str | Path, directory: str | Path = FASHION_MNIST_DIR, *,
+                         val_fraction: float = 0.2, seed: int = 0, **kw) -> DatasetInfo:
+    """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (70,000 real 28x28 grey images,
+    10 classes; nothing downloaded), at its source resolution. Its own test set (10,000) is
+    the test split; the validation split is drawn per class from its 60,000 training images."""
+    d = Path(directory)
+    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+    files = {s.rsplit("-", 2)[0]: next((p for ext in (".gz", "") if (p := d / f"{s}{ext}")
+                                        .is_file()), None) for s in stems}
+    if None in files.values():
+        raise DataError(f"Fashion-MNIST not found in {d}: install Debian's package "
+                        "(apt-get install dataset-fashion-mnist; `dpkg -L dataset-fashion-mnist` "
+                        "lists its IDX files)")
+    train_x, train_y = _read_idx(files["train-images"]), _read_idx(files["train-labels"])
+    test_x, test_y = _read_idx(files["t10k-images"]), _read_idx(files["t10k-labels"])
+    split = _stratified_splits(train_y, val_fraction, 0.0, seed)
+    split[split == "test"] = "train"  # a test fraction of 0 still cuts one image per class
+    return write_dataset(path, np.concatenate([train_x, test_x]),
+                         np.concatenate([train_y, test_y]).astype(np.int64),
+                         FASHION_MNIST_CLASSES, source="fashion-mnist",
+                         splits=np.concatenate([split, np.full(len(test_y), "test", dtype=object)]),
+                         **kw)
+
+
 _MODES = {1: "L", 3: "RGB"}
 
 
@@ -317,9 +367,9 @@ def import_image_folder(
     if off and not resize:
         common = ", ".join(f"{w}x{h} ({c})" for (w, h), c in sizes.most_common(3))
         (w, h), _ = sizes.most_common(1)[0]
-        keep = (f"to keep them as they are, set data.image_size and model.image_size to {w} "
-                f"in params.yaml (with a model.patch_size that divides {w}); " if w == h
-                else "the model takes square images; ")
+        keep = (f"to store them as they are, set data.image_size to {w} in params.yaml (the "
+                "model's transform scales them to model.image_size as it loads them); "
+                if w == h else "the model takes square images; ")
         problems.append(
             f"{off} images are not {image_size}x{image_size} (sizes: {common}): {keep}to "
             f"scale them to {image_size}x{image_size}, pass --resize (params: data.resize: "
@@ -336,7 +386,7 @@ def import_image_folder(
     return info, rep
 
 
-BUILTIN = ("sklearn-digits",)
+BUILTIN = ("sklearn-digits", "fashion-mnist")
 
 
 def builtin_source(source: str) -> str | None:
@@ -368,6 +418,12 @@ def import_source(source: str, path: str | Path, data: DataConfig, channels: int
         rep = ImportReport(per_class={})
         rep.notes.append(f"built-in 8x8 digits scaled to {data.image_size}x{data.image_size} "
                          "(data.image_size)")
+    elif builtin_source(source) == "fashion-mnist":
+        kw.pop("test_fraction")
+        info = import_fashion_mnist(path, **kw)
+        rep = ImportReport(per_class={})
+        rep.notes.append("built-in Fashion-MNIST (Debian dataset-fashion-mnist) at its 28x28 "
+                         "source resolution; its own test set is the test split")
     elif source.endswith(".parquet"):
         info, rep = import_parquet(source, path, data.row_group_size), ImportReport()
     else:

@@ -7,7 +7,7 @@ decoded to a uint8 tensor and kept in a small LRU, per DataLoader worker.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
+from .config import ModelConfig
 from .data import SPLITS, DataError, decode_image, read_info
+from .preprocess import eval_transform
 
 
 class ParquetImageDataset(Dataset):
@@ -24,7 +26,8 @@ class ParquetImageDataset(Dataset):
 
     Labels are read eagerly (a few bytes per row); image bytes are read one row group at a
     time, decoded to a uint8 tensor and kept in a small LRU, per DataLoader worker.
-    Items are ``(float tensor CxHxW in [-1, 1], label)``.
+    Items are ``(transform(uint8 CxHxW tensor), label)``; the transform comes from the model
+    (``forgetting.preprocess``); without one, images are scaled to [-1, 1].
     """
 
     def __init__(
@@ -34,7 +37,9 @@ class ParquetImageDataset(Dataset):
         classes: Iterable[int] | None = None,
         indices: np.ndarray | None = None,
         cache_row_groups: int = 64,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
+        self.transform = transform
         self.path = Path(path)
         self.info = read_info(self.path)
         cols = pq.read_table(self.path, columns=["label", "split"])
@@ -89,7 +94,16 @@ class ParquetImageDataset(Dataset):
         return self._row_group(rg)[row - int(self._rg_starts[rg])]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.image_uint8(i).float().div_(127.5).sub_(1.0), int(self.labels[i])
+        img = self.image_uint8(i)
+        x = self.transform(img) if self.transform else img.float().div_(127.5).sub_(1.0)
+        return x, int(self.labels[i])
+
+    def with_transform(self, transform: Callable[[torch.Tensor], torch.Tensor]
+                       ) -> ParquetImageDataset:
+        """The same rows through another transform (training augmentation), sharing the cache."""
+        out = self.subset(np.arange(len(self)))
+        out.transform = transform
+        return out
 
     def subset(self, positions: np.ndarray) -> ParquetImageDataset:
         """A view on some of this dataset's items (positions into it), sharing the cache."""
@@ -153,5 +167,8 @@ def request_data(train: ParquetImageDataset, forget: Sequence[int], retained: Se
     return RequestData(f, r, o)
 
 
-def splits(path: str | Path) -> dict[str, ParquetImageDataset]:
-    return {s: ParquetImageDataset(path, s) for s in SPLITS}
+def splits(path: str | Path, model: ModelConfig | None = None
+           ) -> dict[str, ParquetImageDataset]:
+    """The three splits, through ``model``'s eval transform when given."""
+    tf = eval_transform(model, read_info(path).image_size) if model is not None else None
+    return {s: ParquetImageDataset(path, s, transform=tf) for s in SPLITS}

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .runtime import autocast, loader_options, to_device
+
 
 @torch.no_grad()
 def collect_outputs(model: nn.Module, ds: Dataset, device: torch.device, batch_size: int = 256,
@@ -19,12 +21,13 @@ def collect_outputs(model: nn.Module, ds: Dataset, device: torch.device, batch_s
     logits, feats, labels = [], [], []
     # its own generator: a DataLoader without one draws a seed from the global RNG on every
     # pass, so an evaluation would change what a later seeded step (LoRA init) draws
+    base = _classifier(model)
     for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False,
-                           generator=torch.Generator()):
-        x = x.to(device)
-        base = _classifier(model)
-        f = base.embed(x)
-        logits.append(base.head(f).float().cpu())
+                           generator=torch.Generator(), **loader_options(device)):
+        with autocast(device):
+            f = base.embed(to_device(x, device))
+            z = base.head(f)
+        logits.append(z.float().cpu())
         if want_features:
             feats.append(f.float().cpu())
         labels.append(y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -10,7 +11,7 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -66,7 +67,7 @@ class Classifier(nn.Module):
             cfg.arch, pretrained=False, num_classes=0, img_size=cfg.image_size,
             patch_size=cfg.patch_size, in_chans=cfg.in_chans, depth=cfg.depth,
             embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-            global_pool="token",
+            global_pool=cfg.global_pool,
         )
         dim = self.backbone.num_features
         self.head: nn.Module = (
@@ -120,49 +121,69 @@ def save_checkpoint(model: Classifier, path: str | Path, class_names: list[str] 
     return file_sha256(path)
 
 
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, facts) from a safetensors file or a weights-only torch file.
+
+    ``facts`` holds what the file says about itself: ``arch`` (timm train.py checkpoints),
+    and our own metadata if it is one of ours. Nothing is unpickled beyond tensors, plain
+    containers and argparse.Namespace (timm train.py stores its ``args`` as one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    facts: dict = {}
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            state = load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from e
+        facts["metadata"] = meta
+        if META_KEY in meta:
+            facts["ours"] = json.loads(meta[META_KEY])
+        if "arch" in meta:
+            facts["arch"] = meta["arch"]
+        return state, facts
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for code, RuntimeError for truncation, ...
+        raise CheckpointError(
+            f"checkpoint {path} refused: only safetensors or weights-only torch files load "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        if isinstance(obj.get("arch"), str):
+            facts["arch"] = obj["arch"]
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    return obj, facts
+
+
 def load_checkpoint(path: str | Path, expected_sha256: str | None = None,
                     cfg: ModelConfig | None = None, class_names: list[str] | None = None,
                     ) -> tuple[Classifier, list[str], dict]:
-    """Load our safetensors checkpoint, or a user's ``.pt`` state dict with weights_only=True.
+    """Load our safetensors checkpoint, or a ``.pt`` state dict of our keys with weights_only.
 
-    A ``.pt`` file carries no config, so ``cfg`` and ``class_names`` must be given for it.
-    Pickles with code in them are refused by ``weights_only=True``; nothing is unpickled freely.
+    A ``.pt`` file carries no config, so ``cfg`` and ``class_names`` must be given for it (a
+    plain timm checkpoint goes through ``forgetting.timm_checkpoint`` instead).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if expected_sha256 is not None and file_sha256(path) != expected_sha256:
         raise CheckpointError(f"checkpoint {path} does not match its recorded sha256")
+    state, facts = read_state_dict(path)
     extra: dict = {}
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            state = load_file(path)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from e
-        if META_KEY in meta:
-            m = json.loads(meta[META_KEY])
-            cfg, class_names = ModelConfig.model_validate(m["model_config"]), m["class_names"]
-            extra = m["extra"]
-        elif "model_config" in meta:  # written before the one-key layout
-            cfg = ModelConfig.model_validate_json(meta["model_config"])
-            class_names = json.loads(meta["class_names"])
-            extra = json.loads(meta.get("extra", "{}"))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # UnpicklingError for code, RuntimeError for truncation, ...
-            raise CheckpointError(
-                f"checkpoint {path} refused: only safetensors or weights-only torch files "
-                f"load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-            ) from e
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise CheckpointError(f"checkpoint {path} does not hold a state dict")
+    meta = facts.get("metadata", {})
+    if "ours" in facts:
+        m = facts["ours"]
+        cfg, class_names = ModelConfig.model_validate(m["model_config"]), m["class_names"]
+        extra = m["extra"]
+    elif "model_config" in meta:  # written before the one-key layout
+        cfg = ModelConfig.model_validate_json(meta["model_config"])
+        class_names = json.loads(meta["class_names"])
+        extra = json.loads(meta.get("extra", "{}"))
     if cfg is None or class_names is None:
         raise CheckpointError(f"checkpoint {path} has no model config; pass cfg and class_names")
     model = create_model(cfg, len(class_names))

@@ -15,16 +15,20 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 
 from .config import ModelConfig, TrainConfig
+from .datasets import ParquetImageDataset
 from .evaluate import accuracy, collect_outputs
 from .model import Classifier, create_model
+from .preprocess import train_transform
 from .progress import progress_bar
+from .runtime import autocast, compiled, loader_options, to_device
 
 
-def seeded_loader(ds, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False
-                  ) -> DataLoader:
+def seeded_loader(ds, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False,
+                  device: torch.device | None = None) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=min(batch_size, max(len(ds), 1)), shuffle=shuffle,
-                      generator=g, drop_last=drop_last)
+                      generator=g, drop_last=drop_last,
+                      **(loader_options(device) if device is not None else {}))
 
 
 @dataclass
@@ -52,7 +56,9 @@ def fit(model: Classifier, train_ds, val_ds, cfg: TrainConfig, device: torch.dev
         raise ValueError("no training images")
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader = seeded_loader(train_ds, cfg.batch_size, cfg.seed, drop_last=len(train_ds) > cfg.batch_size)
+    loader = seeded_loader(train_ds, cfg.batch_size, cfg.seed,
+                           drop_last=len(train_ds) > cfg.batch_size, device=device)
+    forward = compiled(model)
     steps = cfg.epochs * len(loader)
     sched = CosineLRScheduler(opt, t_initial=steps, lr_min=cfg.min_lr,
                               warmup_t=cfg.warmup_epochs * len(loader), warmup_lr_init=cfg.lr / 100,
@@ -62,17 +68,19 @@ def fit(model: Classifier, train_ds, val_ds, cfg: TrainConfig, device: torch.dev
     bar = progress_bar(cfg.epochs, desc, enabled=progress)
     for epoch in bar:
         model.train()
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=device)  # read once per epoch
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            logits = model(x, y)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            x, y = to_device(x, device), y.to(device, non_blocking=True)
+            with autocast(device):
+                logits = forward(x, y)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             sched.step_update(step)
-            total += float(loss.detach())
+            total += loss.detach()
+        total = float(total)
         out = collect_outputs(model, val_ds, device)
         acc = accuracy(out["logits"].argmax(-1).numpy(), out["labels"].numpy(),
                        np.unique(out["labels"].numpy()))
@@ -86,11 +94,19 @@ def fit(model: Classifier, train_ds, val_ds, cfg: TrainConfig, device: torch.dev
     return FitResult(model, best[1], best[0], time.perf_counter() - t0, history)
 
 
+def augmented(train_ds: ParquetImageDataset, model_cfg: ModelConfig, cfg: TrainConfig
+              ) -> ParquetImageDataset:
+    """The training images through timm's training transform when ``cfg.augment``."""
+    if not cfg.augment:
+        return train_ds
+    return train_ds.with_transform(train_transform(model_cfg, cfg, train_ds.info.image_size))
+
+
 def pretrain(model_cfg: ModelConfig, num_classes: int, train_ds, val_ds, cfg: TrainConfig,
              device: torch.device, progress: bool = True) -> FitResult:
     torch.manual_seed(cfg.seed)
-    return fit(create_model(model_cfg, num_classes), train_ds, val_ds, cfg, device,
-               progress=progress)
+    return fit(create_model(model_cfg, num_classes), augmented(train_ds, model_cfg, cfg), val_ds,
+               cfg, device, progress=progress)
 
 
 def retrain_baseline(model_cfg: ModelConfig, num_classes: int, train_ds, val_ds,
@@ -99,5 +115,5 @@ def retrain_baseline(model_cfg: ModelConfig, num_classes: int, train_ds, val_ds,
     """The gold standard: a fresh model of the same shape trained only on the remaining
     classes' images (the removed classes' head rows only ever act as negatives)."""
     torch.manual_seed(cfg.seed)
-    return fit(create_model(model_cfg, num_classes), train_ds, val_ds, cfg, device,
-               classes=remaining, progress=progress, desc="retrain")
+    return fit(create_model(model_cfg, num_classes), augmented(train_ds, model_cfg, cfg), val_ds,
+               cfg, device, classes=remaining, progress=progress, desc="retrain")

@@ -8,11 +8,27 @@ non-deterministic unless asked otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .config import Config
+
+
+@dataclass
+class Accel:
+    """How training and evaluation use the device, set once per process by setup_runtime."""
+
+    amp_dtype: torch.dtype | None = None
+    workers: int = 0
+    channels_last: bool = False
+    compile: bool = False
+
+
+ACCEL = Accel()
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -31,4 +47,40 @@ def setup_runtime(cfg: Config) -> torch.device:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(cfg.deterministic)
+    cuda = device.type == "cuda"
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    ACCEL.amp_dtype = torch.bfloat16 if (cfg.amp == "bf16" or (cfg.amp == "auto" and bf16)) \
+        and cuda else None
+    ACCEL.workers = (cfg.loader_workers if cfg.loader_workers is not None
+                     else min(8, max((os.cpu_count() or 1) - 1, 0)) if cuda else 0)
+    ACCEL.channels_last = cuda and cfg.channels_last
+    ACCEL.compile = cfg.compile
     return device
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CUDA when enabled; a no-op on the CPU (runs repeat bit for bit)."""
+    if ACCEL.amp_dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=ACCEL.amp_dtype)
+
+
+def loader_options(device: torch.device) -> dict:
+    """DataLoader worker processes and pinned memory (CUDA), so the GPU is not kept waiting."""
+    opts: dict = {"num_workers": ACCEL.workers, "pin_memory": device.type == "cuda"}
+    if ACCEL.workers:
+        opts["persistent_workers"] = True
+    return opts
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch onto the device without a host sync (pinned memory), channels-last on CUDA."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if ACCEL.channels_last and \
+        x.ndim == 4 else x
+
+
+def compiled(module: nn.Module) -> nn.Module:
+    """``torch.compile(module)`` when enabled; the module itself otherwise (the weights are
+    shared either way, so saving reads the uncompiled module)."""
+    return torch.compile(module) if ACCEL.compile else module

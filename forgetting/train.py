@@ -47,6 +47,7 @@ from .pretrain import seeded_loader
 from .progress import progress_bar
 from .prototypes import Prototypes, compute_prototypes
 from .requests import RequestError
+from .runtime import autocast, compiled, to_device
 
 
 @dataclass
@@ -71,6 +72,41 @@ class ForgetResult:
 def _cycle(loader):
     while True:
         yield from loader
+
+
+def step_losses(base: Classifier, backbone: torch.nn.Module, groups, retained: tuple,
+                forgotten: tuple, earlier: tuple | None, protos: Prototypes | None,
+                cfg: ForgetConfig, alpha: float, w_f: float, device: torch.device
+                ) -> dict[str, torch.Tensor]:
+    """The GS-LoRA(++) objective on one batch of (images, labels) per kind (method.md):
+    retained CE + bounded forget loss + group sparsity (+ earlier-forgotten, + prototypes).
+    ``backbone``: ``base.backbone``, possibly compiled."""
+    (x_r, y_r), (x_f, y_f) = retained, forgotten
+    x_o, y_o = earlier if earlier is not None else (x_f[:0], y_f[:0])
+    x = to_device(torch.cat([x_r, x_f, x_o]), device)
+    y_r, y_f, y_o = (y.to(device, non_blocking=True) for y in (y_r, y_f, y_o))
+    with autocast(device):
+        feats = backbone(x)
+    feats = feats.float()  # the losses and the head in float32
+    n_r, n_f = len(y_r), len(y_r) + len(y_f)
+    f_r, f_f, f_o = feats[:n_r], feats[n_r:n_f], feats[n_f:]
+    logits_r, logits_f = base.head(f_r, y_r), base.head(f_f)
+    ce_r = F.cross_entropy(logits_r, y_r)
+    ce_f = F.cross_entropy(logits_f, y_f)
+    structure = group_sparse_loss(groups)
+    loss = ce_r + cfg.beta * bounded_forget_loss(ce_f, cfg.bound) + alpha * structure
+    ce_o = torch.zeros((), device=device)
+    if len(y_o):
+        ce_o = F.cross_entropy(base.head(f_o), y_o)
+        loss = loss + cfg.beta_earlier * bounded_forget_loss(ce_o, cfg.bound_earlier)
+    pro = torch.zeros((), device=device)
+    if protos is not None:
+        v_r, v_f = (f_r, f_f) if protos.source == "embedding" else (logits_r, logits_f)
+        pro = prototype_loss(v_f, protos.vectors[y_f], v_r, protos.vectors[y_r],
+                             w_f, cfg.prototypes.w_r, cfg.prototypes.bound)
+        loss = loss + pro
+    return {"loss": loss, "ce_r": ce_r, "ce_f": ce_f, "ce_o": ce_o, "structure": structure,
+            "pro": pro}
 
 
 def forget_classes(
@@ -119,11 +155,15 @@ def forget_classes(
     params = [p for g in groups for p in g]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # batch sizes shrink to the data in k-shot mode, where a class has only k images
-    load_r = seeded_loader(train_r, cfg.batch_size, cfg.seed)
-    load_f = _cycle(seeded_loader(train_f, cfg.forget_batch_size, cfg.seed + 1))
+    load_r = seeded_loader(train_r, cfg.batch_size, cfg.seed, device=device)
+    load_f = _cycle(seeded_loader(train_f, cfg.forget_batch_size, cfg.seed + 1, device=device))
     load_o = (None if train_o is None
-              else _cycle(seeded_loader(train_o, cfg.earlier_batch_size, cfg.seed + 2)))
+              else _cycle(seeded_loader(train_o, cfg.earlier_batch_size, cfg.seed + 2,
+                                        device=device)))
+    backbone = compiled(base.backbone)
     steps_per_epoch = max(len(load_r), cfg.min_steps_per_epoch)
+    if cfg.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     load_r = _cycle(load_r)
     steps = cfg.epochs * steps_per_epoch
     sched = CosineLRScheduler(opt, t_initial=steps, lr_min=cfg.min_lr, t_in_epochs=False)
@@ -135,33 +175,15 @@ def forget_classes(
     for epoch in bar:
         peft_model.train()
         alpha = cfg.alpha if epoch >= cfg.alpha_warmup_epochs else 0.0
-        sums = dict.fromkeys(("loss", "ce_r", "ce_f", "ce_o", "structure", "pro"), 0.0)
+        # summed on the device and read once per epoch: no host sync inside the step loop
+        sums = {k: torch.zeros((), dtype=torch.float64, device=device)
+                for k in ("loss", "ce_r", "ce_f", "ce_o", "structure", "pro")}
         for _ in range(steps_per_epoch):
-            x_r, y_r = next(load_r)
-            x_f, y_f = next(load_f)
-            x_o, y_o = next(load_o) if load_o is not None else (x_f[:0], y_f[:0])
-            x = torch.cat([x_r, x_f, x_o]).to(device)
-            y_r, y_f, y_o = y_r.to(device), y_f.to(device), y_o.to(device)
-            feats = base.embed(x)
-            n_r, n_f = len(y_r), len(y_r) + len(y_f)
-            f_r, f_f, f_o = feats[:n_r], feats[n_r:n_f], feats[n_f:]
-            logits_r, logits_f = base.head(f_r, y_r), base.head(f_f)
-            ce_r = F.cross_entropy(logits_r, y_r)
-            ce_f = F.cross_entropy(logits_f, y_f)
-            structure = group_sparse_loss(groups)
-            loss = ce_r + cfg.beta * bounded_forget_loss(ce_f, cfg.bound) + alpha * structure
-            ce_o = torch.zeros((), device=device)
-            if len(y_o):
-                ce_o = F.cross_entropy(base.head(f_o), y_o)
-                loss = loss + cfg.beta_earlier * bounded_forget_loss(ce_o, cfg.bound_earlier)
-            pro = torch.zeros((), device=device)
-            if protos is not None:
-                v_r, v_f = (f_r, f_f) if protos.source == "embedding" else (logits_r, logits_f)
-                pro = prototype_loss(v_f, protos.vectors[y_f], v_r, protos.vectors[y_r],
-                                     w_f, cfg.prototypes.w_r, cfg.prototypes.bound)
-                loss = loss + pro
+            earlier_batch = next(load_o) if load_o is not None else None
+            losses = step_losses(base, backbone, groups, next(load_r), next(load_f), earlier_batch,
+                                 protos, cfg, alpha, w_f, device)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            losses["loss"].backward()
             opt.step()
             step += 1
             sched.step_update(step)
@@ -170,9 +192,9 @@ def forget_classes(
                     ema = ModelEmaV3(peft_model, decay=cfg.ema_decay)
                 else:
                     ema.update(peft_model, step=step)
-            for k, v in zip(sums, (loss, ce_r, ce_f, ce_o, structure, pro), strict=True):
-                sums[k] += float(v.detach())
-        row = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()},
+            for k in sums:
+                sums[k] += losses[k].detach()
+        row = {"epoch": epoch, **{k: float(v) / steps_per_epoch for k, v in sums.items()},
                "lr": opt.param_groups[0]["lr"],
                "group_norms": group_norms(peft_model)}
         for name, candidate in (("raw", peft_model), ("ema", ema.module if ema else None)):

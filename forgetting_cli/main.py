@@ -44,7 +44,7 @@ def library_demo(
     workdir.mkdir(parents=True, exist_ok=True)
     data = workdir / "digits.parquet"
     info = import_sklearn_digits(data, cfg.data.image_size, seed=cfg.data.seed)
-    sp = splits(data)
+    sp = splits(data, cfg.model)
     typer.echo(f"dataset {data}: {info.num_rows} images, {info.num_classes} classes")
     res = pretrain(cfg.model, info.num_classes, sp["train"], sp["val"], cfg.pretrain, dev)
     save_checkpoint(res.model, workdir / "base.safetensors", info.class_names)

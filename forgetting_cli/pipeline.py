@@ -67,8 +67,9 @@ def init(root: Root = Path(".")) -> None:
 
 
 def ingest(root: Root = Path("."),
-           source: Annotated[str, typer.Option(help="sklearn-digits, an ImageFolder directory "
-                                               "or a .parquet file")] = "sklearn-digits",
+           source: Annotated[str, typer.Option(
+               help="sklearn-digits, fashion-mnist (Debian's dataset-fashion-mnist), an "
+                    "ImageFolder directory or a .parquet file")] = "sklearn-digits",
            resize: Annotated[bool, typer.Option(
                "--resize", help="scale images of another size to data.image_size")] = False,
            channels: Annotated[bool, typer.Option(
@@ -80,7 +81,9 @@ def ingest(root: Root = Path("."),
     change) in params.yaml; version both. Says what it did: images per class, files skipped
     and why, resizes, channel conversions."""
     ws = _ws(root)
-    if source != "sklearn-digits" and Path(source).exists():
+    from forgetting.data import BUILTIN
+
+    if source not in BUILTIN and Path(source).exists():
         source = str(Path(source).resolve())  # params.yaml must not depend on the cwd
     allow = {k: True for k, v in (("resize", resize), ("convert_channels", channels),
                                   ("skip_nested", skip_nested)) if v}
@@ -97,14 +100,30 @@ def ingest(root: Root = Path("."),
 
 def pretrain(root: Root = Path("."),
              checkpoint: Annotated[Path | None, typer.Option(
-                 help="use this pre-trained model (.safetensors, or a weights-only .pt state "
-                      "dict of the params.yaml model) instead of pretraining")] = None) -> None:
+                 help="use this pre-trained model instead of pretraining: a timm state dict "
+                      "(.safetensors, weights-only .pt, timm train.py checkpoint) or ours")] = None,
+             arch: Annotated[str | None, typer.Option(
+                 help="timm architecture of --checkpoint (e.g. vit_small_patch16_224); read "
+                      "from the checkpoint when it names one")] = None,
+             classes: Annotated[Path | None, typer.Option(
+                 help="class of each head row of --checkpoint, one per line (default: the "
+                      "dataset's order)")] = None,
+             margin: Annotated[str, typer.Option(
+                 help="kind of a bias-free (face) head: cosface or arcface")] = "cosface",
+             num_heads: Annotated[int | None, typer.Option(
+                 help="attention heads of --checkpoint (weights do not tell; default: the "
+                      "arch's, or width/64 for another width)")] = None,
+             ) -> None:
     """Pretrain and register a base model (only when none is in production)."""
     ws = _ws(root)
+    if margin not in ("cosface", "arcface"):
+        raise typer.BadParameter(f"--margin must be cosface or arcface, not {margin!r}")
     _prefect()
     from flows.pretrain import pretrain_flow
 
-    version = pretrain_flow(str(ws.root), str(checkpoint.resolve()) if checkpoint else None)
+    version = pretrain_flow(str(ws.root), str(checkpoint.resolve()) if checkpoint else None,
+                            arch, str(classes.resolve()) if classes else None, margin,
+                            num_heads)
     typer.echo(f"production model: v{version}")
 
 
@@ -235,8 +254,11 @@ def promote(version: int, reason: Annotated[str, typer.Option()] = "manual promo
         c.get_model_version(registry.MODEL_NAME, str(version))
     except Exception:
         console.fail(f"no version {version} of {registry.MODEL_NAME}")
+    from tasks.model_tasks import export_merged
+
     with run_lock(ws, "promoting"):
         registry.set_alias(c, "production", version, reason)
+        export_merged(ws, version)
     typer.echo(f"production -> v{version}")
 
 
@@ -320,14 +342,21 @@ def serve(root: Root = Path("."), cron: str | None = None,
 def ui_commands(ws) -> dict[str, str]:
     """Commands that open what the demo made, printed so that they work as printed: absolute
     tool paths (no activated virtualenv needed) and the offline settings in front."""
-    from tasks.environment import shell_command
+    from tasks.environment import shell_command, tool
 
+    # `mlflow models serve --env-manager local` starts `uvicorn` from PATH: the venv's bin first
+    venv_bin = str(Path(tool("mlflow")).parent)
     return {
         "MLflow UI": shell_command(["mlflow", "ui", "--backend-store-uri", ws.tracking_uri,
                                     "--host", "127.0.0.1", "--port", "5000"]),
         "Prefect UI": shell_command(["prefect", "server", "start", "--host", "127.0.0.1",
                                      "--port", "4200"], state=ws.state),
         "DVC": shell_command(["dvc", "status"], cwd=ws.root),
+        "Serve production": shell_command(
+            ["mlflow", "models", "serve", "-m", "models:/forgetting-vit@production",
+             "--env-manager", "local", "--host", "127.0.0.1", "--port", "5001"],
+            extra_env={"MLFLOW_TRACKING_URI": ws.tracking_uri,
+                       "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"}),
     }
 
 

@@ -50,10 +50,10 @@ def _setup(params: Path):
     return cfg, setup_runtime(cfg)
 
 
-def _splits(out: Path):
+def _splits(out: Path, cfg):
     from forgetting.datasets import splits
 
-    return splits(out / "dataset.parquet")
+    return splits(out / "dataset.parquet", cfg.model)
 
 
 @app.command()
@@ -78,7 +78,7 @@ def pretrain_stage(params: Params = Path("params.yaml"), out: Out = Path("data/r
     from forgetting.pretrain import pretrain
 
     cfg, dev = _setup(params)
-    sp = _splits(out)
+    sp = _splits(out, cfg)
     info = sp["train"].info
     res = pretrain(cfg.model, info.num_classes, sp["train"], sp["val"], cfg.pretrain, dev)
     save_checkpoint(res.model, out / "base.safetensors", info.class_names,
@@ -99,7 +99,7 @@ def forget(params: Params = Path("params.yaml"), out: Out = Path("data/repro")) 
     from forgetting.train import forget_classes
 
     cfg, dev = _setup(params)
-    sp = _splits(out)
+    sp = _splits(out, cfg)
     model, names, _ = load_checkpoint(out / "base.safetensors")
     model = model.to(dev)
     adapters = out / "adapters"
@@ -147,7 +147,7 @@ def evaluate_stage(params: Params = Path("params.yaml"), out: Out = Path("data/r
     from forgetting.model import load_checkpoint
 
     cfg, dev = _setup(params)
-    test = _splits(out)["test"]
+    test = _splits(out, cfg)["test"]
     base, names, _ = load_checkpoint(out / "base.safetensors")
     models, forgotten = {0: base.to(dev)}, {0: []}
     steps = json.loads((out / "adapters" / "steps.json").read_text())

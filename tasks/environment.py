@@ -46,9 +46,10 @@ def tool(name: str) -> str:
     return str(p) if p.exists() else name
 
 
-def shell_command(args: list[str], state: Path | None = None, cwd: Path | None = None) -> str:
+def shell_command(args: list[str], state: Path | None = None, cwd: Path | None = None,
+                  extra_env: dict[str, str] | None = None) -> str:
     """A copy-pasteable command line: ``env`` with the offline settings, then the tool."""
-    env = {**OFFLINE, **(workspace_env(state) if state else {})}
+    env = {**OFFLINE, **(workspace_env(state) if state else {}), **(extra_env or {})}
     env.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
     env.pop("PREFECT_LOGGING_EXTRA_LOGGERS")
     env.pop("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import ConcatDataset
 
+from forgetting.config import ModelConfig
 from forgetting.data import DatasetInfo, read_info
 from forgetting.datasets import ParquetImageDataset, request_data, splits
 from forgetting.evaluate import compare, evaluate
@@ -22,11 +24,14 @@ from forgetting.model import (
     Classifier,
     file_sha256,
     load_checkpoint,
+    read_state_dict,
     save_checkpoint,
 )
+from forgetting.preprocess import data_config, input_shape
 from forgetting.pretrain import pretrain, retrain_baseline
 from forgetting.prototypes import Prototypes, compute_prototypes
 from forgetting.runtime import setup_runtime
+from forgetting.timm_checkpoint import import_timm, read_class_names
 from forgetting.train import forget_classes
 
 from . import registry
@@ -36,7 +41,7 @@ TRAINING_SUMMARY = "training.json"  # stored in the adapter folder, next to the 
 
 
 def workspace_splits(ws: Workspace) -> dict[str, ParquetImageDataset]:
-    return splits(ws.dataset)
+    return splits(ws.dataset, ws.config().model)
 
 
 def dataset_info(ws: Workspace) -> DatasetInfo:
@@ -59,20 +64,41 @@ def pretrain_base(root: str) -> dict:
 
 
 @task(cache_policy=NO_CACHE)
-def import_base(root: str, checkpoint: str) -> dict:
-    """Use a user's pre-trained checkpoint as the base: safetensors (ours) or a weights-only
-    ``.pt`` state dict with the config of ``params.yaml``; its classes must be the dataset's."""
+def import_base(root: str, checkpoint: str, arch: str | None = None,
+                class_names_file: str | None = None, margin: str = "cosface",
+                num_heads: int | None = None) -> dict:
+    """Use a user's pre-trained model as the base: one of our checkpoints, or a plain timm
+    state dict (safetensors, weights-only ``.pt``, timm ``train.py`` checkpoint) whose shape
+    is read from its weights. Its model config is written to params.yaml, so the retrain
+    reference and ``dvc repro`` build the same network; its classes must be the dataset's."""
     ws = Workspace.at(root)
     info = dataset_info(ws)
-    model, names, _ = load_checkpoint(checkpoint, cfg=ws.config().model,
-                                      class_names=list(info.class_names))
-    if list(names) != list(info.class_names):
+    names = list(info.class_names)
+    _, facts = read_state_dict(checkpoint)
+    if "ours" in facts:
+        model, got, _ = load_checkpoint(checkpoint)
+        if got != names:
+            raise CheckpointError(
+                f"checkpoint {checkpoint} classes {got[:5]}... differ from the dataset's "
+                f"{names[:5]}... ({len(got)} vs {len(names)} classes)")
+    else:
+        order = read_class_names(class_names_file) if class_names_file else None
+        model = import_timm(checkpoint, names, arch, order, margin, num_heads,
+                            ws.config().model)
+    if model.cfg.in_chans != info.channels:
         raise CheckpointError(
-            f"checkpoint {checkpoint} classes {names[:5]}... differ from the dataset's "
-            f"{list(info.class_names)[:5]}... ({len(names)} vs {info.num_classes} classes)")
+            f"the model takes {model.cfg.in_chans}-channel images, the dataset holds "
+            f"{info.channels}-channel ones: ingest again with model.in_chans "
+            f"{model.cfg.in_chans} in params.yaml")
+    cfg, params = ws.params_with({"model": model.cfg.model_dump(mode="json")})
     sha = save_checkpoint(model, ws.base_checkpoint, names,
-                          extra={"dataset_version": info.content_hash, "imported_from": checkpoint})
-    get_run_logger().info(f"imported base model from {checkpoint}")
+                          extra={"dataset_version": info.content_hash,
+                                 "imported_from": Path(checkpoint).name})
+    ws.write_params(params)
+    get_run_logger().info(f"imported base model from {checkpoint}: timm {cfg.model.arch}, "
+                          f"{cfg.model.depth} blocks, width {cfg.model.embed_dim}, "
+                          f"{cfg.model.image_size} px, {cfg.model.head} head; model config "
+                          "written to params.yaml")
     return {"sha256": sha}
 
 
@@ -219,14 +245,6 @@ def retrain_reference(root: str, request_id: str, forget: list[int], earlier: li
     return out
 
 
-def load_model(checkpoint: str, adapter_dir: str | None = None, sha256: str | None = None
-               ) -> Classifier:
-    """A checkpoint, optionally with an adapter merged in (what gets logged to MLflow)."""
-    model = load_checkpoint(checkpoint)[0]
-    return apply_adapter(model, adapter_dir, sha256) if adapter_dir else model
-
-
-
 @task(cache_policy=NO_CACHE)
 def register_base(root: str, pretrained: dict) -> int:
     """The base checkpoint as version 1 of the registered model (found again after a crash)."""
@@ -240,9 +258,35 @@ def register_base(root: str, pretrained: dict) -> int:
     tags = {"checkpoint": ws.rel(ws.base_checkpoint),
             "checkpoint_sha256": file_sha256(ws.base_checkpoint),
             "dataset_version": info.content_hash, "forgotten": "[]"}
-    model = load_checkpoint(ws.base_checkpoint, tags["checkpoint_sha256"])[0]
     run_id = registry.log_request_run(
         ws, "base", {"kind": "pretrain", **cfg.pretrain.model_dump()},
-        {k: v for k, v in pretrained.items() if isinstance(v, float)}, [ws.base_checkpoint], model,
-        (cfg.model.in_chans, info.image_size, info.image_size))
-    return registry.register(ws, "base", run_id, tags)
+        {k: v for k, v in pretrained.items() if isinstance(v, float)}, [], ws.base_checkpoint,
+        tags["checkpoint_sha256"], [], input_shape(cfg.model), model_metadata(cfg.model))
+    return registry.register(ws, "base", run_id, ws.base_checkpoint, tags)
+
+
+def model_metadata(cfg: ModelConfig) -> dict:
+    """What a user of the MLflow model needs to feed it: the preprocessing of its inputs."""
+    return {"data_config": data_config(cfg), "timm_arch": cfg.arch}
+
+
+def export_merged(ws: Workspace, version: int) -> str | None:
+    """One full checkpoint for a version that became production (its children, and anyone
+    wanting a standalone file, load it instead of the chain). None when it has one already
+    or is the base (a full model itself)."""
+    c = registry.client(ws)
+    tags = registry.version_tags(c, version)
+    if tags.get("merged_uri") or not tags.get("parent_version"):
+        return None
+    model, names = model_for_version(ws, version)
+    out = ws.work_dir(f"export-v{version}") / "merged.safetensors"
+    sha = save_checkpoint(model, out, names)
+    uri = registry.with_backoff(lambda: registry.store_merged(c, version, out, sha),
+                                "storing the merged production model")
+    shutil.rmtree(out.parent)
+    return uri
+
+
+@task(cache_policy=NO_CACHE)
+def export_production(root: str, version: int) -> str | None:
+    return export_merged(Workspace.at(root), version)

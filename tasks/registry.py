@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -16,13 +17,19 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema, TensorSpec
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from .registry_reader import ServiceUnavailable
 from .workspace import EXPERIMENT, MODEL_NAME, Workspace
 
 T = TypeVar("T")
-PIP_REQUIREMENTS = ["torch", "timm", "safetensors"]  # skips 10-18 s of requirement inference
+# given, to skip 10-18 s of requirement inference; this package itself is not on PyPI, so
+# serve with --env-manager local where it is installed
+PIP_REQUIREMENTS = ["torch", "timm", "safetensors", "peft"]
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # logged as MLflow "model from code"
+CHECKPOINT, ADAPTER = "checkpoint", "adapter"  # artifact keys of a version's own part
 
 
 def with_backoff(fn: Callable[[], T], what: str, attempts: int = 4, first_delay: float = 1.0) -> T:
@@ -78,10 +85,22 @@ def find_run(c: MlflowClient, exp_id: str, request_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def signature(image_shape: tuple[int, ...]) -> ModelSignature:
+    """Images in (the model's preprocessed input), one row per image out."""
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *image_shape))]),
+        outputs=Schema([ColSpec("string", "class"), ColSpec("long", "class_index"),
+                        ColSpec("float", "probability")]))
+
+
 def log_request_run(ws: Workspace, request_id: str, params: dict, metrics: dict,
-                    artifacts: list[Path], model, image_shape: tuple[int, ...],
+                    artifacts: list[Path], part: Path, part_sha256: str, lineage: list[dict],
+                    image_shape: tuple[int, ...], metadata: dict | None = None,
                     on_started: Callable[[], None] | None = None) -> str:
     """One finished run per request (re-used if it already exists: exactly once).
+
+    Its model holds only ``part`` (the base checkpoint, or the request's adapter folder) and
+    the ``lineage`` below it (``tasks.mlflow_model``): a version costs its adapter.
     ``on_started``: called once the run exists and holds its params (a crash-test point)."""
     c = client(ws)
     exp = experiment_id(c, ws)
@@ -102,11 +121,15 @@ def log_request_run(ws: Workspace, request_id: str, params: dict, metrics: dict,
         for a in artifacts:
             (c.log_artifacts if a.is_dir() else c.log_artifact)(rid, str(a), a.name if a.is_dir()
                                                                  else None)
-        with mlflow.start_run(run_id=rid):
-            mlflow.pytorch.log_model(
-                model.cpu().eval(), name="model", serialization_format="pt2",
-                # batch 2: torch.export treats a size-1 example dim as static
-                input_example=np.zeros((2, *image_shape), dtype=np.float32),
+        key = CHECKPOINT if part.is_file() else ADAPTER
+        with mlflow.start_run(run_id=rid), warnings.catch_warnings():
+            # the signature is given, so no example is needed (one would load the lineage)
+            warnings.filterwarnings("ignore", "An input example was not provided")
+            warnings.filterwarnings("ignore", "Add type hints to the `predict` method")
+            mlflow.pyfunc.log_model(
+                name="model", python_model=str(MODEL_CODE), artifacts={key: str(part)},
+                model_config={"lineage": lineage, "sha256": part_sha256},
+                signature=signature(tuple(image_shape)), metadata=metadata,
                 pip_requirements=PIP_REQUIREMENTS)
         c.set_terminated(rid, "FINISHED")
     except BaseException:
@@ -133,18 +156,54 @@ def discard_unfinished_runs(c: MlflowClient, exp_id: str, request_id: str) -> No
         c.delete_run(run.info.run_id)
 
 
-def register(ws: Workspace, request_id: str, run_id: str, tags: dict) -> int:
-    """The model version of ``request_id``; created once, found again after a crash."""
+def register(ws: Workspace, request_id: str, run_id: str, part: Path, tags: dict) -> int:
+    """The model version of ``request_id``; created once, found again after a crash.
+    Its ``part_uri`` tag is where its own part is stored, for the lineage of its children."""
     c = client(ws)
     ensure_registered_model(c)
     found = version_for_request(c, request_id)
     if found is not None:
         return found
     source, model_id = logged_model(c, run_id)
+    part_uri = (f"{c.get_logged_model(model_id).artifact_location}/artifacts/{part.name}"
+                if model_id else f"{source}/artifacts/{part.name}")
     mv = c.create_model_version(MODEL_NAME, source, run_id=run_id, model_id=model_id,
-                                tags={"request_id": request_id, **{k: str(v) for k, v in
-                                                                   tags.items()}})
+                                tags={"request_id": request_id, "part_uri": part_uri,
+                                      **{k: str(v) for k, v in tags.items()}})
     return int(mv.version)
+
+
+def lineage(c: MlflowClient, parent: int) -> list[dict]:
+    """What a child of ``parent`` loads below its own adapter, bottom first: the nearest full
+    model (a merged production export, or the base) and the adapters above it."""
+    parts: list[dict] = []
+    v: int | None = parent
+    while v is not None:
+        tags = version_tags(c, v)
+        if tags.get("merged_uri"):
+            parts.append({"version": v, "kind": "full", "uri": tags["merged_uri"],
+                          "sha256": tags["merged_sha256"]})
+            break
+        if not tags.get("parent_version"):
+            parts.append({"version": v, "kind": "full", "uri": tags["part_uri"],
+                          "sha256": tags["checkpoint_sha256"]})
+            break
+        parts.append({"version": v, "kind": "adapter", "uri": tags["part_uri"],
+                      "sha256": tags["adapter_sha256"]})
+        v = int(tags["parent_version"])
+    return parts[::-1]
+
+
+def store_merged(c: MlflowClient, version: int, checkpoint: Path, sha256: str) -> str:
+    """Log a full merged checkpoint of ``version`` to its run and tag the version with it:
+    its children then load one file instead of the whole chain. Re-logging after a crash
+    writes the same path again."""
+    mv = c.get_model_version(MODEL_NAME, str(version))
+    c.log_artifact(mv.run_id, str(checkpoint), "merged")
+    uri = f"{c.get_run(mv.run_id).info.artifact_uri}/merged/{checkpoint.name}"
+    c.set_model_version_tag(MODEL_NAME, str(version), "merged_sha256", sha256)
+    c.set_model_version_tag(MODEL_NAME, str(version), "merged_uri", uri)
+    return uri
 
 
 def version_for_request(c: MlflowClient, request_id: str) -> int | None:

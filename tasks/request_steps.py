@@ -14,13 +14,14 @@ from prefect.cache_policies import NO_CACHE
 
 from forgetting.data import read_info
 from forgetting.gates import gate_verdict
+from forgetting.preprocess import input_shape
 from forgetting.report import write_report
 from forgetting.requests import RequestError, validate_request
 
 from . import registry
 from .faults import crash_point
 from .ledger import OPEN
-from .model_tasks import load_model
+from .model_tasks import model_metadata
 from .reports import markdown_summary, purge_note, report_data
 from .requests import ledger
 from .workspace import Workspace
@@ -61,7 +62,7 @@ def start_request(root: str, request_id: str) -> dict:
             "earlier": [info.class_index(n) for n in earlier_names],
             "earlier_names": earlier_names, "classes": req.classes, "shots": req.shots,
             "method": req.method, "dataset_version": info.content_hash,
-            "image_shape": [ws.config().model.in_chans, info.image_size, info.image_size]}
+            "image_shape": list(input_shape(ws.config().model))}
 
 
 def _flat_metrics(metrics: dict, retrain: dict | None, summary: dict) -> dict:
@@ -75,14 +76,14 @@ def _flat_metrics(metrics: dict, retrain: dict | None, summary: dict) -> dict:
 
 
 @task(cache_policy=NO_CACHE)
-def log_run(root: str, request_id: str, plan: dict, checkpoint: str, summary: dict,
+def log_run(root: str, request_id: str, plan: dict, summary: dict,
             metrics: dict, retrain: dict | None) -> str:
     """The request's one finished MLflow run: params, metrics, adapter, model (re-used if a
     crashed attempt already finished it; an unfinished one is deleted and redone)."""
     ws = Workspace.at(root)
     cfg = ws.config()
     adapter = ws.adapter_dir(request_id)
-    model = load_model(checkpoint, str(adapter), summary["adapter_sha256"])
+    c = registry.client(ws)
     params = {"classes": json.dumps(plan["classes"]), "shots": plan["shots"],
               "method": plan["method"], "parent_version": plan["parent"],
               "dataset_version": plan["dataset_version"],
@@ -90,8 +91,10 @@ def log_run(root: str, request_id: str, plan: dict, checkpoint: str, summary: di
     work = ws.work_dir(request_id)
     return registry.with_backoff(lambda: registry.log_request_run(
         ws, request_id, params, _flat_metrics(metrics, retrain, summary),
-        [adapter, work / "metrics.json"], model, tuple(plan["image_shape"]),
-        on_started=lambda: crash_point("in-log-run")), "logging the run")
+        [work / "metrics.json"], adapter, summary["adapter_sha256"],
+        registry.lineage(c, plan["parent"]), tuple(plan["image_shape"]),
+        model_metadata(cfg.model), on_started=lambda: crash_point("in-log-run")),
+        "logging the run")
 
 
 @task(cache_policy=NO_CACHE)
@@ -101,7 +104,8 @@ def register_version(root: str, request_id: str, run_id: str, plan: dict, summar
             "adapter_sha256": summary["adapter_sha256"],
             "dataset_version": plan["dataset_version"],
             "forgotten": json.dumps(plan["earlier_names"] + plan["classes"])}
-    return registry.with_backoff(lambda: registry.register(ws, request_id, run_id, tags),
+    return registry.with_backoff(lambda: registry.register(ws, request_id, run_id,
+                                                           ws.adapter_dir(request_id), tags),
                                  "registering the model")
 
 

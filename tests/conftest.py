@@ -60,7 +60,7 @@ def digits(session_tmp):
 
     path = session_tmp / "digits.parquet"
     info = import_sklearn_digits(path, 16)
-    return {"path": path, "info": info, **splits(path)}
+    return {"path": path, "info": info, **splits(path, Config.model_validate(TINY).model)}
 
 
 @pytest.fixture(scope="session")

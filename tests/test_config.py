@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from forgetting.config import ConfigError, load_config
@@ -19,7 +21,7 @@ def test_defaults_load_and_yaml_overrides(tmp_path):
         ("model:\n  head: softmax\n", "model.head"),
         ("gates:\n  max_acc_f: 2\n", "gates.max_acc_f"),
         ("model:\n  image_size: 18\n  patch_size: 4\n", "patch_size"),
-        ("data:\n  image_size: 32\n", "model.image_size"),
+        ("model:\n  crop_pct: 1.5\n", "model.crop_pct"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, text, field):
@@ -39,3 +41,24 @@ def test_bad_yaml_and_missing_file(tmp_path):
     p.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(p)
+
+
+@pytest.mark.parametrize("name", ["configs/casia100.yaml", "configs/imagenet100.yaml",
+                                  "benchmarks/configs/fashion-mnist.yaml"])
+def test_shipped_configs_load_and_build_their_model(name):
+    """The real-size configs are valid and describe the networks they say (built on the meta
+    device: no memory, no weights)."""
+    import torch
+
+    from forgetting.model import create_model
+    from forgetting.preprocess import data_config
+
+    root = Path(__file__).parents[1]
+    cfg = load_config(root / name)
+    with torch.device("meta"):
+        model = create_model(cfg.model, 100)
+    params = sum(p.numel() for p in model.parameters())
+    expect = {"configs/casia100.yaml": (15e6, 25e6), "configs/imagenet100.yaml": (85e6, 87e6),
+              "benchmarks/configs/fashion-mnist.yaml": (0.5e6, 1.5e6)}[name]
+    assert expect[0] < params < expect[1], params
+    assert len(data_config(cfg.model)["mean"]) == cfg.model.in_chans

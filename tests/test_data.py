@@ -90,7 +90,7 @@ def test_import_refuses_silent_resizes_and_names_the_params(tmp_path):
         import_image_folder(tmp_path / "imgs", tmp_path / "ds.parquet", image_size=16)
     msg = str(e.value)
     assert "8 images are not 16x16 (sizes: 28x28 (8))" in msg, msg
-    assert "data.image_size and model.image_size to 28" in msg and "--resize" in msg
+    assert "set data.image_size to 28" in msg and "--resize" in msg
     assert not (tmp_path / "ds.parquet").exists()
     info, rep = import_image_folder(tmp_path / "imgs", tmp_path / "ds.parquet", image_size=16,
                                     resize=True)
@@ -179,3 +179,46 @@ def test_without_classes_drops_every_split(digits, tmp_path):
     ds = ParquetImageDataset(tmp_path / "p.parquet")
     assert 3 not in set(ds.labels.tolist()) and info.content_hash != digits["info"].content_hash
     assert info.class_names == digits["info"].class_names  # the label space is unchanged
+
+
+def _write_idx(path, arr: np.ndarray) -> None:
+    import gzip
+    import struct
+
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_importer_reads_idx_files_and_keeps_its_test_set(tmp_path):
+    from forgetting.data import FASHION_MNIST_CLASSES, import_fashion_mnist, label_counts
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "fm"
+    src.mkdir()
+    for stem, n in (("train", 100), ("t10k", 30)):
+        _write_idx(src / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(src / f"{stem}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    info = import_fashion_mnist(tmp_path / "fm.parquet", src, val_fraction=0.2)
+    assert info.class_names == tuple(FASHION_MNIST_CLASSES) and info.image_size == 28
+    assert label_counts(tmp_path / "fm.parquet", "test").tolist() == [3] * 10
+    assert label_counts(tmp_path / "fm.parquet", "val").tolist() == [2] * 10
+    assert label_counts(tmp_path / "fm.parquet", "train").tolist() == [8] * 10
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        import_fashion_mnist(tmp_path / "x.parquet", tmp_path / "nowhere")
+    (src / "t10k-labels-idx1-ubyte.gz").write_bytes(b"")
+    with pytest.raises(DataError):
+        import_fashion_mnist(tmp_path / "x.parquet", src)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_the_debian_package(tmp_path):
+    from forgetting.data import import_source, label_counts
+
+    descriptor = Path(__file__).parents[1] / "data" / "sources" / "fashion-mnist.yaml"
+    info, rep = import_source(str(descriptor), tmp_path / "fm.parquet",
+                              DataConfig(), 1)
+    assert info.num_rows == 70_000 and info.image_size == 28 and info.channels == 1
+    assert label_counts(tmp_path / "fm.parquet", "test").sum() == 10_000
+    assert rep.per_class["sandal"] == 7_000

@@ -16,7 +16,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -176,15 +178,50 @@ def test_report_never_writes_over_a_folder_it_did_not_make(processed, tmp_path):
     assert res.exit_code == 2 and (home / "cv.pdf").read_bytes() == b"%PDF"
 
 
-def test_registered_production_model_loads_in_a_fresh_process(processed):
+def _production_predictions(ws, x) -> list[int]:
+    from tasks import registry
+    from tasks.model_tasks import model_for_version
+
+    model, _ = model_for_version(ws, registry.alias_version(registry.client(ws), "production"))
+    with torch.no_grad():
+        return model(x).argmax(-1).tolist()
+
+
+def test_production_model_loads_in_one_line_and_serves_over_http(processed, tmp_path):
+    """`mlflow.pyfunc.load_model("models:/forgetting-vit@production")` in a fresh process, and
+    `mlflow models serve` (a real server on 127.0.0.1) answering an HTTP request: both give
+    the predictions of the model the adapter chain rebuilds."""
+    import urllib.request
+
+    from tasks.model_tasks import workspace_splits
+
     ws = processed["ws"]
-    code = ("import mlflow, torch; m = mlflow.pytorch.load_model('models:/forgetting-vit@production');"
-            "print(tuple(m(torch.zeros(2, 1, 16, 16)).shape))")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": ws.tracking_uri}
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
+    test = workspace_splits(ws)["test"]
+    x = torch.stack([test[i][0] for i in range(6)])
+    want = _production_predictions(ws, x)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ws.tracking_uri,  # serve starts uvicorn: PATH
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}
+    code = ("import sys, json, mlflow, numpy as np; "
+            "m = mlflow.pyfunc.load_model('models:/forgetting-vit@production'); "
+            "print(json.dumps(m.predict(np.load(sys.argv[1]))['class_index'].tolist()))")
+    np.save(tmp_path / "x.npy", x.numpy())
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy")], env=env,
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip().splitlines()[-1] == "(2, 10)"
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == want
+    port = free_port()
+    mlflow_cli = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    cmd = [mlflow_cli, "models", "serve", "-m", "models:/forgetting-vit@production",
+           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    with server_process(cmd, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env=env,
+                        timeout=240):
+        body = json.dumps({"inputs": x.numpy().tolist()}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
+    preds = answer["predictions"]
+    assert [p["class_index"] for p in preds] == want
+    assert all(p["class"].startswith("digit_") and 0 < p["probability"] <= 1 for p in preds)
 
 
 def test_promote_and_rollback_move_production(processed):
@@ -370,13 +407,15 @@ def test_printed_ui_commands_work_as_printed(processed, tmp_path):
     dvc = subprocess.run(["bash", "-c", cmds["DVC"]], env=env, capture_output=True, text=True,
                          timeout=120)
     assert dvc.returncode == 0, dvc.stderr
-    with contextlib.ExitStack() as servers:  # both start at once: each takes ~12 s here
-        for what, url in (("MLflow UI", "http://127.0.0.1:5000/health"),
-                          ("Prefect UI", "http://127.0.0.1:4200/api/health")):
+    urls = {"MLflow UI": "http://127.0.0.1:5000/health",
+            "Prefect UI": "http://127.0.0.1:4200/api/health",
+            "Serve production": "http://127.0.0.1:5001/ping"}
+    with contextlib.ExitStack() as servers:  # all start at once: each takes ~12 s here
+        for what, url in urls.items():
             assert "DO_NOT_TRACK=true" in cmds[what]
             servers.enter_context(server_process(["bash", "-c", "exec " + cmds[what]], url,
                                                  tmp_path / f"{what}.log", env=env, wait=False))
-        for url in ("http://127.0.0.1:5000/health", "http://127.0.0.1:4200/api/health"):
+        for url in urls.values():
             wait_for(url)
     assert f"PREFECT_HOME={ws.state / 'prefect'}" in shlex.split(cmds["Prefect UI"])
 

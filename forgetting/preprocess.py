@@ -1,0 +1,93 @@
+"""Image preprocessing taken from the model, the way timm does it.
+
+The Parquet store keeps uint8 images at ``data.image_size``; the model's data config (timm's
+``pretrained_cfg`` of its architecture: mean, std, interpolation, crop) turns them into model
+inputs at load time, with timm's ``create_transform``. A model pre-trained with ImageNet
+normalisation therefore sees the inputs it was trained on.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import timm
+import torch
+from timm.data import create_transform
+
+from .config import ModelConfig, TrainConfig
+
+
+@lru_cache(maxsize=64)
+def arch_defaults(arch: str) -> dict:
+    """The arch's timm pretrained_cfg (a registry lookup: nothing is downloaded)."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch)
+    except RuntimeError:
+        cfg = None
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def _per_channel(values: tuple[float, ...] | list[float], chans: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == chans:
+        return values
+    if len(values) == 1 or chans == 1:  # RGB statistics for a grey model: their mean
+        return (sum(values) / len(values),) * chans
+    raise ValueError(f"{len(values)} mean/std values for a {chans}-channel model")
+
+
+def input_shape(cfg: ModelConfig) -> tuple[int, int, int]:
+    """C, H, W of one model input."""
+    return cfg.in_chans, cfg.image_size, cfg.image_size
+
+
+def data_config(cfg: ModelConfig) -> dict:
+    """timm's data config for this model: what params.yaml sets, else the arch's defaults."""
+    arch = arch_defaults(cfg.arch)
+    return {
+        "input_size": input_shape(cfg),
+        "interpolation": cfg.interpolation or arch.get("interpolation", "bicubic"),
+        "mean": _per_channel(cfg.mean or arch.get("mean", (0.5,)), cfg.in_chans),
+        "std": _per_channel(cfg.std or arch.get("std", (0.5,)), cfg.in_chans),
+        "crop_pct": cfg.crop_pct or arch.get("crop_pct", 1.0),
+        "crop_mode": arch.get("crop_mode", "center"),
+    }
+
+
+class ImageTransform:
+    """uint8 CxHxW tensor -> float model input: [0, 1], then timm's transform.
+
+    A class rather than a closure so DataLoader workers can pickle it."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.transform(image.float().div_(255.0))
+
+    def __repr__(self) -> str:
+        return f"ImageTransform({self.transform})"
+
+
+def eval_transform(cfg: ModelConfig, stored_size: int) -> ImageTransform:
+    """Resize and centre-crop (timm's eval recipe) unless the images are stored at the model's
+    input size already (the ingest sized them), then normalise."""
+    dc = data_config(cfg)
+    if stored_size == cfg.image_size:
+        from torchvision.transforms import Normalize
+
+        return ImageTransform(Normalize(dc["mean"], dc["std"]))
+    return ImageTransform(create_transform(**dc, is_training=False))
+
+
+def train_transform(cfg: ModelConfig, train: TrainConfig, stored_size: int) -> ImageTransform:
+    """timm's training recipe (random resized crop, flip, colour jitter) when
+    ``pretrain.augment``; else the eval transform (the embedded digits: flips change digits)."""
+    if not train.augment:
+        return eval_transform(cfg, stored_size)
+    dc = data_config(cfg)
+    jitter = train.color_jitter if cfg.in_chans == 3 else 0.0  # jitter's saturation needs RGB
+    return ImageTransform(create_transform(
+        input_size=dc["input_size"], is_training=True, interpolation=dc["interpolation"],
+        mean=dc["mean"], std=dc["std"], hflip=train.hflip, scale=(train.scale_min, 1.0),
+        color_jitter=jitter))

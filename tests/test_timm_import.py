@@ -1,0 +1,190 @@
+"""A model written by plain timm comes in as it is: keys, shapes, head order, preprocessing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from forgetting.config import ModelConfig
+from forgetting.model import CheckpointError
+from forgetting.preprocess import data_config, eval_transform
+from forgetting.timm_checkpoint import import_timm, read_class_names
+
+from .conftest import TINY, write_params
+
+NAMES = ["a", "b", "c", "d", "e"]
+
+
+def _plain_timm(**kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    args = dict(num_classes=5, img_size=32, patch_size=8, depth=2)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**args, **kw}).eval()
+
+
+def _save(model: torch.nn.Module, path, how: str) -> None:
+    state = model.state_dict()
+    if how == "safetensors":
+        save_file(state, path)
+    elif how == "torch.save":
+        torch.save(state, path)
+    else:  # what timm's train.py writes: args as an argparse.Namespace, arch by name
+        torch.save({"epoch": 9, "arch": "vit_tiny_patch16_224", "state_dict": state,
+                    "args": argparse.Namespace(lr=0.1, model="vit_tiny_patch16_224")}, path)
+
+
+@pytest.mark.parametrize("how", ["safetensors", "torch.save", "train.py"])
+def test_a_plain_timm_checkpoint_imports_with_its_own_architecture(tmp_path, how):
+    timm_model = _plain_timm()
+    path = tmp_path / ("m.safetensors" if how == "safetensors" else "m.pth")
+    _save(timm_model, path, how)
+    arch = None if how == "train.py" else "vit_tiny_patch16_224"  # train.py names its arch
+    model = import_timm(path, NAMES, arch)
+    cfg = model.cfg
+    assert (cfg.depth, cfg.embed_dim, cfg.num_heads, cfg.patch_size, cfg.image_size,
+            cfg.in_chans, cfg.head) == (2, 192, 3, 8, 32, 3, "linear")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), timm_model(x), atol=1e-5)
+
+
+def test_head_rows_are_put_in_the_dataset_order_and_classes_must_match(tmp_path):
+    timm_model = _plain_timm()
+    save_file(timm_model.state_dict(), tmp_path / "m.safetensors")
+    (tmp_path / "classes.txt").write_text("e\nd\nc\nb\na\n")
+    order = read_class_names(tmp_path / "classes.txt")
+    model = import_timm(tmp_path / "m.safetensors", NAMES, "vit_tiny_patch16_224", order)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), timm_model(x).flip(-1), atol=1e-5)
+    with pytest.raises(CheckpointError, match=r"only in the checkpoint \['z'\]"):
+        import_timm(tmp_path / "m.safetensors", NAMES, "vit_tiny_patch16_224",
+                    ["z", "d", "c", "b", "a"])
+    with pytest.raises(CheckpointError, match="5 head rows but 4 class names in the dataset"):
+        import_timm(tmp_path / "m.safetensors", NAMES[:4], "vit_tiny_patch16_224")
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_keys_and_shapes(tmp_path):
+    state = _plain_timm().state_dict()
+    state.pop("blocks.1.mlp.fc2.bias")
+    state["norm.weight"] = torch.ones(7)
+    state["dist_token"] = torch.zeros(1, 1, 192)
+    save_file(state, tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        import_timm(tmp_path / "bad.safetensors", NAMES, "vit_tiny_patch16_224")
+    msg = str(e.value)
+    assert "missing: backbone.blocks.1.mlp.fc2.bias" in msg
+    assert "unexpected: backbone.dist_token" in msg
+    assert "backbone.norm.weight (7,) vs (192,)" in msg
+    with pytest.raises(CheckpointError, match="does not name its architecture; pass --arch"):
+        import_timm(tmp_path / "bad.safetensors", NAMES)
+    with pytest.raises(CheckpointError, match="not a timm ViT"):
+        import_timm(tmp_path / "bad.safetensors", NAMES, "resnet50")
+    save_file({"fc.weight": torch.zeros(5, 4)}, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="no backbone.patch_embed.proj.weight"):
+        import_timm(tmp_path / "other.safetensors", NAMES, "vit_tiny_patch16_224")
+
+
+def test_a_bias_free_face_head_becomes_a_margin_head(tmp_path):
+    """The face variant: a ViT whose classifier is a cosine (CosFace / ArcFace) weight."""
+    timm_model = _plain_timm(in_chans=3)
+    state = timm_model.state_dict()
+    state.pop("head.bias")
+    save_file(state, tmp_path / "face.safetensors")
+    model = import_timm(tmp_path / "face.safetensors", NAMES, "vit_tiny_patch16_224",
+                        margin="arcface")
+    assert model.cfg.head == "arcface"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(timm_model.forward_head(
+            timm_model.forward_features(x), pre_logits=True), dim=-1)
+        w = torch.nn.functional.normalize(state["head.weight"], dim=-1)
+        assert torch.allclose(model(x), model.cfg.head_scale * feats @ w.T, atol=1e-4)
+
+
+def test_the_transform_comes_from_the_model_data_config():
+    """ImageNet statistics for a DeiT, 0.5 for an augreg ViT; resize + crop by crop_pct when
+    the stored images are not at the model's size."""
+    deit = ModelConfig(arch="deit_small_patch16_224", image_size=224, patch_size=16, in_chans=3,
+                       embed_dim=384, num_heads=6)
+    dc = data_config(deit)
+    assert dc["mean"] == pytest.approx((0.485, 0.456, 0.406))
+    assert dc["crop_pct"] == 0.875 or dc["crop_pct"] == 0.9
+    white = torch.full((3, 256, 256), 255, dtype=torch.uint8)
+    out = eval_transform(deit, 256)(white)
+    assert out.shape == (3, 224, 224)
+    expect = (1 - torch.tensor(dc["mean"])) / torch.tensor(dc["std"])
+    assert torch.allclose(out[:, 100, 100], expect, atol=1e-4)
+    text = repr(eval_transform(deit, 256))
+    assert "Resize(size=" in text and "CenterCrop(size=(224, 224))" in text
+    digits = ModelConfig()  # vit_tiny's own 0.5 statistics, one grey channel, stored at size
+    grey = torch.full((1, 16, 16), 255, dtype=torch.uint8)
+    assert repr(eval_transform(digits, 16)).count("Resize") == 0
+    assert torch.allclose(eval_transform(digits, 16)(grey), torch.ones(1, 16, 16))
+    assert eval_transform(digits, 32)(torch.zeros(1, 32, 32, dtype=torch.uint8)).shape == (
+        1, 16, 16)
+
+
+def _as_plain_timm(model) -> dict[str, torch.Tensor]:
+    """Our checkpoint's weights under plain timm's key names."""
+    return {k.removeprefix("backbone."): v for k, v in model.state_dict().items()}
+
+
+def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path):
+    """Import (timm keys, no config) -> forget a class -> the adapter chain rebuilds the
+    registered version -> MLflow's pyfunc of that version predicts the same."""
+    from flows.ingest import ingest_flow
+    from flows.process_requests import process_requests_flow
+    from forgetting_cli.main import app
+    from tasks import registry
+    from tasks.model_tasks import model_for_version, workspace_splits
+    from tasks.workspace import Workspace
+
+    root = tmp_path / "ws"
+    write_params(root, {**TINY, "forget": {"epochs": 2},
+                        "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0},
+                        "evidence": {"retrain_baseline": False, "membership_inference": False}})
+    cli = CliRunner()
+    assert cli.invoke(app, ["init", "--root", str(root)]).exit_code == 0
+    ingest_flow(str(root))
+    save_file(_as_plain_timm(base_model[0]), tmp_path / "plain.safetensors")
+    res = cli.invoke(app, ["pretrain", "--checkpoint", str(tmp_path / "plain.safetensors"),
+                           "--arch", "vit_tiny_patch16_224", "--num-heads", "4",
+                           "--root", str(root)])
+    assert res.exit_code == 0, res.output
+    ws = Workspace.at(root)
+    assert ws.config().model.arch == "vit_tiny_patch16_224"
+    assert ws.config().model.depth == 4 and ws.config().model.embed_dim == 64
+    assert cli.invoke(app, ["request", "add", "digit_3", "--root", str(root)]).exit_code == 0
+    [out] = process_requests_flow(str(root))
+    assert out["status"] == "done", out
+    version = out["model_version"]
+    chained, _ = model_for_version(ws, version)
+    test = workspace_splits(ws)["test"]
+    threes, others = test.with_classes([3]), test.with_classes([0, 5, 9])
+    x = torch.stack([threes[i][0] for i in range(8)] + [others[i][0] for i in range(8)])
+    with torch.no_grad():
+        want = chained(x).argmax(-1).tolist()
+        base = base_model[0].cpu().eval()(x).argmax(-1).tolist()
+    assert base[:8].count(3) >= 6 and want[:8].count(3) <= 2, (base, want)  # digit_3 forgotten
+    tags = registry.version_tags(registry.client(ws), version)
+    assert tags["parent_version"] == "1" and tags["part_uri"].endswith("/artifacts/req-0001")
+    code = ("import json, sys, mlflow, numpy as np; "
+            f"m = mlflow.pyfunc.load_model('models:/forgetting-vit/{version}'); "
+            "x = np.load(sys.argv[1]); print(json.dumps(m.predict(x)['class_index'].tolist()))")
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", x.numpy())
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ws.tracking_uri}
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == want
