@@ -7,9 +7,11 @@
 ``--run`` (about 20 minutes on 2 CPU cores) records, each with the machine it ran on:
 ``forget demo`` in a fresh folder (``demo.json``), ``dvc repro``'s committed metrics
 (``data/repro/*.json``), ``quality.py --quick`` (``quality.json``), ``sequence.py``
-(``sequence.json``) and the CLI latencies (``latency.json``). The README holds each figure
-between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->``; the test suite runs
-``--check``, so a figure in the README is always the one in the results beside it.
+(``sequence.json``), ``throughput.py``, ``registry_bytes.py`` and the CLI latencies
+(``latency.json``); with ``--scale`` also ``scale.py`` (Fashion-MNIST, about an hour). The
+README holds each figure between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->``;
+the test suite runs ``--check``, so a figure in the README is always the one in the results
+beside it.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _save(name: str, data: dict) -> None:
                                           + "\n")
 
 
-def run_all() -> None:
+def run_all(scale: bool = False) -> None:
     py = sys.executable
     work = Path(tempfile.mkdtemp(prefix="figures-"))
     t0 = time.perf_counter()
@@ -73,11 +75,30 @@ def run_all() -> None:
         if (RESULTS / "latency.json").exists() else {}
     _save("latency", {"after": lat, **{k: v for k, v in prev.items() if k.startswith("before")}})
     shutil.rmtree(work)  # the temp folder this script made
-    for name, args in (("quality", ["benchmarks/quality.py", "--quick", "--json"]),
-                       ("sequence", ["benchmarks/sequence.py", "--json"])):
-        out = subprocess.run([py, *args], check=True, cwd=REPO, capture_output=True,
-                             text=True).stdout
-        _save(name, _last_json(out))
+    runs = [("quality", ["benchmarks/quality.py", "--quick", "--json"]),
+            ("sequence", ["benchmarks/sequence.py", "--json"]),
+            ("throughput", ["benchmarks/throughput.py", "--json"]),
+            ("registry", ["benchmarks/registry_bytes.py", "--json"])]
+    if scale:
+        runs.append(("scale", ["benchmarks/scale.py", "--json"]))
+    for name, args in runs:
+        record(name, args)
+
+
+def record(name: str, args: list[str]) -> None:
+    """Run one benchmark and save its last JSON line; the sequence keeps the pipeline figures
+    of the run before as ``before`` (the per-request overhead this change is measured by)."""
+    out = subprocess.run([sys.executable, *args], check=True, cwd=REPO, capture_output=True,
+                         text=True).stdout
+    data = _last_json(out)
+    data = {"rows": data} if isinstance(data, list) else data
+    prev_path = RESULTS / f"{name}.json"
+    if name == "sequence" and prev_path.exists():
+        prev = json.loads(prev_path.read_text())
+        data["before"] = prev.get("before") or {
+            k: prev[k] for k in ("pipeline_seconds_total", "library_seconds_total")
+            if k in prev}
+    _save(name, data)
 
 
 def _load(name: str) -> dict:
@@ -119,11 +140,13 @@ def render_repro() -> str:
         + rows[0] + "\n" + "\n".join(rows[1:]) + "\n"
 
 
-def render_quality() -> str:
-    r = _load("quality")
+def render_quality(name: str = "quality") -> str:
+    r = _load(name)
+    data = (f" on {r['source']} ({r['train_images']:,} training images)"
+            if "train_images" in r else "")
     return "\n".join([
-        f"Measured (`benchmarks/results/quality.json`; {_on(r['machine'])}, "
-        f"{r.get('threads', '?')} threads), forgetting `{','.join(r['classes'][0])}`:",
+        f"Measured (`benchmarks/results/{name}.json`; {_on(r['machine'])}, "
+        f"{r.get('threads', '?')} threads), forgetting `{','.join(r['classes'][0])}`{data}:",
         "",
         "| model | Acc_f | Acc_r | H-Mean | seconds |",
         "|---|---|---|---|---|",
@@ -170,7 +193,12 @@ def render_sequence() -> str:
         over = r["pipeline_seconds_total"] - r["library_seconds_total"]
         lines.append(f"Through Prefect + MLflow + DVC the same requests took "
                      f"{r['pipeline_seconds_total']:.0f} s vs {r['library_seconds_total']:.0f} s "
-                     f"as library calls: {over / n:.1f} s per request of pipeline overhead.")
+                     f"as library calls: {over / n:.1f} s per request of pipeline overhead")
+        b = r.get("before") or {}
+        if "pipeline_seconds_total" in b:
+            lines[-1] += (f" (was {(b['pipeline_seconds_total'] - b['library_seconds_total']) / n:.1f}"
+                          " s when each version stored a whole-model export)")
+        lines[-1] += "."
     return "\n".join(lines) + "\n"
 
 
@@ -186,8 +214,44 @@ def render_latency() -> str:
             + "\n".join(rows) + "\n")
 
 
+def render_throughput() -> str:
+    r = _load("throughput")
+    rows = ["| model | GFLOP/image | loading img/s | forward img/s (TFLOP/s) | GS-LoRA step img/s |",
+            "|---|---|---|---|---|"]
+    for x in r["rows"]:
+        rows.append(f"| {x['arch']} {x['image_size']} px, batch {x['batch']} | "
+                    f"{x['gflops_per_image']} | {x['load_img_s']:,.0f} | "
+                    f"{x['forward_img_s']:,.0f} ({x['forward_tflops']}) | "
+                    f"{x['train_step_img_s']:,.0f} |")
+    ratios = "; ".join(f"{x['arch']}: loading {x['load_img_s'] / x['forward_img_s']:.1f}x the "
+                       f"forward rate, the GS-LoRA step {x['train_step_img_s'] / x['forward_img_s']:.2f}x"
+                       for x in r["rows"])
+    return (f"Measured (`benchmarks/results/throughput.json`; {_on(r['machine'])}, "
+            f"{r['threads']} threads, {r['rows'][0]['device']}, loader workers "
+            f"{r['rows'][0]['loader_workers']}):\n\n" + "\n".join(rows) + f"\n\n{ratios}.\n")
+
+
+def render_registry() -> str:
+    r = _load("registry")
+    rows = ["| model | before: every version | now: a request version (adapter + rest) | "
+            "base, once | merged production export |", "|---|---|---|---|---|"]
+    for x in r["rows"]:
+        v = max(x["versions"], key=lambda v: v["bytes"])
+        rows.append(f"| {x['model']} ({x['params_m']} M params) | "
+                    f"{x['before_bytes_per_version'] / 1e6:.2f} MB | {v['bytes'] / 1e3:.1f} KB "
+                    f"({v['adapter_bytes'] / 1e3:.1f} + {x['overhead_bytes'] / 1e3:.1f}) | "
+                    f"{x['base_bytes'] / 1e6:.2f} MB | {x['production_export_bytes'] / 1e6:.2f} MB |")
+    secs = "; ".join(f"{x['model']} {max(v['log_seconds'] for v in x['versions']):.2f} s "
+                     f"(was {x['before_log_seconds']:.1f} s)" for x in r["rows"])
+    return (f"Measured (`benchmarks/results/registry.json`; {_on(r['machine'])}; two request "
+            "versions of 2 kept groups each, rank 8):\n\n" + "\n".join(rows)
+            + f"\n\nLogging a request version: {secs}.\n")
+
+
 RENDER = {"demo": render_demo, "repro": render_repro, "quality": render_quality,
-          "sequence": render_sequence, "latency": render_latency}
+          "sequence": render_sequence, "latency": render_latency,
+          "scale": lambda: render_quality("scale"), "throughput": render_throughput,
+          "registry": render_registry}
 
 
 def rendered(text: str) -> str:
@@ -200,10 +264,12 @@ def rendered(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="store_true", help="run the benchmarks first (~20 min)")
+    ap.add_argument("--scale", action="store_true",
+                    help="with --run, also benchmarks/scale.py (Fashion-MNIST, about an hour)")
     ap.add_argument("--check", action="store_true", help="exit 1 if README is not up to date")
     args = ap.parse_args(argv)
     if args.run:
-        run_all()
+        run_all(args.scale)
     text = README.read_text()
     new = rendered(text)
     if args.check:

@@ -54,6 +54,7 @@ def fake_adapter(model, out: Path, kept: list[int], seed: int) -> str:
 
 
 def measure(name: str, cfg: ModelConfig, classes: int, work: Path) -> dict:
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # each model its own store (sqlite file)
     ws = Workspace.at(work / name)
     os.environ["MLFLOW_TRACKING_URI"] = ws.tracking_uri
     c = registry.client(ws)
