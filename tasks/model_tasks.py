@@ -273,10 +273,13 @@ def model_metadata(cfg: ModelConfig) -> dict:
 def export_merged(ws: Workspace, version: int) -> str | None:
     """One full checkpoint for a version that became production (its children, and anyone
     wanting a standalone file, load it instead of the chain). None when it has one already
-    or is the base (a full model itself)."""
+    or is the base (a full model itself, stored as its own part).
+
+    Also made for a version registered before versions stored only their part (no
+    ``part_uri``), so that its children have a full model to build their lineage on."""
     c = registry.client(ws)
     tags = registry.version_tags(c, version)
-    if tags.get("merged_uri") or not tags.get("parent_version"):
+    if tags.get("merged_uri") or (not tags.get("parent_version") and tags.get("part_uri")):
         return None
     model, names = model_for_version(ws, version)
     out = ws.work_dir(f"export-v{version}") / "merged.safetensors"

@@ -173,6 +173,13 @@ def register(ws: Workspace, request_id: str, run_id: str, part: Path, tags: dict
     return int(mv.version)
 
 
+def loadable(c: MlflowClient, version: int) -> bool:
+    """Whether a child's lineage can reach a full model through ``version``: it stores its
+    own part, or has a merged export."""
+    tags = version_tags(c, version)
+    return bool(tags.get("part_uri") or tags.get("merged_uri"))
+
+
 def lineage(c: MlflowClient, parent: int) -> list[dict]:
     """What a child of ``parent`` loads below its own adapter, bottom first: the nearest full
     model (a merged production export, or the base) and the adapters above it."""

@@ -178,11 +178,11 @@ def test_report_never_writes_over_a_folder_it_did_not_make(processed, tmp_path):
     assert res.exit_code == 2 and (home / "cv.pdf").read_bytes() == b"%PDF"
 
 
-def _production_predictions(ws, x) -> list[int]:
-    from tasks import registry
+def _predictions(ws, version: int, x) -> list[int]:
+    """What the model of ``version``, rebuilt from the DVC-tracked files, predicts."""
     from tasks.model_tasks import model_for_version
 
-    model, _ = model_for_version(ws, registry.alias_version(registry.client(ws), "production"))
+    model, _ = model_for_version(ws, version)
     with torch.no_grad():
         return model(x).argmax(-1).tolist()
 
@@ -190,25 +190,30 @@ def _production_predictions(ws, x) -> list[int]:
 def test_production_model_loads_in_one_line_and_serves_over_http(processed, tmp_path):
     """`mlflow.pyfunc.load_model("models:/forgetting-vit@production")` in a fresh process, and
     `mlflow models serve` (a real server on 127.0.0.1) answering an HTTP request: both give
-    the predictions of the model the adapter chain rebuilds."""
+    the predictions of the model the adapter chain rebuilds. v3 loads through v2's merged
+    production export (its lineage), v2 through the base and its own adapter."""
     import urllib.request
 
+    from tasks import registry
     from tasks.model_tasks import workspace_splits
 
     ws = processed["ws"]
+    c = registry.client(ws)
+    assert registry.alias_version(c, "production") == 2
+    assert registry.version_tags(c, 2)["merged_uri"] and registry.lineage(c, 2)[0]["version"] == 2
     test = workspace_splits(ws)["test"]
     x = torch.stack([test[i][0] for i in range(6)])
-    want = _production_predictions(ws, x)
+    want = _predictions(ws, 2, x)
     env = {**os.environ, "MLFLOW_TRACKING_URI": ws.tracking_uri,  # serve starts uvicorn: PATH
            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}
-    code = ("import sys, json, mlflow, numpy as np; "
-            "m = mlflow.pyfunc.load_model('models:/forgetting-vit@production'); "
-            "print(json.dumps(m.predict(np.load(sys.argv[1]))['class_index'].tolist()))")
+    code = ("import sys, json, mlflow, numpy as np; x = np.load(sys.argv[1]); "
+            "print(json.dumps([mlflow.pyfunc.load_model(uri).predict(x)['class_index'].tolist()"
+            " for uri in ('models:/forgetting-vit@production', 'models:/forgetting-vit/3')]))")
     np.save(tmp_path / "x.npy", x.numpy())
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads(res.stdout.strip().splitlines()[-1]) == want
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [want, _predictions(ws, 3, x)]
     port = free_port()
     mlflow_cli = os.path.join(os.path.dirname(sys.executable), "mlflow")
     cmd = [mlflow_cli, "models", "serve", "-m", "models:/forgetting-vit@production",

@@ -175,16 +175,32 @@ def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path
         want = chained(x).argmax(-1).tolist()
         base = base_model[0].cpu().eval()(x).argmax(-1).tolist()
     assert base[:8].count(3) >= 6 and want[:8].count(3) <= 2, (base, want)  # digit_3 forgotten
-    tags = registry.version_tags(registry.client(ws), version)
+    c = registry.client(ws)
+    tags = registry.version_tags(c, version)
     assert tags["parent_version"] == "1" and tags["part_uri"].endswith("/artifacts/req-0001")
-    code = ("import json, sys, mlflow, numpy as np; "
-            f"m = mlflow.pyfunc.load_model('models:/forgetting-vit/{version}'); "
-            "x = np.load(sys.argv[1]); print(json.dumps(m.predict(x)['class_index'].tolist()))")
+    assert tags["merged_uri"]  # it became production: one full export for its children
+    # a version registered before versions stored only their part: no part, no export;
+    # the next request makes the export its lineage needs
+    for tag in ("part_uri", "merged_uri", "merged_sha256"):
+        c.delete_model_version_tag(registry.MODEL_NAME, str(version), tag)
+    assert cli.invoke(app, ["request", "add", "digit_5", "--root", str(root)]).exit_code == 0
+    [out] = process_requests_flow(str(root))
+    assert out["status"] == "done", out
+    exported = registry.version_tags(c, version)
+    assert registry.lineage(c, version) == [{"version": version, "kind": "full",
+                                             "uri": exported["merged_uri"],
+                                             "sha256": exported["merged_sha256"]}]
+    with torch.no_grad():
+        want_next = model_for_version(ws, out["model_version"])[0](x).argmax(-1).tolist()
+    code = ("import json, sys, mlflow, numpy as np; x = np.load(sys.argv[1]); "
+            "print(json.dumps([mlflow.pyfunc.load_model(f'models:/forgetting-vit/{v}')"
+            ".predict(x)['class_index'].tolist() for v in sys.argv[2:]]))")
     import numpy as np
 
     np.save(tmp_path / "x.npy", x.numpy())
     env = {**os.environ, "MLFLOW_TRACKING_URI": ws.tracking_uri}
-    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy")], env=env,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy"), str(version),
+                          str(out["model_version"])], env=env, capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == want
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == [want, want_next]
