@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from forgetting.config import ModelConfig
+from forgetting.config import ModelConfig, TrainConfig
 from forgetting.model import CheckpointError
-from forgetting.preprocess import data_config, eval_transform
+from forgetting.preprocess import data_config, eval_transform, train_transform
 from forgetting.timm_checkpoint import import_timm, read_class_names
 
 from .conftest import TINY, write_params
@@ -131,6 +131,14 @@ def test_the_transform_comes_from_the_model_data_config():
     assert torch.allclose(eval_transform(digits, 16)(grey), torch.ones(1, 16, 16))
     assert eval_transform(digits, 32)(torch.zeros(1, 32, 32, dtype=torch.uint8)).shape == (
         1, 16, 16)
+    # pretraining: timm's training transform when asked, the eval transform otherwise
+    aug = TrainConfig(augment=True, hflip=1.0, scale_min=0.5)
+    text = repr(train_transform(deit, aug, 256))
+    assert "RandomResizedCrop" in text and "RandomHorizontalFlip(p=1.0)" in text
+    ramp = torch.arange(256, dtype=torch.uint8).repeat(3, 256, 1)  # dark left, bright right
+    flipped = train_transform(deit, aug, 256)(ramp)
+    assert flipped.shape == (3, 224, 224) and flipped[0, :, 0].mean() > flipped[0, :, -1].mean()
+    assert repr(train_transform(digits, TrainConfig(), 16)) == repr(eval_transform(digits, 16))
 
 
 def _as_plain_timm(model) -> dict[str, torch.Tensor]:
