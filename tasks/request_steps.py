@@ -78,8 +78,9 @@ def _flat_metrics(metrics: dict, retrain: dict | None, summary: dict) -> dict:
 @task(cache_policy=NO_CACHE)
 def log_run(root: str, request_id: str, plan: dict, summary: dict,
             metrics: dict, retrain: dict | None) -> str:
-    """The request's one finished MLflow run: params, metrics, adapter, model (re-used if a
-    crashed attempt already finished it; an unfinished one is deleted and redone)."""
+    """The request's one finished MLflow run: params, metrics, and its model: the adapter with
+    its lineage (re-used if a crashed attempt already finished it; an unfinished one is
+    deleted and redone)."""
     ws = Workspace.at(root)
     cfg = ws.config()
     adapter = ws.adapter_dir(request_id)
