@@ -17,7 +17,7 @@ from tasks.ledger import OPEN, StaleRequest
 from tasks.locks import run_lock
 from tasks.model_tasks import (
     evaluate_request,
-    export_production,
+    export_production_task,
     materialize,
     prototypes,
     retrain_reference,
@@ -67,7 +67,7 @@ def process_request(root: str, request_id: str) -> dict:
     gate = apply_gates(root, request_id, version, plan, metrics)
     crash_point("after-production-alias")
     if gate is None:
-        export_production(root, version)
+        export_production_task(root, version)
     # the report before the ledger says done: a request marked done always has its report
     publish_report(root, request_id, plan, version, run_id, summary, metrics, retrain, gate)
     status = finish_request(root, request_id, version, run_id, summary, metrics, retrain, gate)

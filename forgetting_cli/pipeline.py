@@ -254,11 +254,11 @@ def promote(version: int, reason: Annotated[str, typer.Option()] = "manual promo
         c.get_model_version(registry.MODEL_NAME, str(version))
     except Exception:
         console.fail(f"no version {version} of {registry.MODEL_NAME}")
-    from tasks.model_tasks import export_merged
+    from tasks.model_tasks import export_production
 
     with run_lock(ws, "promoting"):
         registry.set_alias(c, "production", version, reason)
-        export_merged(ws, version)
+        export_production(ws, version)
     typer.echo(f"production -> v{version}")
 
 
@@ -267,12 +267,14 @@ def rollback(reason: Annotated[str, typer.Option()] = "rollback", root: Root = P
     ws = _ws(root)
     from tasks import registry
     from tasks.locks import run_lock
+    from tasks.model_tasks import export_production
 
     with run_lock(ws, "rolling back"):
         try:
             cur, prev = registry.rollback(registry.client(ws), reason)
         except ValueError as e:
             console.fail(str(e))
+        export_production(ws, prev)
     typer.echo(f"production -> v{prev} (rolled back from v{cur})")
 
 

@@ -270,17 +270,18 @@ def model_metadata(cfg: ModelConfig) -> dict:
     return {"data_config": data_config(cfg), "timm_arch": cfg.arch}
 
 
-def export_merged(ws: Workspace, version: int) -> str | None:
-    """One full checkpoint for a version that became production (its children, and anyone
-    wanting a standalone file, load it instead of the chain). None when it has one already
-    or is the base (a full model itself, stored as its own part).
-
-    Also made for a version registered before versions stored only their part (no
-    ``part_uri``), so that its children have a full model to build their lineage on."""
+def export_production(ws: Workspace, version: int) -> str | None:
+    """One full merged checkpoint, for the version that is now production (a standalone file
+    for deployments without this package); the previous production's export is deleted, so
+    the registry holds one. None for the base, a full model itself. Call under the run lock."""
     c = registry.client(ws)
+    for v in registry.merged_versions(c):
+        if v != version:
+            registry.with_backoff(lambda v=v: registry.drop_merged(c, v),
+                                  f"deleting v{v}'s merged export")
     tags = registry.version_tags(c, version)
-    if tags.get("merged_uri") or (not tags.get("parent_version") and tags.get("part_uri")):
-        return None
+    if tags.get("merged_uri") or not tags.get("parent_version"):
+        return tags.get("merged_uri")
     model, names = model_for_version(ws, version)
     out = ws.work_dir(f"export-v{version}") / "merged.safetensors"
     sha = save_checkpoint(model, out, names)
@@ -290,6 +291,25 @@ def export_merged(ws: Workspace, version: int) -> str | None:
     return uri
 
 
-@task(cache_policy=NO_CACHE)
-def export_production(root: str, version: int) -> str | None:
-    return export_merged(Workspace.at(root), version)
+def backfill_parts(ws: Workspace, version: int) -> None:
+    """Versions registered before each version stored its own part (no ``part_uri``) get it
+    from the DVC-tracked files, verified by sha256, so a child's lineage reaches the base."""
+    c = registry.client(ws)
+    for v, tags in registry.chain(c, version):
+        if tags.get("part_uri"):
+            continue
+        if tags.get("parent_version"):
+            path = ws.root / tags["adapter"]
+            ok = file_sha256(path / "adapter_model.safetensors") == tags["adapter_sha256"]
+        else:
+            path = ws.root / tags["checkpoint"]
+            ok = file_sha256(path) == tags["checkpoint_sha256"]
+        if not ok:
+            raise CheckpointError(f"{ws.rel(path)} does not match v{v}'s recorded sha256")
+        registry.with_backoff(lambda v=v, path=path: registry.store_part(c, v, path),
+                              f"storing v{v}'s part")
+
+
+@task(cache_policy=NO_CACHE, name="export_production")
+def export_production_task(root: str, version: int) -> str | None:
+    return export_production(Workspace.at(root), version)

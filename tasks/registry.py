@@ -173,44 +173,74 @@ def register(ws: Workspace, request_id: str, run_id: str, part: Path, tags: dict
     return int(mv.version)
 
 
-def loadable(c: MlflowClient, version: int) -> bool:
-    """Whether a child's lineage can reach a full model through ``version``: it stores its
-    own part, or has a merged export."""
-    tags = version_tags(c, version)
-    return bool(tags.get("part_uri") or tags.get("merged_uri"))
-
-
 def lineage(c: MlflowClient, parent: int) -> list[dict]:
-    """What a child of ``parent`` loads below its own adapter, bottom first: the nearest full
-    model (a merged production export, or the base) and the adapters above it."""
+    """What a child of ``parent`` loads below its own adapter, bottom first: the base and the
+    adapters above it. Only stored parts, never a merged export: an export exists for the
+    current production only, and goes when production moves."""
     parts: list[dict] = []
-    v: int | None = parent
-    while v is not None:
-        tags = version_tags(c, v)
-        if tags.get("merged_uri"):
-            parts.append({"version": v, "kind": "full", "uri": tags["merged_uri"],
-                          "sha256": tags["merged_sha256"]})
-            break
+    for v, tags in chain(c, parent):
         if not tags.get("parent_version"):
             parts.append({"version": v, "kind": "full", "uri": tags["part_uri"],
                           "sha256": tags["checkpoint_sha256"]})
-            break
-        parts.append({"version": v, "kind": "adapter", "uri": tags["part_uri"],
-                      "sha256": tags["adapter_sha256"]})
-        v = int(tags["parent_version"])
+        else:
+            parts.append({"version": v, "kind": "adapter", "uri": tags["part_uri"],
+                          "sha256": tags["adapter_sha256"]})
     return parts[::-1]
 
 
+def chain(c: MlflowClient, version: int) -> list[tuple[int, dict[str, str]]]:
+    """(version, tags) from ``version`` down to the base."""
+    out: list[tuple[int, dict[str, str]]] = []
+    v: int | None = version
+    while v is not None:
+        tags = version_tags(c, v)
+        out.append((v, tags))
+        v = int(tags["parent_version"]) if tags.get("parent_version") else None
+    return out
+
+
+def store_part(c: MlflowClient, version: int, part: Path) -> str:
+    """Log a version's own part (its checkpoint or adapter folder) to its run: for versions
+    registered before versions stored their part in their MLflow model."""
+    mv = c.get_model_version(MODEL_NAME, str(version))
+    if part.is_dir():
+        c.log_artifacts(mv.run_id, str(part), f"part/{part.name}")
+    else:
+        c.log_artifact(mv.run_id, str(part), "part")
+    uri = f"{c.get_run(mv.run_id).info.artifact_uri}/part/{part.name}"
+    c.set_model_version_tag(MODEL_NAME, str(version), "part_uri", uri)
+    return uri
+
+
 def store_merged(c: MlflowClient, version: int, checkpoint: Path, sha256: str) -> str:
-    """Log a full merged checkpoint of ``version`` to its run and tag the version with it:
-    its children then load one file instead of the whole chain. Re-logging after a crash
-    writes the same path again."""
+    """Log a full merged checkpoint of ``version`` to its run and tag the version with it (a
+    standalone file for whoever deploys production without this package). Re-logging after
+    a crash writes the same path again."""
     mv = c.get_model_version(MODEL_NAME, str(version))
     c.log_artifact(mv.run_id, str(checkpoint), "merged")
     uri = f"{c.get_run(mv.run_id).info.artifact_uri}/merged/{checkpoint.name}"
     c.set_model_version_tag(MODEL_NAME, str(version), "merged_sha256", sha256)
     c.set_model_version_tag(MODEL_NAME, str(version), "merged_uri", uri)
     return uri
+
+
+def drop_merged(c: MlflowClient, version: int) -> None:
+    """Delete a merged export (production moved on; it can be made again from the chain).
+    The tag goes first: a crash in between leaves files nobody points to, never a pointer to
+    nothing."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    mv = c.get_model_version(MODEL_NAME, str(version))
+    for tag in ("merged_uri", "merged_sha256"):
+        if tag in mv.tags:
+            c.delete_model_version_tag(MODEL_NAME, str(version), tag)
+    get_artifact_repository(c.get_run(mv.run_id).info.artifact_uri).delete_artifacts("merged")
+
+
+def merged_versions(c: MlflowClient) -> list[int]:
+    """Versions that hold a merged export (one, normally: production's)."""
+    return sorted(int(v.version) for v in c.search_model_versions(f"name = '{MODEL_NAME}'")
+                  if v.tags.get("merged_uri"))
 
 
 def version_for_request(c: MlflowClient, request_id: str) -> int | None:

@@ -21,7 +21,7 @@ from forgetting.requests import RequestError, validate_request
 from . import registry
 from .faults import crash_point
 from .ledger import OPEN
-from .model_tasks import export_merged, model_metadata
+from .model_tasks import backfill_parts, model_metadata
 from .reports import markdown_summary, purge_note, report_data
 from .requests import ledger
 from .workspace import Workspace
@@ -85,8 +85,7 @@ def log_run(root: str, request_id: str, plan: dict, summary: dict,
     cfg = ws.config()
     adapter = ws.adapter_dir(request_id)
     c = registry.client(ws)
-    if not registry.loadable(c, plan["parent"]):  # registered before part-only versions
-        export_merged(ws, plan["parent"])
+    backfill_parts(ws, plan["parent"])  # versions registered before parts were stored
     params = {"classes": json.dumps(plan["classes"]), "shots": plan["shots"],
               "method": plan["method"], "parent_version": plan["parent"],
               "dataset_version": plan["dataset_version"],

@@ -190,8 +190,8 @@ def _predictions(ws, version: int, x) -> list[int]:
 def test_production_model_loads_in_one_line_and_serves_over_http(processed, tmp_path):
     """`mlflow.pyfunc.load_model("models:/forgetting-vit@production")` in a fresh process, and
     `mlflow models serve` (a real server on 127.0.0.1) answering an HTTP request: both give
-    the predictions of the model the adapter chain rebuilds. v3 loads through v2's merged
-    production export (its lineage), v2 through the base and its own adapter."""
+    the predictions of the model the adapter chain rebuilds (v3, not production, through
+    its lineage: the base, v2's adapter and its own)."""
     import urllib.request
 
     from tasks import registry
@@ -200,7 +200,9 @@ def test_production_model_loads_in_one_line_and_serves_over_http(processed, tmp_
     ws = processed["ws"]
     c = registry.client(ws)
     assert registry.alias_version(c, "production") == 2
-    assert registry.version_tags(c, 2)["merged_uri"] and registry.lineage(c, 2)[0]["version"] == 2
+    assert registry.merged_versions(c) == [2]  # production's standalone export, and only it
+    assert [(p["version"], p["kind"]) for p in registry.lineage(c, 2)] == [(1, "full"),
+                                                                         (2, "adapter")]
     test = workspace_splits(ws)["test"]
     x = torch.stack([test[i][0] for i in range(6)])
     want = _predictions(ws, 2, x)
@@ -233,12 +235,18 @@ def test_promote_and_rollback_move_production(processed):
     from tasks import registry
 
     ws = processed["ws"]
+    c = registry.client(ws)
+    exported = registry.version_tags(c, 2)["merged_uri"]
     assert _cli("promote", "3", "--reason", "reviewed", "--root", str(ws.root)).exit_code == 0
     assert _status(ws)["production_version"] == 3
+    # one merged export in the registry, production's: v2's went when production moved
+    assert registry.merged_versions(c) == [3]
+    assert not os.path.exists(exported.removeprefix("file://"))
     res = _cli("rollback", "--reason", "test", "--root", str(ws.root))
     assert res.exit_code == 0 and "production -> v2 (rolled back from v3)" in res.output
     assert _status(ws)["production_version"] == 2
     assert registry.production_history(registry.client(ws)) == [1, 2]
+    assert registry.merged_versions(c) == [2]
     assert _cli("promote", "99", "--root", str(ws.root)).exit_code == 2
 
 

@@ -186,18 +186,17 @@ def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path
     c = registry.client(ws)
     tags = registry.version_tags(c, version)
     assert tags["parent_version"] == "1" and tags["part_uri"].endswith("/artifacts/req-0001")
-    assert tags["merged_uri"]  # it became production: one full export for its children
-    # a version registered before versions stored only their part: no part, no export;
-    # the next request makes the export its lineage needs
-    for tag in ("part_uri", "merged_uri", "merged_sha256"):
-        c.delete_model_version_tag(registry.MODEL_NAME, str(version), tag)
+    assert tags["merged_uri"]  # it became production: one standalone export
+    # a version registered before versions stored their own part: the next request stores
+    # it (from the DVC-tracked adapter, sha256 checked) for its lineage
+    c.delete_model_version_tag(registry.MODEL_NAME, str(version), "part_uri")
     assert cli.invoke(app, ["request", "add", "digit_5", "--root", str(root)]).exit_code == 0
     [out] = process_requests_flow(str(root))
     assert out["status"] == "done", out
-    exported = registry.version_tags(c, version)
-    assert registry.lineage(c, version) == [{"version": version, "kind": "full",
-                                             "uri": exported["merged_uri"],
-                                             "sha256": exported["merged_sha256"]}]
+    assert registry.version_tags(c, version)["part_uri"].endswith("/part/req-0001")
+    assert [(p["version"], p["kind"]) for p in registry.lineage(c, version)] == [
+        (1, "full"), (version, "adapter")]
+    assert registry.merged_versions(c) == [out["model_version"]]
     with torch.no_grad():
         want_next = model_for_version(ws, out["model_version"])[0](x).argmax(-1).tolist()
     code = ("import json, sys, mlflow, numpy as np; x = np.load(sys.argv[1]); "
