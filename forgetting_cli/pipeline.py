@@ -258,7 +258,7 @@ def promote(version: int, reason: Annotated[str, typer.Option()] = "manual promo
 
     with run_lock(ws, "promoting"):
         registry.set_alias(c, "production", version, reason)
-        export_production(ws, version)
+        registry.with_backoff(lambda: export_production(ws, version), "exporting the model")
     typer.echo(f"production -> v{version}")
 
 
@@ -274,7 +274,7 @@ def rollback(reason: Annotated[str, typer.Option()] = "rollback", root: Root = P
             cur, prev = registry.rollback(registry.client(ws), reason)
         except ValueError as e:
             console.fail(str(e))
-        export_production(ws, prev)
+        registry.with_backoff(lambda: export_production(ws, prev), "exporting the model")
     typer.echo(f"production -> v{prev} (rolled back from v{cur})")
 
 

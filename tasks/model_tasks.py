@@ -277,16 +277,14 @@ def export_production(ws: Workspace, version: int) -> str | None:
     c = registry.client(ws)
     for v in registry.merged_versions(c):
         if v != version:
-            registry.with_backoff(lambda v=v: registry.drop_merged(c, v),
-                                  f"deleting v{v}'s merged export")
+            registry.drop_merged(c, v)
     tags = registry.version_tags(c, version)
     if tags.get("merged_uri") or not tags.get("parent_version"):
         return tags.get("merged_uri")
     model, names = model_for_version(ws, version)
     out = ws.work_dir(f"export-v{version}") / "merged.safetensors"
     sha = save_checkpoint(model, out, names)
-    uri = registry.with_backoff(lambda: registry.store_merged(c, version, out, sha),
-                                "storing the merged production model")
+    uri = registry.store_merged(c, version, out, sha)
     shutil.rmtree(out.parent)
     return uri
 
@@ -306,10 +304,11 @@ def backfill_parts(ws: Workspace, version: int) -> None:
             ok = file_sha256(path) == tags["checkpoint_sha256"]
         if not ok:
             raise CheckpointError(f"{ws.rel(path)} does not match v{v}'s recorded sha256")
-        registry.with_backoff(lambda v=v, path=path: registry.store_part(c, v, path),
-                              f"storing v{v}'s part")
+        registry.store_part(c, v, path)
 
 
 @task(cache_policy=NO_CACHE, name="export_production")
 def export_production_task(root: str, version: int) -> str | None:
-    return export_production(Workspace.at(root), version)
+    ws = Workspace.at(root)
+    return registry.with_backoff(lambda: export_production(ws, version),
+                                 "exporting the production model")

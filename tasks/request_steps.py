@@ -85,7 +85,8 @@ def log_run(root: str, request_id: str, plan: dict, summary: dict,
     cfg = ws.config()
     adapter = ws.adapter_dir(request_id)
     c = registry.client(ws)
-    backfill_parts(ws, plan["parent"])  # versions registered before parts were stored
+    registry.with_backoff(lambda: backfill_parts(ws, plan["parent"]),  # older versions
+                          "storing the parts of earlier versions")
     params = {"classes": json.dumps(plan["classes"]), "shots": plan["shots"],
               "method": plan["method"], "parent_version": plan["parent"],
               "dataset_version": plan["dataset_version"],
