@@ -38,7 +38,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def setup_runtime(cfg: Config) -> torch.device:
-    """Apply ``threads`` and ``deterministic`` from the config; return the device to use."""
+    """Apply ``threads`` and ``deterministic`` from the config, and set ``ACCEL`` (autocast,
+    loader workers, channels-last, compile: used on CUDA only); return the device to use."""
     device = resolve_device(cfg.device)
     if cfg.threads is not None and torch.get_num_threads() != cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -49,8 +50,8 @@ def setup_runtime(cfg: Config) -> torch.device:
     torch.use_deterministic_algorithms(cfg.deterministic)
     cuda = device.type == "cuda"
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    ACCEL.amp_dtype = torch.bfloat16 if (cfg.amp == "bf16" or (cfg.amp == "auto" and bf16)) \
-        and cuda else None
+    wants_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and bf16)
+    ACCEL.amp_dtype = torch.bfloat16 if cuda and wants_bf16 else None
     ACCEL.workers = (cfg.loader_workers if cfg.loader_workers is not None
                      else min(8, max((os.cpu_count() or 1) - 1, 0)) if cuda else 0)
     ACCEL.channels_last = cuda and cfg.channels_last

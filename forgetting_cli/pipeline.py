@@ -106,6 +106,7 @@ def pretrain(root: Root = Path("."),
                  help="timm architecture of --checkpoint (e.g. vit_small_patch16_224); read "
                       "from the checkpoint when it names one")] = None,
              classes: Annotated[Path | None, typer.Option(
+                 exists=True, dir_okay=False,
                  help="class of each head row of --checkpoint, one per line (default: the "
                       "dataset's order)")] = None,
              margin: Annotated[str, typer.Option(
