@@ -75,14 +75,8 @@ def run_all(scale: bool = False) -> None:
         if (RESULTS / "latency.json").exists() else {}
     _save("latency", {"after": lat, **{k: v for k, v in prev.items() if k.startswith("before")}})
     shutil.rmtree(work)  # the temp folder this script made
-    runs = [("quality", ["benchmarks/quality.py", "--quick", "--json"]),
-            ("sequence", ["benchmarks/sequence.py", "--json"]),
-            ("throughput", ["benchmarks/throughput.py", "--json"]),
-            ("registry", ["benchmarks/registry_bytes.py", "--json"])]
-    if scale:
-        runs.append(("scale", ["benchmarks/scale.py", "--json"]))
-    for name, args in runs:
-        record(name, args)
+    for name in ("quality", "sequence", "throughput", "registry", *(["scale"] if scale else [])):
+        record(name, COMMANDS[name].split()[1:])
 
 
 def record(name: str, args: list[str]) -> None:
@@ -101,6 +95,15 @@ def record(name: str, args: list[str]) -> None:
     _save(name, data)
 
 
+# what a reader runs to measure each figure again (``--run`` runs them all)
+COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
+            "sequence": "python benchmarks/sequence.py --json",
+            "throughput": "python benchmarks/throughput.py --json",
+            "registry": "python benchmarks/registry_bytes.py --json",
+            "scale": "python benchmarks/scale.py --json",
+            "latency": "python benchmarks/cli_latency.py --root DEMO_FOLDER --json"}
+
+
 def _load(name: str) -> dict:
     return json.loads((RESULTS / f"{name}.json").read_text())
 
@@ -116,7 +119,7 @@ def _on(m: dict) -> str:
 def render_demo() -> str:
     d = _load("demo")
     reqs = d["status"]["requests"]
-    lines = [f"Measured (`benchmarks/results/demo.json`; {_on(d['machine'])}): the run took "
+    lines = [f"Measured by `make demo` (`benchmarks/results/demo.json`; {_on(d['machine'])}): the run took "
              f"{d['seconds'] // 60} min {d['seconds'] % 60:02d} s after the install; production "
              f"is v{d['status']['production_version']}."]
     for r in reqs:
@@ -136,7 +139,8 @@ def render_repro() -> str:
     rows += [f"- step {s['step']} (`{','.join(s['classes'])}`, on step {s['parent_step']}): "
              f"Acc_f {s['acc_f']:.3f}, Acc_r {s['before_acc_r']:.3f} -> {s['acc_r']:.3f}, "
              f"gate {s['gate']}" for s in m["steps"]]
-    return "Measured (`data/repro/metrics.json`, `pretrain.json`, committed with `dvc.lock`): " \
+    return "Measured by `dvc repro` (`data/repro/metrics.json`, `pretrain.json`, committed " \
+        "with `dvc.lock`): " \
         + rows[0] + "\n" + "\n".join(rows[1:]) + "\n"
 
 
@@ -145,7 +149,7 @@ def render_quality(name: str = "quality") -> str:
     data = (f" on {r['source']} ({r['train_images']:,} training images)"
             if "train_images" in r else "")
     return "\n".join([
-        f"Measured (`benchmarks/results/{name}.json`; {_on(r['machine'])}, "
+        f"Measured by `{COMMANDS[name]}` (`benchmarks/results/{name}.json`; {_on(r['machine'])}, "
         f"{r.get('threads', '?')} threads), forgetting `{','.join(r['classes'][0])}`{data}:",
         "",
         "| model | Acc_f | Acc_r | H-Mean | seconds |",
@@ -172,7 +176,7 @@ def render_sequence() -> str:
     full, few = r["steps"][-1], r["fewshot_steps"][-1]
     n = len(r["steps"])
     lines = [
-        f"Measured (`benchmarks/results/sequence.json`; {_on(r['machine'])}, "
+        f"Measured by `{COMMANDS['sequence']}` (`benchmarks/results/sequence.json`; {_on(r['machine'])}, "
         f"{r.get('threads', '?')} threads), {n} one-class requests in a row:", "",
         f"| after {n} requests | Acc_f | Acc_r | Acc_o (max over steps) | seconds (total) |",
         "|---|---|---|---|---|",
@@ -209,7 +213,8 @@ def render_latency() -> str:
         b = (r.get("before") or {}).get(k)
         rows.append(f"| `forget {k}` | {b['median_s']:.2f} |" if b else f"| `forget {k}` | - |")
         rows[-1] += f" {v['median_s']:.2f} |"
-    return (f"Median of 5 fresh processes on an idle machine (`benchmarks/results/latency.json`;"
+    return (f"Median of 5 fresh processes on an idle machine, by `{COMMANDS['latency']}` "
+            f"(`benchmarks/results/latency.json`;"
             f" {_on(r['machine'])}); *before*: commit {r.get('before_commit', '6d05317')}.\n\n"
             + "\n".join(rows) + "\n")
 
@@ -226,7 +231,8 @@ def render_throughput() -> str:
     ratios = "; ".join(f"{x['arch']}: loading {x['load_img_s'] / x['forward_img_s']:.1f}x the "
                        f"forward rate, the GS-LoRA step {x['train_step_img_s'] / x['forward_img_s']:.2f}x"
                        for x in r["rows"])
-    return (f"Measured (`benchmarks/results/throughput.json`; {_on(r['machine'])}, "
+    return (f"Measured by `{COMMANDS['throughput']}` (`benchmarks/results/throughput.json`; "
+            f"{_on(r['machine'])}, "
             f"{r['threads']} threads, {r['rows'][0]['device']}, loader workers "
             f"{r['rows'][0]['loader_workers']}):\n\n" + "\n".join(rows) + f"\n\n{ratios}.\n")
 
@@ -243,7 +249,8 @@ def render_registry() -> str:
                     f"{x['base_bytes'] / 1e6:.2f} MB | {x['production_export_bytes'] / 1e6:.2f} MB |")
     secs = "; ".join(f"{x['model']} {max(v['log_seconds'] for v in x['versions']):.2f} s "
                      f"(was {x['before_log_seconds']:.1f} s)" for x in r["rows"])
-    return (f"Measured (`benchmarks/results/registry.json`; {_on(r['machine'])}; two request "
+    return (f"Measured by `{COMMANDS['registry']}` (`benchmarks/results/registry.json`; "
+            f"{_on(r['machine'])}; two request "
             "versions of 2 kept groups each, rank 8):\n\n" + "\n".join(rows)
             + f"\n\nLogging a request version: {secs}.\n")
 

@@ -160,6 +160,20 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return obj, facts
 
 
+def is_our_checkpoint(path: str | Path) -> bool:
+    """A safetensors file written by ``save_checkpoint`` (its config in the metadata), read
+    from the header alone: a 330 MB file is not loaded to tell."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return False
+    return META_KEY in meta or "model_config" in meta
+
+
 def load_checkpoint(path: str | Path, expected_sha256: str | None = None,
                     cfg: ModelConfig | None = None, class_names: list[str] | None = None,
                     ) -> tuple[Classifier, list[str], dict]:

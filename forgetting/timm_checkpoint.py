@@ -18,7 +18,7 @@ import torch
 
 from .config import ModelConfig
 from .model import CheckpointError, Classifier, create_model, read_state_dict
-from .preprocess import arch_defaults
+from .preprocess import data_config
 
 VIT_FAMILIES = ("vit_", "deit_", "deit3_")
 PREFIXES = ("module.", "model.", "_orig_mod.")  # DDP, wrappers, torch.compile
@@ -78,16 +78,16 @@ def infer_config(state: dict[str, torch.Tensor], arch: str, margin: str = "cosfa
                               "--num-heads")
     kind = "linear" if "head.bias" in state else margin  # a bias-free head is a cosine head
     base = base or ModelConfig()
-    arch_cfg = arch_defaults(arch)
-    return ModelConfig(
+    cfg = ModelConfig(
         arch=arch, image_size=grid * patch, in_chans=chans, patch_size=patch, depth=depth,
         embed_dim=dim, num_heads=heads,
         mlp_ratio=state["backbone.blocks.0.mlp.fc1.weight"].shape[0] / dim, head=kind,
         global_pool=ref.global_pool if ref.global_pool in ("token", "avg") else "token",
-        mean=list(arch_cfg.get("mean", (0.5,))), std=list(arch_cfg.get("std", (0.5,))),
-        interpolation=arch_cfg.get("interpolation", "bicubic"),
-        crop_pct=arch_cfg.get("crop_pct", 1.0), head_scale=base.head_scale,
-        head_margin=base.head_margin)
+        head_scale=base.head_scale, head_margin=base.head_margin)
+    dc = data_config(cfg)  # the arch's preprocessing, spelled out for params.yaml
+    return cfg.model_copy(update={"mean": list(dc["mean"]), "std": list(dc["std"]),
+                                  "interpolation": dc["interpolation"],
+                                  "crop_pct": dc["crop_pct"]})
 
 
 def describe_mismatch(state: dict[str, torch.Tensor], model: torch.nn.Module, limit: int = 8

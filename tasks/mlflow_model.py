@@ -1,10 +1,10 @@
 """The registered model as MLflow sees it: a pyfunc that costs its adapter, not a whole network.
 
 Each model version stores only its own part (the base checkpoint for version 1, the sparse
-adapter for a request) and a lineage: the artifact URIs and sha256 of the parts below it,
-bottom first, starting at the nearest full model (the base, or the merged export of a version
-that became production). Loading resolves the lineage: downloads each part, checks its
-sha256, merges the adapters in order. Everything loaded is safetensors; nothing is unpickled.
+adapter for a request) and a lineage: the artifact URIs and sha256 of the base and the
+adapters below it, bottom first. Loading resolves the lineage: downloads each part, checks
+its sha256, merges the adapters in order. Everything loaded is safetensors; nothing is
+unpickled.
 
 This file is logged as "model from code" (MLflow copies it into the model), so
 ``mlflow.pyfunc.load_model("models:/forgetting-vit@production")`` and
@@ -14,41 +14,28 @@ environment where this package is installed and the tracking server is reachable
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import numpy as np
 import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel
 
-from forgetting.lora import apply_adapter
+from forgetting.lora import apply_chain
 from forgetting.model import CheckpointError, load_checkpoint
 from tasks.registry import ADAPTER, CHECKPOINT
 
 
-def load_part(model, kind: str, path: str | Path, sha256: str):
-    """A full checkpoint replaces the model; an adapter is merged into it."""
-    if kind == "full":
-        return load_checkpoint(path, expected_sha256=sha256)
-    if model is None:
-        raise CheckpointError(f"adapter {path} has no model below it in the lineage")
-    return apply_adapter(model[0], path, sha256), model[1], model[2]
-
-
 def resolve(lineage: list[dict], own: dict[str, str], own_sha256: str):
-    """(model, class names, extra) of the parts below this version and its own part."""
-    model = None
-    for part in lineage:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=part["uri"])
-        model = load_part(model, part["kind"], local, part["sha256"])
-    if CHECKPOINT in own:
-        model = load_part(model, "full", own[CHECKPOINT], own_sha256)
-    elif ADAPTER in own:
-        model = load_part(model, "adapter", own[ADAPTER], own_sha256)
-    if model is None:
-        raise CheckpointError("the model has neither a checkpoint nor an adapter")
-    return model
+    """(model, class names): the base of the lineage (or this version's own checkpoint) with
+    every adapter above it merged in order, each part checked against its sha256."""
+    parts = [(mlflow.artifacts.download_artifacts(artifact_uri=p["uri"]), p["sha256"])
+             for p in lineage]
+    parts.append((own.get(CHECKPOINT) or own[ADAPTER], own_sha256))
+    if lineage and lineage[0]["kind"] != "full":
+        raise CheckpointError(f"the lineage starts at an adapter ({lineage[0]['uri']})")
+    (base, base_sha), adapters = parts[0], parts[1:]
+    model, names, _ = load_checkpoint(base, expected_sha256=base_sha)
+    return apply_chain(model, adapters), names
 
 
 class ForgettingModel(PythonModel):
@@ -57,8 +44,8 @@ class ForgettingModel(PythonModel):
 
     def load_context(self, context) -> None:
         cfg = context.model_config or {}
-        self.model, self.class_names, _ = resolve(cfg.get("lineage", []), context.artifacts,
-                                                  cfg["sha256"])
+        self.model, self.class_names = resolve(cfg.get("lineage", []), context.artifacts,
+                                               cfg["sha256"])
         self.model.eval()
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:

@@ -17,14 +17,14 @@ from forgetting.data import DatasetInfo, read_info
 from forgetting.datasets import ParquetImageDataset, request_data, splits
 from forgetting.evaluate import compare, evaluate
 from forgetting.files import fsync_tree, replace_durably, write_json_atomic
-from forgetting.lora import apply_adapter
+from forgetting.lora import apply_adapter, apply_chain
 from forgetting.mia import membership_inference
 from forgetting.model import (
     CheckpointError,
     Classifier,
     file_sha256,
+    is_our_checkpoint,
     load_checkpoint,
-    read_state_dict,
     save_checkpoint,
 )
 from forgetting.preprocess import data_config, input_shape
@@ -74,8 +74,7 @@ def import_base(root: str, checkpoint: str, arch: str | None = None,
     ws = Workspace.at(root)
     info = dataset_info(ws)
     names = list(info.class_names)
-    _, facts = read_state_dict(checkpoint)
-    if "ours" in facts:
+    if is_our_checkpoint(checkpoint):
         model, got, _ = load_checkpoint(checkpoint)
         if got != names:
             raise CheckpointError(
@@ -104,18 +103,12 @@ def import_base(root: str, checkpoint: str, arch: str | None = None,
 
 def model_for_version(ws: Workspace, version: int) -> tuple[Classifier, list[str]]:
     """Base checkpoint + the chain of adapters up to ``version``, each verified by sha256."""
-    c = registry.client(ws)
-    chain: list[dict[str, str]] = []
-    v: int | None = version
-    while v is not None:
-        tags = registry.version_tags(c, v)
-        chain.append(tags)
-        v = int(tags["parent_version"]) if tags.get("parent_version") else None
+    chain = [tags for _, tags in registry.chain(registry.client(ws), version)]
     base_tags = chain.pop()
     model, names, _ = load_checkpoint(ws.root / base_tags["checkpoint"],
                                       expected_sha256=base_tags["checkpoint_sha256"])
-    for tags in reversed(chain):
-        model = apply_adapter(model, ws.root / tags["adapter"], tags["adapter_sha256"])
+    model = apply_chain(model, [(ws.root / t["adapter"], t["adapter_sha256"])
+                                for t in reversed(chain)])
     return model.eval(), names
 
 

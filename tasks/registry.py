@@ -202,23 +202,26 @@ def chain(c: MlflowClient, version: int) -> list[tuple[int, dict[str, str]]]:
 def store_part(c: MlflowClient, version: int, part: Path) -> str:
     """Log a version's own part (its checkpoint or adapter folder) to its run: for versions
     registered before versions stored their part in their MLflow model."""
-    mv = c.get_model_version(MODEL_NAME, str(version))
-    if part.is_dir():
-        c.log_artifacts(mv.run_id, str(part), f"part/{part.name}")
-    else:
-        c.log_artifact(mv.run_id, str(part), "part")
-    uri = f"{c.get_run(mv.run_id).info.artifact_uri}/part/{part.name}"
+    uri = log_to_version_run(c, version, part, "part")
     c.set_model_version_tag(MODEL_NAME, str(version), "part_uri", uri)
     return uri
+
+
+def log_to_version_run(c: MlflowClient, version: int, path: Path, folder: str) -> str:
+    """Log a file or folder under ``folder/`` of the version's run; its artifact URI."""
+    mv = c.get_model_version(MODEL_NAME, str(version))
+    if path.is_dir():
+        c.log_artifacts(mv.run_id, str(path), f"{folder}/{path.name}")
+    else:
+        c.log_artifact(mv.run_id, str(path), folder)
+    return f"{c.get_run(mv.run_id).info.artifact_uri}/{folder}/{path.name}"
 
 
 def store_merged(c: MlflowClient, version: int, checkpoint: Path, sha256: str) -> str:
     """Log a full merged checkpoint of ``version`` to its run and tag the version with it (a
     standalone file for whoever deploys production without this package). Re-logging after
     a crash writes the same path again."""
-    mv = c.get_model_version(MODEL_NAME, str(version))
-    c.log_artifact(mv.run_id, str(checkpoint), "merged")
-    uri = f"{c.get_run(mv.run_id).info.artifact_uri}/merged/{checkpoint.name}"
+    uri = log_to_version_run(c, version, checkpoint, "merged")
     c.set_model_version_tag(MODEL_NAME, str(version), "merged_sha256", sha256)
     c.set_model_version_tag(MODEL_NAME, str(version), "merged_uri", uri)
     return uri
