@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev,stack]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,7 +30,7 @@ lint: $(STAMP)
 PIP_CONSTRAINTS := $(wildcard /etc/xdg/pip/constraints.txt)
 lock:
 	rm -f requirements.lock
-	$(PY) -m piptools compile --quiet --extra dev --strip-extras --no-emit-index-url \
+	$(PY) -m piptools compile --quiet --extra dev --extra stack --strip-extras --no-emit-index-url \
 		--no-emit-find-links $(addprefix --constraint ,$(PIP_CONSTRAINTS)) \
 		--output-file requirements.lock pyproject.toml
 

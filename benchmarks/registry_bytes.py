@@ -100,7 +100,7 @@ def measure(name: str, cfg: ModelConfig, classes: int, work: Path) -> dict:
     m_sha = save_checkpoint(model, merged, names)
     registry.store_merged(c, parent, merged, m_sha)
     x = torch.randn(2, *shape)
-    loaded = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{parent}")
+    loaded = mlflow.pyfunc.load_model(f"models:/{c.model_name}/{parent}")
     with torch.no_grad():
         want = model(x).argmax(-1).tolist()
     assert loaded.predict(x.numpy())["class_index"].tolist() == want, "pyfunc != chain"

@@ -9,9 +9,12 @@ finished by the next run.
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+import os
 
-from tasks import registry
+from prefect import flow, get_run_logger
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from tasks import registry, team
 from tasks.faults import crash_point
 from tasks.ledger import OPEN, StaleRequest
 from tasks.locks import run_lock
@@ -47,6 +50,9 @@ def process_request(root: str, request_id: str) -> dict:
     crash_point("after-start")
     forget, earlier = plan["forget"], plan["earlier"]
 
+    # the retrain reference needs nothing from the forgetting run: it can train beside it
+    retrain_job = (retrain_reference.submit(root, request_id, forget, earlier)
+                   if cfg.evidence.retrain_baseline and cfg.evidence.parallel else None)
     parent = materialize(root, plan["parent"], request_id)
     protos = (prototypes(root, parent, request_id, forget, earlier, plan["shots"])
               if plan["method"] == "gs-lora++" and cfg.forget.prototypes.enabled else None)
@@ -55,7 +61,8 @@ def process_request(root: str, request_id: str) -> dict:
     metrics = evaluate_request(root, parent, request_id, forget, earlier,
                                summary["adapter_sha256"])
     crash_point("after-train")
-    retrain = (retrain_reference(root, request_id, forget, earlier)
+    retrain = (retrain_job.result() if retrain_job is not None
+               else retrain_reference(root, request_id, forget, earlier)
                if cfg.evidence.retrain_baseline else None)
     track(root, [ws.rel(ws.adapters)], f"adapter {request_id}")
     crash_point("after-adapter-tracked")
@@ -81,6 +88,18 @@ def process_request(root: str, request_id: str) -> dict:
             "acc_r": metrics["acc_r"], "gate": gate or "passed"}
 
 
+def task_runner(evidence) -> TaskRunner:
+    """Where ``.submit``-ted tasks of a request run (``evidence.task_runner``)."""
+    if evidence.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if evidence.dask_address:
+            return DaskTaskRunner(address=evidence.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1,
+                                              "processes": True})
+    return ThreadPoolTaskRunner(max_workers=2)
+
+
 @flow(name="process-requests", log_prints=True)
 def process_requests_flow(root: str) -> list[dict]:
     """All pending requests in arrival order, under the run lock (one runner at a time)."""
@@ -90,9 +109,13 @@ def process_requests_flow(root: str) -> list[dict]:
     registry.check_reachable(ws)
     with run_lock(ws, "processing requests"):
         recover(root)
+        if team.attached(ws.root) and os.environ.get("PREFECT_API_URL"):
+            team.import_submissions(ws)  # submitted through the stack's Prefect server
         for req in led.pending():
             try:
-                out.append({"id": req.id, **process_request(root, req.id)})
+                runner = task_runner(ws.config().evidence)
+                out.append({"id": req.id, **process_request.with_options(
+                    task_runner=runner)(root, req.id)})
             except StaleRequest:  # cancelled after this run listed the queue
                 get_run_logger().info(f"{req.id} was cancelled meanwhile; skipped")
             except Exception as e:  # stays queued, with the reason; later ones wait (order)

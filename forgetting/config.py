@@ -167,6 +167,13 @@ class EvidenceConfig(_Strict):
     # a model trained from scratch without every forgotten class: the gold standard the
     # report compares against; costs one pretraining per request
     retrain_baseline: bool = True
+    # the retrain reference trains beside the forgetting run (it needs nothing from it), on
+    # the flow's task runner: threads in the flow's process, or Dask worker processes
+    parallel: bool = False
+    task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = Field(
+        None, description="a distributed scheduler whose workers see the workspace's folder "
+                          "(the flow's host); none: a local cluster for each run")
 
 
 class RequestConfig(_Strict):
@@ -181,7 +188,16 @@ DEFAULT_REQUESTS = [RequestConfig(classes=["digit_0", "digit_1"]),
                     RequestConfig(classes=["digit_7"], shots=4)]
 
 
+class WorkspaceConfig(_Strict):
+    """Who this workspace is on a shared stack: its name gives the registered model
+    (``<name>-vit``), the MLflow experiment, the S3 prefix, the git repository, the Prefect
+    deployment and the run lock, so several workspaces share one stack without clashes."""
+
+    name: str = Field("forgetting", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
 class Config(_Strict):
+    workspace: WorkspaceConfig = WorkspaceConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     pretrain: TrainConfig = TrainConfig()

@@ -40,7 +40,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
 def setup_runtime(cfg: Config) -> torch.device:
     """Apply ``threads`` and ``deterministic`` from the config, and set ``ACCEL`` (autocast,
     loader workers, channels-last, compile: used on CUDA only); return the device to use."""
-    device = resolve_device(cfg.device)
+    # FORGET_DEVICE: set by a deployment's job variables (``forget stack deploy --device``)
+    # to route a workspace's requests to the GPU workers of its pool
+    device = resolve_device(os.environ.get("FORGET_DEVICE") or cfg.device)
     if cfg.threads is not None and torch.get_num_threads() != cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:

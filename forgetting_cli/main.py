@@ -76,6 +76,9 @@ def library_demo(
 from .pipeline import register_commands  # noqa: E402
 
 register_commands(app)
+from .team_commands import register as register_team_commands  # noqa: E402
+
+register_team_commands(app)
 
 if __name__ == "__main__":
     app()

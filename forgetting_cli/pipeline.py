@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import traceback
 from pathlib import Path
 from typing import Annotated
@@ -162,6 +163,18 @@ def request_add(
         console.fail(f"invalid request: {fields}")
     except (yaml.YAMLError, OSError) as e:
         console.fail(str(e))
+    from tasks import team
+
+    if team.attached(ws.root):  # a shared workspace: submitted to its deployment
+        if not os.environ.get("PREFECT_API_URL"):
+            console.fail("this workspace is shared through a stack: export its settings "
+                         "(PREFECT_API_URL, ...) to submit requests")
+        team.sync(ws.root)  # check against the dataset, model and queue the workers see
+        _prefect()
+        run = team.submit(ws, spec)
+        typer.echo(f"submitted {', '.join(spec.classes)} as flow run {run}; the worker that "
+                   "runs next queues it (as the next req-id) and processes the queue in order")
+        return
     req = add_request(ws, spec)
     typer.echo(f"queued {req.id}: {', '.join(req.classes)}")
 
@@ -202,11 +215,10 @@ def run(root: Root = Path(".")) -> None:
 def status_dict(ws) -> dict:
     from tasks.registry_reader import reader
     from tasks.requests import ledger
-    from tasks.workspace import MODEL_NAME
 
     reg = reader(ws)
     return {
-        "model": MODEL_NAME, "tracking_uri": ws.tracking_uri,
+        "model": ws.model_name, "tracking_uri": ws.tracking_uri,
         "production_version": reg.alias_version("production"),
         "candidate_version": reg.alias_version("candidate"),
         "requests": [{"id": r.id, "classes": r.classes, "status": r.status,
@@ -252,9 +264,9 @@ def promote(version: int, reason: Annotated[str, typer.Option()] = "manual promo
 
     c = registry.client(ws)
     try:
-        c.get_model_version(registry.MODEL_NAME, str(version))
+        c.get_model_version(c.model_name, str(version))
     except Exception:
-        console.fail(f"no version {version} of {registry.MODEL_NAME}")
+        console.fail(f"no version {version} of {c.model_name}")
     from tasks.model_tasks import export_production
 
     with run_lock(ws, "promoting"):
@@ -356,7 +368,7 @@ def ui_commands(ws) -> dict[str, str]:
                                      "--port", "4200"], state=ws.state),
         "DVC": shell_command(["dvc", "status"], cwd=ws.root),
         "Serve production": shell_command(
-            ["mlflow", "models", "serve", "-m", "models:/forgetting-vit@production",
+            ["mlflow", "models", "serve", "-m", f"models:/{ws.model_name}@production",
              "--env-manager", "local", "--host", "127.0.0.1", "--port", "5001"],
             extra_env={"MLFLOW_TRACKING_URI": ws.tracking_uri,
                        "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"}),

@@ -80,6 +80,10 @@ def commit(root: Path, paths: list[str], message: str) -> None:
     if _git(root, "status", "--porcelain", "--", *paths).strip():
         _git(root, "-c", "user.name=forgetting-pipeline", "-c", "user.email=pipeline@localhost",
              "commit", "-q", "-m", message, "--", *paths)
+        from .team import attached, push
+
+        if attached(Path(root)):  # a shared workspace: the commit goes to the remote at once
+            push(Path(root))
 
 
 def status_clean(root: Path) -> bool:

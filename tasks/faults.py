@@ -1,7 +1,8 @@
 """Named fault points for the crash-safety tests. With ``FORGETTING_KILL_AT=<name>`` the
 process SIGKILLs itself when it reaches that point, exactly as an OOM kill or a power cut would
 stop it there; with ``FORGETTING_PAUSE_AT=<name>`` it writes ``$FORGETTING_PAUSE_FILE`` and
-waits until the test removes it (to break a server in the middle of a request). Unset (always,
+waits until the test removes it (to break a server in the middle of a request), after passing
+the point ``$FORGETTING_PAUSE_SKIP`` times (default 0). Unset (always,
 outside tests) this does nothing."""
 
 from __future__ import annotations
@@ -16,11 +17,17 @@ POINTS = ("after-start", "after-train", "after-adapter-tracked", "in-log-run", "
           "purge-after-record", "purge-after-dataset")
 
 
+_seen: dict[str, int] = {}
+
+
 def crash_point(name: str) -> None:
     assert name in POINTS, name
     if os.environ.get("FORGETTING_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
     if os.environ.get("FORGETTING_PAUSE_AT") == name:
+        if _seen.setdefault(name, 0) < int(os.environ.get("FORGETTING_PAUSE_SKIP", "0")):
+            _seen[name] += 1  # pause at a later request of the same run
+            return
         flag = Path(os.environ["FORGETTING_PAUSE_FILE"])
         flag.write_text(str(os.getpid()))
         while flag.exists():

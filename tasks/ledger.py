@@ -78,6 +78,7 @@ class Request(RequestSpec):
     history: list[dict] = Field(default_factory=list)
     purge: Purge | None = None
     cancel_reason: str | None = None
+    submission: str | None = None  # the Prefect flow run that submitted it (team stack)
 
 
 def _now() -> str:
@@ -103,8 +104,8 @@ class Ledger:
     def pending(self) -> list[Request]:
         return [r for r in self.all() if r.status in OPEN]
 
-    def add(self, spec: RequestSpec, check: Callable[[RequestSpec, list[Request]], None]
-            ) -> Request:
+    def add(self, spec: RequestSpec, check: Callable[[RequestSpec, list[Request]], None],
+            submission: str | None = None) -> Request:
         """Queue ``spec`` after ``check(spec, requests)`` passes; both under the lock, so the
         queue the check saw is the queue the request joins."""
         with hold(self.lock, "the request ledger"):
@@ -113,7 +114,8 @@ class Ledger:
             seq = max((r.seq for r in requests), default=0) + 1
             now = _now()
             req = Request(**spec.model_dump(), id=f"req-{seq:04d}", seq=seq, created_at=now,
-                          updated_at=now, history=[{"at": now, "status": "pending"}])
+                          updated_at=now, history=[{"at": now, "status": "pending"}],
+                          submission=submission)
             self._write(req)
             return req
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -49,7 +50,9 @@ def _acquire(lock: FileLock, waiting: str, level: int, timeout: float) -> None:
 
 @contextlib.contextmanager
 def run_lock(ws: Workspace, what: str, timeout: float = -1):
-    """Hold the run lock; ``timeout`` seconds (-1: wait for as long as it takes)."""
+    """Hold the run lock; ``timeout`` seconds (-1: wait for as long as it takes). A workspace
+    shared through the team stack (``tasks.team``) also takes the stack's lock for its name,
+    across hosts, then syncs from the remote before the caller changes anything."""
     lock = _lock(ws.lock)
     try:
         _acquire(lock, f"waiting for the run in progress to finish before {what}", logging.INFO,
@@ -59,9 +62,29 @@ def run_lock(ws: Workspace, what: str, timeout: float = -1):
                    f"was not started{'' if timeout == 0 else f' within {timeout:.0f} s'}: "
                    "retry when it has finished") from None
     try:
-        yield
+        with _team_lock(ws, what, timeout):
+            yield
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def _team_lock(ws: Workspace, what: str, timeout: float):
+    from . import team
+
+    url = os.environ.get(team.LOCK_URL)
+    if not url or not team.attached(ws.root):
+        yield
+        return
+    name = f"run:{ws.name}"
+    try:
+        with team.advisory_lock(url, name, what, timeout):
+            team.sync(ws.root)
+            yield
+    except TimeoutError:
+        raise Busy(f"a run of workspace {ws.name!r} is in progress on another host (it holds "
+                   f"the stack's lock {name!r}); {what} was not started: retry when it has "
+                   "finished") from None
 
 
 def ledger_lock(ws: Workspace) -> FileLock:

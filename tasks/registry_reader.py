@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .workspace import MODEL_NAME, Workspace
+from .workspace import Workspace
 
 _SCHEMA = {"registered_model_aliases": {"alias", "version", "name"},
            "model_version_tags": {"key", "value", "name", "version"},
@@ -39,8 +39,8 @@ class ServiceUnavailable(RuntimeError):
 
 
 class SqliteReader:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, model_name: str):
+        self.path, self.model_name = path, model_name
         if not path.is_file():
             self.con = None
             return
@@ -57,12 +57,12 @@ class SqliteReader:
         if self.con is None:
             return None
         row = self.con.execute("SELECT version FROM registered_model_aliases WHERE name = ? AND "
-                               "alias = ?", (MODEL_NAME, alias)).fetchone()
+                               "alias = ?", (self.model_name, alias)).fetchone()
         return int(row[0]) if row else None
 
     def version_tags(self, version: int) -> dict[str, str]:
         rows = self.con.execute("SELECT key, value FROM model_version_tags WHERE name = ? AND "
-                                "version = ?", (MODEL_NAME, version)).fetchall()
+                                "version = ?", (self.model_name, version)).fetchall()
         return dict(rows)
 
     def version_for_request(self, request_id: str) -> int | None:
@@ -72,15 +72,15 @@ class SqliteReader:
             "SELECT MIN(t.version) FROM model_version_tags t JOIN model_versions v ON "
             "v.name = t.name AND v.version = t.version WHERE t.name = ? AND t.key = "
             "'request_id' AND t.value = ? AND v.current_stage != ?",
-            (MODEL_NAME, request_id, DELETED)).fetchone()
+            (self.model_name, request_id, DELETED)).fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
 
 class RestReader:
     """MLflow's REST API (``/api/2.0/mlflow/...``), as documented for the tracking server."""
 
-    def __init__(self, uri: str):
-        self.uri = uri.rstrip("/")
+    def __init__(self, uri: str, model_name: str):
+        self.uri, self.model_name = uri.rstrip("/"), model_name
 
     def _get(self, endpoint: str, **query) -> dict | None:
         from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -122,16 +122,16 @@ class RestReader:
                                      f"{endpoint}: {body[:300]}") from None
 
     def alias_version(self, alias: str) -> int | None:
-        r = self._get("registered-models/alias", name=MODEL_NAME, alias=alias)
+        r = self._get("registered-models/alias", name=self.model_name, alias=alias)
         return int(r["model_version"]["version"]) if r else None
 
     def version_tags(self, version: int) -> dict[str, str]:
-        r = self._get("model-versions/get", name=MODEL_NAME, version=str(version)) or {}
+        r = self._get("model-versions/get", name=self.model_name, version=str(version)) or {}
         return {t["key"]: t["value"] for t in r.get("model_version", {}).get("tags", [])}
 
     def version_for_request(self, request_id: str) -> int | None:
         r = self._get("model-versions/search",
-                      filter=f"name = '{MODEL_NAME}' and tag.request_id = '{request_id}'") or {}
+                      filter=f"name = '{self.model_name}' and tag.request_id = '{request_id}'") or {}
         versions = [int(v["version"]) for v in r.get("model_versions", [])]
         return min(versions) if versions else None
 
@@ -158,9 +158,9 @@ def reader(ws: Workspace):
     uri = ws.tracking_uri
     try:
         if uri.startswith("sqlite:///"):  # sqlite:////abs/path or sqlite:///relative/path
-            return SqliteReader(Path(uri.removeprefix("sqlite:///")).resolve())
+            return SqliteReader(Path(uri.removeprefix("sqlite:///")).resolve(), ws.model_name)
         if uri.startswith(("http://", "https://")):
-            return RestReader(uri)
+            return RestReader(uri, ws.model_name)
     except (RegistryUnreadable, sqlite3.Error):
         pass
     return ClientReader(ws)

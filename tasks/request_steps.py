@@ -41,7 +41,11 @@ def start_request(root: str, request_id: str) -> dict:
     req = led.get(request_id)
     c = registry.client(ws)
     info = read_info(ws.dataset)
-    parent = req.parent_version or registry.alias_version(c, "production")
+    # pinned in the ledger, or, if the run that registered this request's version died
+    # before the ledger reached the remote (another host), in that version's tags
+    registered = registry.version_for_request(c, request_id)
+    pinned = int(registry.version_tags(c, registered)["parent_version"]) if registered else None
+    parent = req.parent_version or pinned or registry.alias_version(c, "production")
     if parent is None:
         raise RuntimeError("no production model: run `forget pretrain` first")
     earlier_names = registry.forgotten_in(c, parent)
@@ -129,7 +133,7 @@ def apply_gates(root: str, request_id: str, version: int, plan: dict, metrics: d
         registry.with_backoff(lambda: registry.set_alias(
             c, "production", version, f"request {request_id} passed the gates"),
             "moving production")
-    c.set_model_version_tag(registry.MODEL_NAME, str(version), "gate", gate or "passed")
+    c.set_model_version_tag(c.model_name, str(version), "gate", gate or "passed")
     return gate
 
 

@@ -21,8 +21,6 @@ from forgetting.files import write_text_atomic
 class NotAWorkspace(RuntimeError):
     """A command run outside a workspace (it must not create one as a side effect)."""
 
-MODEL_NAME = "forgetting-vit"
-EXPERIMENT = "forgetting"
 
 
 @dataclass(frozen=True)
@@ -61,8 +59,21 @@ class Workspace:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.state / 'mlflow.db'}"
 
     @property
-    def artifact_location(self) -> str:
+    def artifact_location(self) -> str | None:
+        """Local runs keep their artifacts under ``.forgetting/``; a tracking server keeps
+        them where it was told to (``--artifacts-destination``: S3 on the team stack)."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
         return (self.state / "mlartifacts").as_uri()
+
+    @property
+    def name(self) -> str:
+        """``workspace.name`` of params.yaml: its registered model, experiment, S3 prefix,
+        git repository, deployment and run lock on a shared stack."""
+        return self.config().workspace.name
+
+    model_name = property(lambda s: f"{s.name}-vit")
+    experiment = property(lambda s: s.name)
 
     def config(self) -> Config:
         return load_config(self.params if self.params.exists() else None)

@@ -5,8 +5,9 @@ Prefect and MLflow before a command does anything; the crash tests start dozens.
 ``forkserver`` imports them once (no threads are running then) and forks one child per
 command: each command is still its own OS process, with its own environment, working folder,
 stdout and stderr; SIGKILLed at a crash point it dies exactly as a fresh process would, and
-the kernel releases its locks. Prefect reads its settings at import, so every child talks to
-the Prefect server the fork server was started for (the session's). Tests about start-up
+the kernel releases its locks. Prefect reads its settings at import; each child sets its
+Prefect API URL and credentials from its environment (the session's server, or the team
+stack's in test_stack.py). Tests about start-up
 itself (SIGTERM and the temporary server, latency) use fresh interpreters instead.
 """
 
@@ -51,11 +52,17 @@ def _child(argv: list[str], env: dict, cwd: str, out: str, err: str) -> None:
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(f, fd)
         os.close(f)
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
     from forgetting_cli.main import app
 
     code = 0
     try:
-        app(args=argv, prog_name="forget")
+        # a command for another Prefect server (the team stack's): its URL and credentials
+        with temporary_settings(updates={PREFECT_API_URL: env.get("PREFECT_API_URL"),
+                                         PREFECT_API_AUTH_STRING: env.get(
+                                             "PREFECT_API_AUTH_STRING")}):
+            app(args=argv, prog_name="forget")
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     sys.stdout.flush()

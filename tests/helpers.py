@@ -86,7 +86,7 @@ def assert_exactly_once(ws, rid: str, dataset_sha: str) -> None:
     req = request_file(ws, rid)
     assert req["status"] == "done", req
     c = registry.client(ws)
-    versions = c.search_model_versions(f"name = '{registry.MODEL_NAME}' and "
+    versions = c.search_model_versions(f"name = '{c.model_name}' and "
                                        f"tag.request_id = '{rid}'")
     assert len(versions) == 1 and int(versions[0].version) == req["model_version"]
     exp = registry.experiment_id(c, ws)

@@ -100,7 +100,7 @@ def test_requests_are_processed_in_order_registered_and_versioned(processed):
     # a second run finds nothing to do and registers nothing
     assert process_requests_flow(str(ws.root)) == []
     c = registry.client(ws)
-    assert len(c.search_model_versions(f"name = '{registry.MODEL_NAME}'")) == 3
+    assert len(c.search_model_versions(f"name = '{c.model_name}'")) == 3
 
 
 def test_the_per_class_gate_stops_a_request_that_damages_one_class(processed):

@@ -189,7 +189,7 @@ def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path
     assert tags["merged_uri"]  # it became production: one standalone export
     # a version registered before versions stored their own part: the next request stores
     # it (from the DVC-tracked adapter, sha256 checked) for its lineage
-    c.delete_model_version_tag(registry.MODEL_NAME, str(version), "part_uri")
+    c.delete_model_version_tag(c.model_name, str(version), "part_uri")
     assert cli.invoke(app, ["request", "add", "digit_5", "--root", str(root)]).exit_code == 0
     [out] = process_requests_flow(str(root))
     assert out["status"] == "done", out

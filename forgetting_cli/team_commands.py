@@ -1,0 +1,180 @@
+"""Team stack commands: ``forget stack up | status | down | env | attach | deploy`` and
+``forget worker``. The services are in ``stack.py``; what a shared workspace does is in
+``tasks.team``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import console
+from .pipeline import Root, _prefect, _ws, clear_errors
+
+StackDir = Annotated[Path, typer.Option("--dir", envvar="FORGET_STACK_DIR",
+                                        help="the stack's folder (data, logs, credentials)")]
+stack_app = typer.Typer(help="The team stack: PostgreSQL, S3, Prefect, MLflow, git.",
+                        no_args_is_help=True)
+
+
+def _stack(d: Path):
+    from .stack import DEFAULT_DIR, Stack
+
+    return Stack((d or DEFAULT_DIR).expanduser().resolve())
+
+
+def up(dir: StackDir = None,
+       host: Annotated[str | None, typer.Option(help="address the services listen on")] = None,
+       port_base: Annotated[int | None, typer.Option(help="first of 12 ports (default 17100)")]
+       = None) -> None:
+    """Start the stack (what is not running yet); print what clients export."""
+    from tasks import environment
+
+    environment.apply()
+    st = _stack(dir)
+    for line in st.up(host, port_base):
+        typer.echo(line)
+    typer.echo("")
+    for what, where in st.ui().items():
+        typer.echo(f"{what + ':':<13}{where}")
+    typer.echo(f"\nClients and workers export (secrets in {st.client_file}, mode 0600):")
+    for k, v in st.client_env().items():
+        secret = any(w in k for w in ("PASSWORD", "SECRET", "AUTH_STRING", "LOCK_URL"))
+        typer.echo(f"  export {k}={'***' if secret else v}")
+    typer.echo(f"  (all at once: set -a; . {st.client_file}; set +a)")
+
+
+def status(dir: StackDir = None,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Which services run and answer."""
+    st = _stack(dir)
+    s = st.status()
+    if as_json:
+        typer.echo(json.dumps(s, indent=2))
+    else:
+        for name, v in s.items():
+            state = "answers" if v["answers"] else "DOWN"
+            typer.echo(f"{name:<9}{v['address']:<22}{state}"
+                       + (f" (pid {v['pid']})" if v["pid"] else " (not started here)"))
+    if not all(v["answers"] for v in s.values()):
+        raise typer.Exit(1)
+
+
+def down(dir: StackDir = None) -> None:
+    """Stop what `up` started (nothing else); the data stays for the next `up`."""
+    for line in _stack(dir).down():
+        typer.echo(line)
+
+
+def env(dir: StackDir = None) -> None:
+    """Print the client exports, secrets included (for `eval "$(forget stack env)"`)."""
+    typer.echo(_stack(dir).client_file.read_text(), nl=False)
+
+
+def _need(*names: str) -> dict[str, str]:
+    missing = [n for n in names if not os.environ.get(n)]
+    if missing:
+        console.fail(f"{', '.join(missing)} not set: export the stack's client settings "
+                     "first (`set -a; . <stack dir>/client.env; set +a`)")
+    return {n: os.environ[n] for n in names}
+
+
+def attach(root: Root = Path("."), dir: StackDir = None,
+           git_url: Annotated[str | None, typer.Option(
+               help="the workspace's git repository (default: on the stack's git server)")]
+           = None) -> None:
+    """Share a workspace through the stack: DVC remote on S3, git remote on the git server,
+    every later commit pushed. Run it right after `forget init`, with the stack's exports."""
+    ws = _ws(root)
+    from tasks import team
+
+    e = _need("MLFLOW_S3_ENDPOINT_URL", "FORGET_S3_BUCKET", "AWS_ACCESS_KEY_ID",
+              "AWS_SECRET_ACCESS_KEY")
+    name = ws.name
+    if git_url is None:
+        git_url = f"{_need('FORGET_GIT_URL')['FORGET_GIT_URL']}/{name}.git"
+        st = _stack(dir)
+        if st.settings_file.is_file():  # the stack runs here: make the repository
+            st.create_repo(name)
+    team.attach(ws, git_url, f"s3://{e['FORGET_S3_BUCKET']}/dvc/{name}",
+                e["MLFLOW_S3_ENDPOINT_URL"], e["AWS_ACCESS_KEY_ID"], e["AWS_SECRET_ACCESS_KEY"])
+    typer.echo(f"workspace {name!r} attached: git {git_url}, DVC s3://{e['FORGET_S3_BUCKET']}"
+               f"/dvc/{name} (keys in .dvc/config.local only)")
+
+
+def deploy(root: Root = Path("."),
+           pool: Annotated[str, typer.Option(help="the work pool (made if missing)")] = "forgetting",
+           device: Annotated[str | None, typer.Option(
+               help="cuda: its workers train on the GPU (job variable FORGET_DEVICE)")] = None,
+           interval: Annotated[int | None, typer.Option(
+               help="also run every N seconds (picks up anything left over)")] = None) -> None:
+    """Deploy the workspace's request flow to a process work pool."""
+    ws = _ws(root)
+    from tasks import team
+    from tasks.dvc import _git
+
+    if not team.attached(ws.root):
+        console.fail("not attached to a stack: run `forget stack attach` first")
+    _need("PREFECT_API_URL")
+    _prefect()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.deployments.runner import EntrypointType
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from flows.team import team_requests_flow
+
+    async def ensure_pool() -> None:
+        async with get_client() as client:
+            try:
+                await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            except ObjectAlreadyExists:
+                pass
+
+    run_coro_as_sync(ensure_pool())
+    repo = _git(ws.root, "remote", "get-url", "origin").strip()
+    team_requests_flow.deploy(
+        name=ws.name, work_pool_name=pool, parameters={"repo": repo, "name": ws.name},
+        entrypoint_type=EntrypointType.MODULE_PATH, build=False, push=False,
+        job_variables={"env": {"FORGET_DEVICE": device}} if device else None,
+        interval=interval, tags=["forgetting", ws.name], print_next_steps=False,
+        ignore_warnings=True)
+    typer.echo(f"deployed {team.deployment_name(ws.name)} to work pool {pool!r}"
+               + (f" (device {device})" if device else "")
+               + f"; start workers with `forget worker --pool {pool}`")
+
+
+def worker(pool: Annotated[str, typer.Option(help="the work pool to serve")] = "forgetting",
+           dir: Annotated[Path, typer.Option(
+               "--dir", help="this worker's own folder: its workspace clones")] = Path("."),
+           name: Annotated[str | None, typer.Option(help="worker name (default: host)")] = None,
+           limit: Annotated[int, typer.Option(help="flow runs at a time")] = 1) -> None:
+    """A Prefect process worker (`prefect worker start`) whose flow runs clone workspaces
+    from the git server into DIR and push their results back."""
+    from tasks import environment, team
+
+    d = dir.expanduser().resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    _need("PREFECT_API_URL", "MLFLOW_TRACKING_URI", team.LOCK_URL)
+    env = {**os.environ, team.WORKER_DIR: str(d)}
+    env.setdefault("PREFECT_HOME", str(d / "prefect"))
+    env.setdefault("DVC_SITE_CACHE_DIR", str(d / "dvc-site"))
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
+    for k, v in environment.OFFLINE.items():
+        env.setdefault(k, v)
+    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    cmd = [environment.tool("prefect"), "worker", "start", "--pool", pool, "--type", "process",
+           "--limit", str(limit)] + (["--name", name] if name else [])
+    os.chdir(d)
+    os.execve(cmd[0], cmd, env)
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (up, status, down, env, attach, deploy):
+        stack_app.command()(clear_errors(fn))
+    app.add_typer(stack_app, name="stack")
+    app.command()(clear_errors(worker))
