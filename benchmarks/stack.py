@@ -10,7 +10,8 @@
    forgetting run (serial) and beside it (``evidence.parallel``, Prefect's thread task runner).
 
 Each measurement runs in a fresh process of this script (Prefect reads its API URL once, at
-import). ``python benchmarks/stack.py --json`` writes ``benchmarks/results/stack.json``.
+import). ``python benchmarks/readme_figures.py --only stack`` runs it and records
+``benchmarks/results/stack.json`` for the README.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-RESULTS = HERE / "results" / "stack.json"
 CLASSES = ["digit_3", "digit_5", "digit_8", "digit_2", "digit_6"]
 # the default digits model, pretrained briefly (pretraining is not what is measured)
 PARAMS = {"pretrain": {"epochs": 15}}
@@ -47,18 +47,18 @@ def child_requests(n: int, on_stack: bool) -> dict:
     root = Path(tempfile.mkdtemp(prefix="forgetting-stackbench-"))
     ws = Workspace.at(root)
     environment.apply(ws.state)
-    (root / "params.yaml").write_text(dump_config(Config.model_validate(_params(
-        {"membership_inference": False, "retrain_baseline": False}))))
+    (root / "params.yaml").write_text(dump_config(Config.model_validate({
+        **_params({"membership_inference": False, "retrain_baseline": False}),
+        "workspace": {"name": "bench"}})))
     from forgetting_cli.pipeline import init
 
     init(root)
-    if on_stack:
+    if on_stack:  # as `forget stack attach` (the parent made the git repository)
         from tasks import team
 
         e = os.environ
-        team.attach(ws, f"{e['FORGET_GIT_URL']}/{root.name}.git",
-                    f"s3://{e['FORGET_S3_BUCKET']}/dvc/{root.name}", e["MLFLOW_S3_ENDPOINT_URL"],
-                    e["AWS_ACCESS_KEY_ID"], e["AWS_SECRET_ACCESS_KEY"])
+        team.attach(ws, f"{e['FORGET_GIT_URL']}/bench.git", f"s3://{e['FORGET_S3_BUCKET']}/dvc/bench",
+                    e["MLFLOW_S3_ENDPOINT_URL"], e["AWS_ACCESS_KEY_ID"], e["AWS_SECRET_ACCESS_KEY"])
     from flows.ingest import ingest_flow
     from flows.pretrain import pretrain_flow
     from flows.process_requests import process_requests_flow
@@ -69,15 +69,9 @@ def child_requests(n: int, on_stack: bool) -> dict:
     specs = [RequestSpec(classes=[c], requester="benchmark") for c in CLASSES[:n]]
     t0 = time.perf_counter()
     if on_stack:
-        from prefect.deployments.runner import EntrypointType
-
-        from flows.team import team_requests_flow
         from tasks import team
 
-        team_requests_flow.deploy(name=ws.name, work_pool_name="benchmark",
-                                  parameters={"repo": "unused", "name": ws.name},
-                                  entrypoint_type=EntrypointType.MODULE_PATH, build=False,
-                                  push=False, print_next_steps=False, ignore_warnings=True)
+        team.deploy(ws, "benchmark")  # no worker: this process runs the flow (below)
         for s in specs:
             team.submit(ws, s)
     else:
@@ -135,7 +129,7 @@ def _child(args: list[str], env: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=3)
-    ap.add_argument("--json", action="store_true", help=f"write {RESULTS.relative_to(HERE.parent)}")
+    ap.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
@@ -152,18 +146,23 @@ def main(argv: list[str] | None = None) -> dict:
     top = Path(tempfile.mkdtemp(prefix="forgetting-stackbench-", dir="/tmp"))
     top.chmod(0o711)
     base.update(TQDM_DISABLE="1", PREFECT_HOME=str(top / "prefect"),
-                DVC_SITE_CACHE_DIR=str(top / "dvc-site"))
+                DVC_SITE_CACHE_DIR=str(top / "dvc-site"), TMPDIR=str(top))  # all removed below
     st = Stack(top / "stack")
     result: dict = {"requests": a.requests, "cpus": os.cpu_count()}
     try:
         t0 = time.perf_counter()
         st.up("127.0.0.1", free_port_base())
         result["stack_up_seconds"] = time.perf_counter() - t0
+        st.create_repo("bench")
         stack_env = {**base, **read_env_file(st.client_file)}
         emb = _child(["requests", str(a.requests), "embedded"], base)
         stk = _child(["requests", str(a.requests), "stack"], stack_env)
-        serial = _child(["evidence", "0"], base)
-        par = _child(["evidence", "1"], base)
+        # on the stack's Prefect server (as a team runs it; on Prefect's temporary server a
+        # Dask worker would start a temporary server of its own), MLflow and DVC local
+        prefect_env = {**base, **{k: v for k, v in stack_env.items()
+                                  if k.startswith("PREFECT_API")}}
+        serial = _child(["evidence", "0"], prefect_env)
+        par = _child(["evidence", "1"], prefect_env)
     finally:
         st.down()
         shutil.rmtree(top, ignore_errors=True)
@@ -179,9 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"one request with retrain reference + MIA: serial {serial['seconds']:.1f} s, "
           f"parallel {par['seconds']:.1f} s ({result['parallel_speedup']:.2f}x) on "
           f"{os.cpu_count()} CPUs")
-    if a.json:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    if a.json:  # the last line: recorded (with the machine) by readme_figures.py --only stack
+        print(json.dumps(result))
     return result
 
 

@@ -9,6 +9,7 @@ finished by the next run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from prefect import flow, get_run_logger
@@ -88,16 +89,33 @@ def process_request(root: str, request_id: str) -> dict:
             "acc_r": metrics["acc_r"], "gate": gate or "passed"}
 
 
-def task_runner(evidence) -> TaskRunner:
-    """Where ``.submit``-ted tasks of a request run (``evidence.task_runner``)."""
-    if evidence.task_runner == "dask":
+class TaskRunners:
+    """Where ``.submit``-ted tasks of a request run: Prefect's default threads; with
+    ``evidence.parallel``, a Dask worker process (the retrain reference): the cluster at
+    ``evidence.dask_address``, or a one-worker local cluster started once per queue (its
+    start-up, about 10 s here, is paid once, not per request)."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._local: str | None = None
+
+    def __call__(self, evidence) -> TaskRunner:
+        if not evidence.parallel:
+            return ThreadPoolTaskRunner()
         from prefect_dask import DaskTaskRunner
 
         if evidence.dask_address:
             return DaskTaskRunner(address=evidence.dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1,
-                                              "processes": True})
-    return ThreadPoolTaskRunner(max_workers=2)
+        if self._local is None:
+            from distributed import LocalCluster
+
+            cluster = self._stack.enter_context(LocalCluster(
+                n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None))
+            self._local = cluster.scheduler_address
+        return DaskTaskRunner(address=self._local)
+
+    def close(self) -> None:
+        self._stack.close()
 
 
 @flow(name="process-requests", log_prints=True)
@@ -107,15 +125,15 @@ def process_requests_flow(root: str) -> list[dict]:
     led = ledger(ws)
     out = []
     registry.check_reachable(ws)
-    with run_lock(ws, "processing requests"):
+    runners = TaskRunners()
+    with run_lock(ws, "processing requests"), contextlib.closing(runners):
         recover(root)
         if team.attached(ws.root) and os.environ.get("PREFECT_API_URL"):
             team.import_submissions(ws)  # submitted through the stack's Prefect server
         for req in led.pending():
             try:
-                runner = task_runner(ws.config().evidence)
                 out.append({"id": req.id, **process_request.with_options(
-                    task_runner=runner)(root, req.id)})
+                    task_runner=runners(ws.config().evidence))(root, req.id)})
             except StaleRequest:  # cancelled after this run listed the queue
                 get_run_logger().info(f"{req.id} was cancelled meanwhile; skipped")
             except Exception as e:  # stays queued, with the reason; later ones wait (order)

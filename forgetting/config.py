@@ -167,13 +167,13 @@ class EvidenceConfig(_Strict):
     # a model trained from scratch without every forgotten class: the gold standard the
     # report compares against; costs one pretraining per request
     retrain_baseline: bool = True
-    # the retrain reference trains beside the forgetting run (it needs nothing from it), on
-    # the flow's task runner: threads in the flow's process, or Dask worker processes
+    # the retrain reference trains beside the forgetting run (it needs nothing from it), in
+    # a Dask worker process (prefect-dask): not a thread, since both seed torch's global RNG
+    # and a shared one would make neither run repeatable
     parallel: bool = False
-    task_runner: Literal["threads", "dask"] = "threads"
     dask_address: str | None = Field(
         None, description="a distributed scheduler whose workers see the workspace's folder "
-                          "(the flow's host); none: a local cluster for each run")
+                          "(the flow's host); none: a one-worker local cluster for each request")
 
 
 class RequestConfig(_Strict):

@@ -187,8 +187,13 @@ def request_cancel(
 ) -> None:
     """Take a pending request off the queue (one that keeps failing blocks later ones)."""
     ws = _ws(root)
+    from tasks import team
     from tasks.dvc import track_paths
     from tasks.requests import cancel_request
+
+    if team.attached(ws.root):
+        console.fail("this workspace is shared through a stack: cancel the request's flow run "
+                     "in Prefect before a worker queues it, or `forget rollback` after it ran")
 
     req = cancel_request(ws, request_id, reason, requester)
     track_paths(ws.root, [ws.rel(ws.requests)], f"request {req.id}: cancelled ({reason})")
@@ -240,6 +245,10 @@ def status(root: Root = Path("."), as_json: Annotated[bool, typer.Option("--json
            ) -> None:
     """Production model and every request with its state and metrics."""
     ws = _ws(root)
+    from tasks import team
+
+    if team.attached(ws.root):  # a shared workspace: the ledger as the workers left it
+        team.sync(ws.root, [ws.rel(ws.requests)])
     st = status_dict(ws)
     if as_json:
         typer.echo(json.dumps(st))

@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,13 +218,17 @@ class Stack:
         """Start what is not running (idempotent); returns one line per service."""
         s = self.configure(host, port_base)
         creds = self.credentials()
-        lines = []
+        lines, waits = [], []
         for name in SERVICES:
             if self.pid(name) is not None:
                 lines.append(f"{name}: already running")
                 continue
-            getattr(self, f"_start_{name}")(s, creds)
+            wait = getattr(self, f"_start_{name}")(s, creds)
+            if wait is not None:  # the two Python servers start side by side (~10 s each)
+                waits.append(wait)
             lines.append(f"{name}: started")
+        for wait in waits:
+            wait()
         _write_private(self.client_file, _env_lines(self.client_env()))
         return lines
 
@@ -233,7 +238,7 @@ class Stack:
         if os.geteuid() != 0:
             return None
         for parent in [self.dir, *self.dir.parents]:
-            if not os.stat(parent).st_mode & 0o001:
+            if parent.exists() and not os.stat(parent).st_mode & 0o001:
                 raise StackError(
                     f"PostgreSQL cannot run as root, so it runs as 'nobody', which cannot enter "
                     f"{parent} (no x permission for others): `chmod o+x {parent}` or choose a "
@@ -313,7 +318,8 @@ class Stack:
             "-filer", f"-filer.port={p['weed_filer']}", f"-filer.port.grpc={p['weed_filer_grpc']}",
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-            "-volume.max=0", "-master.volumeSizeLimitMB=256"], {}, self.s3_data)
+            "-volume.max=0", "-master.volumeSizeLimitMB=256", "-volume.preStopSeconds=0"],
+            {}, self.s3_data)
         self._wait_port("s3", p["s3"], proc)
         import boto3
         from botocore.exceptions import ClientError, EndpointConnectionError
@@ -348,7 +354,7 @@ class Stack:
                             str(self.git_root)], {}, self.git_root)
         self._wait_port("git", s["ports"]["git"], proc)
 
-    def _start_prefect(self, s: dict, creds: dict) -> None:
+    def _start_prefect(self, s: dict, creds: dict) -> Callable[[], None]:
         self.prefect_home.mkdir(parents=True, exist_ok=True)
         env = {"PREFECT_HOME": str(self.prefect_home),
                "PREFECT_API_DATABASE_CONNECTION_URL": self.pg_url("prefect", "postgresql+asyncpg"),
@@ -357,9 +363,10 @@ class Stack:
                "PREFECT_UI_API_URL": f"http://{s['host']}:{s['ports']['prefect']}/api"}
         proc = self._spawn("prefect", [tool("prefect"), "server", "start", "--host", s["host"],
                                 "--port", str(s["ports"]["prefect"])], env, self.prefect_home)
-        self._wait_http("prefect", f"http://{s['host']}:{s['ports']['prefect']}/api/health", proc)
+        url = f"http://{s['host']}:{s['ports']['prefect']}/api/health"
+        return lambda: self._wait_http("prefect", url, proc)
 
-    def _start_mlflow(self, s: dict, creds: dict) -> None:
+    def _start_mlflow(self, s: dict, creds: dict) -> Callable[[], None]:
         mdir = self.dir / "mlflow"
         mdir.mkdir(parents=True, exist_ok=True)
         ini = mdir / "basic_auth.ini"  # MLflow's basic-auth app: users in PostgreSQL
@@ -385,7 +392,7 @@ class Stack:
             "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", h, "--port", str(port),
             "--app-name", "basic-auth", "--workers", "2",
             "--allowed-hosts", f"{h},{h}:{port},localhost,localhost:{port}"], env, mdir)
-        self._wait_http("mlflow", f"http://{h}:{port}/health", proc)
+        return lambda: self._wait_http("mlflow", f"http://{h}:{port}/health", proc)
 
     def create_repo(self, name: str) -> Path:
         """A bare repository ``<name>.git`` on the git server (kept if it exists)."""

@@ -114,35 +114,12 @@ def deploy(root: Root = Path("."),
     """Deploy the workspace's request flow to a process work pool."""
     ws = _ws(root)
     from tasks import team
-    from tasks.dvc import _git
 
     if not team.attached(ws.root):
         console.fail("not attached to a stack: run `forget stack attach` first")
     _need("PREFECT_API_URL")
     _prefect()
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.deployments.runner import EntrypointType
-    from prefect.exceptions import ObjectAlreadyExists
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    from flows.team import team_requests_flow
-
-    async def ensure_pool() -> None:
-        async with get_client() as client:
-            try:
-                await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-            except ObjectAlreadyExists:
-                pass
-
-    run_coro_as_sync(ensure_pool())
-    repo = _git(ws.root, "remote", "get-url", "origin").strip()
-    team_requests_flow.deploy(
-        name=ws.name, work_pool_name=pool, parameters={"repo": repo, "name": ws.name},
-        entrypoint_type=EntrypointType.MODULE_PATH, build=False, push=False,
-        job_variables={"env": {"FORGET_DEVICE": device}} if device else None,
-        interval=interval, tags=["forgetting", ws.name], print_next_steps=False,
-        ignore_warnings=True)
+    team.deploy(ws, pool, device, interval)
     typer.echo(f"deployed {team.deployment_name(ws.name)} to work pool {pool!r}"
                + (f" (device {device})" if device else "")
                + f"; start workers with `forget worker --pool {pool}`")

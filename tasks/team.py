@@ -89,11 +89,12 @@ def advisory_lock(url: str, name: str, what: str, timeout: float = -1) -> Iterat
         con.close()  # ends the session: PostgreSQL releases the lock
 
 
-def sync(root: Path) -> None:
+def sync(root: Path, targets: list[str] | None = None) -> None:
     """Bring the clone to the remote's latest state, before the lock holder changes anything.
     A worker's clone (its own, made by ``checkout``) is reset: what a killed run left there
     uncommitted is dropped, and the next run redoes it from the shared state. A user's
-    workspace is only fast-forwarded, so nothing of theirs is lost."""
+    workspace is only fast-forwarded, so nothing of theirs is lost. ``targets``: pull only
+    these DVC-tracked paths (default: all)."""
     _git(root, "fetch", "-q", "origin")
     if not _git(root, "ls-remote", "--heads", "origin", "main").strip():
         return  # nothing pushed yet (attach pushes first)
@@ -108,8 +109,11 @@ def sync(root: Path) -> None:
     from .dvc import _repo
 
     with _repo(root) as repo:
-        if any((root / p).exists() for p in ("data/dataset.parquet.dvc", "data/models.dvc")):
-            repo.pull(force=is_worker_clone(root))
+        if targets is not None:
+            targets = [str(root / t) for t in targets if (root / f"{t}.dvc").exists()]
+        if targets or (targets is None and any((root / p).exists() for p in (
+                "data/dataset.parquet.dvc", "data/models.dvc"))):
+            repo.pull(targets, force=is_worker_clone(root))
 
 
 def push(root: Path) -> None:
@@ -138,7 +142,7 @@ def attach(ws: Workspace, git_url: str, s3_url: str, endpoint: str,
     remotes = _git(root, "remote").split()
     _git(root, "remote", "set-url" if "origin" in remotes else "add", "origin", git_url)
     _git(root, "config", "forgetting.push", "true")
-    with contextlib.suppress(RuntimeError):  # nothing tracked yet: nothing to push
+    if any((root / "data").glob("*.dvc")):  # data tracked before the attach
         _dvc(root, "push")
     push(root)
 
@@ -154,6 +158,34 @@ def checkout(repo_url: str, name: str) -> Path:
         for k in ("forgetting.push", "forgetting.worker"):
             _git(root, "config", k, "true")
     return root
+
+
+def deploy(ws: Workspace, pool: str, device: str | None = None, interval: int | None = None
+           ) -> None:
+    """The workspace's deployment ``team-requests/<name>`` on process work pool ``pool`` (made
+    if missing): the flow is imported from the installed package on the worker (a module
+    path entrypoint: no code storage), the workspace comes from its git remote."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.deployments.runner import EntrypointType
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from flows.team import team_requests_flow
+
+    async def ensure_pool() -> None:
+        async with get_client() as client:
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+
+    run_coro_as_sync(ensure_pool())
+    repo = _git(ws.root, "remote", "get-url", "origin").strip()
+    team_requests_flow.deploy(
+        name=ws.name, work_pool_name=pool, parameters={"repo": repo, "name": ws.name},
+        entrypoint_type=EntrypointType.MODULE_PATH, build=False, push=False,
+        job_variables={"env": {"FORGET_DEVICE": device}} if device else None,
+        interval=interval, tags=["forgetting", ws.name], print_next_steps=False,
+        ignore_warnings=True)
 
 
 def deployment_name(name: str) -> str:
@@ -197,6 +229,8 @@ def import_submissions(ws: Workspace) -> list[str]:
     """Queue, in submission order, every submission the ledger does not hold yet (keyed by its
     flow run id: exactly once). One that fails the checks now (its class was queued by an
     earlier submission, say) is recorded as failed, with the reason. Under the run lock."""
+    from pydantic import ValidationError
+
     from forgetting.requests import RequestError
 
     from .ledger import RequestSpec
@@ -205,10 +239,15 @@ def import_submissions(ws: Workspace) -> list[str]:
     led = ledger(ws)
     known = {r.submission for r in led.all() if r.submission}
     added = []
-    for sub in submissions(ws.config().workspace.name):
+    for sub in submissions(ws.name):
         if sub["id"] in known:
             continue
-        spec = RequestSpec.model_validate(sub["spec"])
+        try:
+            spec = RequestSpec.model_validate(sub["spec"])
+        except ValidationError as e:  # not a request (made outside `forget`): never queued
+            log.warning(f"flow run {sub['flow_run']} carries no valid request, skipped: "
+                        f"{str(e).splitlines()[0]}")
+            continue
         try:
             req = led.add(spec, lambda s, queue: check_request(ws, s, queue),
                           submission=sub["id"])

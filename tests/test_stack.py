@@ -7,6 +7,7 @@ SIGKILLed (with its flow run) in the middle of the second; the other worker fini
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -213,8 +214,9 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             away.rename(sub)
 
             # --- what the stack holds ------------------------------------------------------
-            subprocess.run(["git", "pull", "-q", "--ff-only", "origin", "main"], cwd=sub, check=True)
-            subprocess.run([sys.executable, "-m", "dvc", "pull", "-q"], cwd=sub, env=env, check=True)
+            st = json.loads(_run(env, "status", "--json", "--root", str(sub)))  # pulls first
+            assert [r["status"] for r in st["requests"]] == ["done"] * 3
+            assert st["production_version"] == 4
             reqs = [json.loads((sub / "data" / "requests" / f"req-000{i}.json").read_text())
                     for i in (1, 2, 3)]
             assert [r["classes"] for r in reqs] == [["digit_3"], ["digit_5"], ["digit_8"]]
@@ -253,6 +255,34 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             clone = top / "worker1" / "workspaces" / "forgetting"
             assert subprocess.run(["git", "remote", "get-url", "origin"], cwd=clone,
                                   capture_output=True, text=True).stdout.startswith("git://")
+
+            from .forkserver import Forked
+
+            cancel = Forked(["request", "cancel", "req-0001", "--reason", "x", "--root", str(sub)],
+                            env)
+            assert cancel.wait(60) == 2 and "shared through a stack" in cancel.output()[1]
+
+            # --- a second workspace on the same stack: its own model, experiment, prefix ---
+            other = top / "other"
+            write_params(other, {**MICRO, "workspace": {"name": "second"}})
+            for args in (["init"], ["stack", "attach", "--dir", str(stack_dir)], ["ingest"],
+                         ["pretrain"]):
+                _run(env, *args, "--root", str(other))
+            assert int(c.get_model_version_by_alias("second-vit", "production").version) == 1
+            assert int(c.get_model_version_by_alias("forgetting-vit", "production").version) == 4
+            assert c.get_experiment_by_name("second") is not None
+            assert any(k.startswith("dvc/second/") for page in s3.get_paginator(
+                "list_objects_v2").paginate(Bucket="forgetting", Prefix="dvc/second/")
+                for k in [o["Key"] for o in page.get("Contents", [])])
+            # GPU routing: the workspace's deployment moves to a pool whose runs use CUDA
+            _run(env, "stack", "deploy", "--pool", "gpu", "--device", "cuda", "--root", str(other))
+            req = urllib.request.Request(
+                f"{client['PREFECT_API_URL']}/deployments/name/team-requests/second",
+                headers={"Authorization": "Basic " + base64.b64encode(
+                    client["PREFECT_API_AUTH_STRING"].encode()).decode()})
+            dep = json.loads(urllib.request.urlopen(req, timeout=30).read())
+            assert dep["work_pool_name"] == "gpu"
+            assert dep["job_variables"] == {"env": {"FORGET_DEVICE": "cuda"}}
 
             # --- down stops what up started; data survives down/up -------------------------
             w2[0].terminate()

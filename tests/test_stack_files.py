@@ -1,0 +1,66 @@
+"""``forget stack``'s files and its care with processes, without starting servers (the stack
+itself runs end to end in test_stack.py)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+
+import pytest
+
+from forgetting_cli.stack import Stack, StackError, alive, read_env_file
+
+
+def test_credentials_are_made_once_private_and_clients_get_urls_and_secrets(tmp_path):
+    st = Stack(tmp_path / "stack")
+    st.configure("127.0.0.1", 23000)
+    creds = st.credentials()
+    assert stat.S_IMODE(st.credentials_file.stat().st_mode) == 0o600
+    assert st.credentials() == creds == read_env_file(st.credentials_file)  # made once
+    assert len({creds["FORGET_STACK_PG_PASSWORD"], creds["AWS_SECRET_ACCESS_KEY"],
+                creds["MLFLOW_TRACKING_PASSWORD"]}) == 3
+    env = st.client_env()
+    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:23002"
+    assert env["PREFECT_API_URL"] == "http://127.0.0.1:23001/api"
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:23003"
+    assert env["FORGET_LOCK_URL"].endswith("@127.0.0.1:23000/forgetting")
+    assert "FORGET_STACK_PG_PASSWORD" not in env and "MLFLOW_FLASK_SERVER_SECRET_KEY" not in env
+
+
+def test_settings_stay_from_the_first_up_unless_changed_while_down(tmp_path):
+    st = Stack(tmp_path / "stack")
+    assert st.configure("127.0.0.1", 23000)["ports"]["mlflow"] == 23002
+    assert st.configure(None, None)["port_base"] == 23000  # a later plain `up` keeps them
+    assert st.configure(None, 24000)["ports"]["prefect"] == 24001  # nothing runs: allowed
+    with pytest.raises(StackError, match="no stack at"):
+        Stack(tmp_path / "elsewhere").settings()
+
+
+def test_down_never_signals_a_process_up_did_not_start(tmp_path):
+    """A pid file naming someone else's process (a recycled pid, an edited file) is ignored:
+    ``down`` stops only processes whose command line or environment names this stack."""
+    st = Stack(tmp_path / "stack")
+    st.configure("127.0.0.1", 23000)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        st.run.mkdir(parents=True)
+        for name in ("s3", "git", "prefect", "mlflow"):
+            st.pidfile(name).write_text(f"{other.pid}\n")
+        assert st.running() == {}
+        assert all("not running" in line for line in st.down())
+        assert alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+    assert not alive(other.pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL runs as 'nobody' only under root")
+def test_a_folder_postgres_cannot_reach_is_named_not_chmodded(tmp_path):
+    closed = tmp_path / "private"
+    closed.mkdir(mode=0o700)
+    st = Stack(closed / "stack")
+    with pytest.raises(StackError, match=f"chmod o\\+x {closed}"):
+        st._pg_user()
+    assert stat.S_IMODE(closed.stat().st_mode) == 0o700  # left as the user had it
