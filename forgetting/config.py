@@ -169,7 +169,8 @@ class EvidenceConfig(_Strict):
     retrain_baseline: bool = True
     # the retrain reference trains beside the forgetting run (it needs nothing from it), in
     # a Dask worker process (prefect-dask): not a thread, since both seed torch's global RNG
-    # and a shared one would make neither run repeatable
+    # and a shared one would make neither run repeatable. Each process then uses half of
+    # `threads` (all of this workspace's training does, so its runs repeat bit for bit)
     parallel: bool = False
     dask_address: str | None = Field(
         None, description="a distributed scheduler whose workers see the workspace's folder "

@@ -43,8 +43,13 @@ def setup_runtime(cfg: Config) -> torch.device:
     # FORGET_DEVICE: set by a deployment's job variables (``forget stack deploy --device``)
     # to route a workspace's requests to the GPU workers of its pool
     device = resolve_device(os.environ.get("FORGET_DEVICE") or cfg.device)
-    if cfg.threads is not None and torch.get_num_threads() != cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads
+    if threads is not None and cfg.evidence.parallel:
+        # two trainings at once (the request's and its retrain reference): each gets half,
+        # or both run several times slower (measured: 5x on 2 cores with 2 threads each)
+        threads = max(1, threads // 2)
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     if cfg.deterministic:
         # cuBLAS needs a fixed workspace to be deterministic (PyTorch's reproducibility notes)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

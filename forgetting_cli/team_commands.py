@@ -141,6 +141,7 @@ def worker(pool: Annotated[str, typer.Option(help="the work pool to serve")] = "
     env.setdefault("PREFECT_HOME", str(d / "prefect"))
     env.setdefault("DVC_SITE_CACHE_DIR", str(d / "dvc-site"))
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
+    env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(team.HEARTBEAT_SECONDS))
     for k, v in environment.OFFLINE.items():
         env.setdefault(k, v)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -179,6 +179,7 @@ def deploy(ws: Workspace, pool: str, device: str | None = None, interval: int | 
                 await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
 
     run_coro_as_sync(ensure_pool())
+    crash_silent_runs()
     repo = _git(ws.root, "remote", "get-url", "origin").strip()
     team_requests_flow.deploy(
         name=ws.name, work_pool_name=pool, parameters={"repo": repo, "name": ws.name},
@@ -186,6 +187,37 @@ def deploy(ws: Workspace, pool: str, device: str | None = None, interval: int | 
         job_variables={"env": {"FORGET_DEVICE": device}} if device else None,
         interval=interval, tags=["forgetting", ws.name], print_next_steps=False,
         ignore_warnings=True)
+
+
+ZOMBIES = "forgetting: crash flow runs whose heartbeats stopped"
+HEARTBEAT_SECONDS = 30  # workers' flow runs beat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY)
+
+
+def crash_silent_runs() -> None:
+    """The automation Prefect documents for "zombie" flow runs (made once per server): a
+    run whose host died stays Running until its heartbeats are missed for 4 beats, then it
+    is marked Crashed. (The lock is released at once either way; this tidies the UI.)"""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    with contextlib.suppress(ValueError):
+        Automation.read(name=ZOMBIES)
+        return
+    Automation(name=ZOMBIES, trigger=EventTrigger(
+        after={"prefect.flow-run.heartbeat"},
+        expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed"},
+        match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+        for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+        within=timedelta(seconds=4 * HEARTBEAT_SECONDS)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message="no heartbeat: its host or worker died")]).create()
 
 
 def deployment_name(name: str) -> str:

@@ -283,6 +283,12 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             dep = json.loads(urllib.request.urlopen(req, timeout=30).read())
             assert dep["work_pool_name"] == "gpu"
             assert dep["job_variables"] == {"env": {"FORGET_DEVICE": "cuda"}}
+            # the killed run is marked Crashed once its heartbeats stop (Prefect's automation)
+            req = urllib.request.Request(f"{client['PREFECT_API_URL']}/automations/filter",
+                                         data=b"{}", headers={**req.headers,
+                                                              "Content-Type": "application/json"})
+            names = [a["name"] for a in json.loads(urllib.request.urlopen(req, timeout=30).read())]
+            assert names.count("forgetting: crash flow runs whose heartbeats stopped") == 1
 
             # --- down stops what up started; data survives down/up -------------------------
             w2[0].terminate()
