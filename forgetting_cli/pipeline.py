@@ -421,8 +421,10 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from tasks.registry_reader import ServiceUnavailable
     from tasks.workspace import NotAWorkspace
 
+    from .stack import StackError
+
     return (ConfigError, DataError, CheckpointError, RequestError, ReportError, NotAWorkspace,
-            Busy, StaleRequest, ServiceUnavailable)
+            Busy, StaleRequest, ServiceUnavailable, StackError)
 
 
 def clear_errors(fn):

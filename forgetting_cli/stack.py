@@ -318,6 +318,8 @@ class Stack:
             "-filer", f"-filer.port={p['weed_filer']}", f"-filer.port.grpc={p['weed_filer_grpc']}",
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+            # the volume server's 10 s pre-stop is for clusters; the filer still takes 15 s
+            # to stop (its gRPC streams' graceful stop times out; measured)
             "-volume.max=0", "-master.volumeSizeLimitMB=256", "-volume.preStopSeconds=0"],
             {}, self.s3_data)
         self._wait_port("s3", p["s3"], proc)
