@@ -419,12 +419,13 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from tasks.ledger import StaleRequest
     from tasks.locks import Busy
     from tasks.registry_reader import ServiceUnavailable
+    from tasks.team import StackSettingsMissing
     from tasks.workspace import NotAWorkspace
 
     from .stack import StackError
 
     return (ConfigError, DataError, CheckpointError, RequestError, ReportError, NotAWorkspace,
-            Busy, StaleRequest, ServiceUnavailable, StackError)
+            Busy, StaleRequest, ServiceUnavailable, StackError, StackSettingsMissing)
 
 
 def clear_errors(fn):

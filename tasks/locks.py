@@ -72,10 +72,15 @@ def run_lock(ws: Workspace, what: str, timeout: float = -1):
 def _team_lock(ws: Workspace, what: str, timeout: float):
     from . import team
 
-    url = os.environ.get(team.LOCK_URL)
-    if not url or not team.attached(ws.root):
+    if not team.attached(ws.root):
         yield
         return
+    url = os.environ.get(team.LOCK_URL)
+    if not url:  # a file lock alone would not keep another host out
+        raise team.StackSettingsMissing(
+            f"{ws.root} is shared through a stack and {what} needs its run lock: export "
+            f"{team.LOCK_URL} and the stack's other client settings first "
+            "(`set -a; . <stack dir>/client.env; set +a`)")
     name = f"run:{ws.name}"
     try:
         with team.advisory_lock(url, name, what, timeout):

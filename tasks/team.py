@@ -40,6 +40,10 @@ WORKER_DIR = "FORGET_WORKER_DIR"  # a worker's own folder, where it clones works
 FLOW_NAME = "team-requests"
 
 
+class StackSettingsMissing(RuntimeError):
+    """A shared workspace used without the stack's client settings."""
+
+
 def attached(root: Path) -> bool:
     """The workspace pushes to a shared git remote (``forget stack attach`` or a worker's
     clone)."""

@@ -262,6 +262,10 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
                             env)
             assert cancel.wait(60) == 2 and "shared through a stack" in cancel.output()[1]
 
+            no_lock = {k: v for k, v in env.items() if k != "FORGET_LOCK_URL"}
+            promote = Forked(["promote", "4", "--root", str(sub)], no_lock)
+            assert promote.wait(60) == 2 and "FORGET_LOCK_URL" in promote.output()[1]
+
             # --- a second workspace on the same stack: its own model, experiment, prefix ---
             other = top / "other"
             write_params(other, {**MICRO, "workspace": {"name": "second"}})
