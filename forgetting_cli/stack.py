@@ -215,12 +215,14 @@ class Stack:
                          f"{log.read_text(errors='replace')[-1500:] if log.exists() else ''}")
 
     # --- services -----------------------------------------------------------------------
-    def up(self, host: str | None = None, port_base: int | None = None) -> list[str]:
-        """Start what is not running (idempotent); returns one line per service."""
+    def up(self, host: str | None = None, port_base: int | None = None,
+           only: tuple[str, ...] = SERVICES) -> list[str]:
+        """Start what is not running (idempotent); returns one line per service. ``only``:
+        these services (in start order; what they need must be among them or running)."""
         s = self.configure(host, port_base)
         creds = self.credentials()
         lines, waits = [], []
-        for name in SERVICES:
+        for name in (n for n in SERVICES if n in only):
             if self.pid(name) is not None:
                 lines.append(f"{name}: already running")
                 continue

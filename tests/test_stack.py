@@ -294,14 +294,12 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             names = [a["name"] for a in json.loads(urllib.request.urlopen(req, timeout=30).read())]
             assert names.count("forgetting: crash flow runs whose heartbeats stopped") == 1
 
-            # --- down stops what up started; data survives down/up -------------------------
+            # --- down stops what up started (data surviving it: test_stack_files.py) -------
             w2[0].terminate()
             w2[0].wait(30)
             pids = json.loads(_run(env, "stack", "status", "--json", "--dir", str(stack_dir)))
             _run(base_env, "stack", "down", "--dir", str(stack_dir))
             assert not any(alive(p) for v in pids.values() for p in _tree(v["pid"]))
-            _run(base_env, "stack", "up", "--dir", str(stack_dir))
-            assert int(c.get_model_version_by_alias("forgetting-vit", "production").version) == 4
         finally:
             for p, _ in workers:
                 _kill_tree(p.pid)

@@ -3,9 +3,13 @@ itself runs end to end in test_stack.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +68,34 @@ def test_a_folder_postgres_cannot_reach_is_named_not_chmodded(tmp_path):
     with pytest.raises(StackError, match=f"chmod o\\+x {closed}"):
         st._pg_user()
     assert stat.S_IMODE(closed.stat().st_mode) == 0o700  # left as the user had it
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg2") is None, reason="the [stack] extra")
+def test_postgres_data_survives_down_and_up():
+    """The databases of Prefect, MLflow and the locks live in PostgreSQL's data folder: a
+    row written before ``down`` is there after ``up`` (the whole stack restarts, with the
+    registry intact, in test_stack.py's setting; here only PostgreSQL, in seconds)."""
+    import psycopg2
+
+    from forgetting_cli.stack import free_port_base
+
+    top = Path(tempfile.mkdtemp(prefix="forget-pg-test-", dir="/tmp"))
+    top.chmod(0o711)  # PostgreSQL runs as 'nobody' under root: it must reach its folder
+    st = Stack(top / "stack")
+    try:
+        assert st.up("127.0.0.1", free_port_base(), only=("postgres",)) == ["postgres: started"]
+        assert st.up(only=("postgres",)) == ["postgres: already running"]
+        with psycopg2.connect(st.pg_url("forgetting")) as con, con.cursor() as cur:
+            cur.execute("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before down')")
+        pid = st.pid("postgres")
+        assert st.down()[-1] == f"postgres: stopped (pid {pid})" and not alive(pid)
+        st.up(only=("postgres",))
+        with psycopg2.connect(st.pg_url("forgetting")) as con, con.cursor() as cur:
+            cur.execute("SELECT v FROM kept")
+            assert cur.fetchall() == [("before down",)]
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            psycopg2.connect(st.pg_url("forgetting").replace(
+                st.credentials()["FORGET_STACK_PG_PASSWORD"], "wrong"))
+    finally:
+        st.down()
+        shutil.rmtree(top, ignore_errors=True)
