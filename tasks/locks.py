@@ -6,6 +6,9 @@ a lock when its holder dies, even by SIGKILL).
   running request never sees its dataset or base model replaced, nor its alias history undone.
 - ledger lock: every read-modify-write of the request files (``request add``: check, then write;
   status updates; ``request cancel``; recovery's temp-file cleanup in ``data/requests``).
+
+A workspace shared through the team stack adds a third: the run lock also takes the stack's
+PostgreSQL advisory lock for the workspace's name (``tasks.team``), which holds across hosts.
 """
 
 from __future__ import annotations
