@@ -38,15 +38,18 @@ def _ip(*args: str) -> None:
 @contextlib.contextmanager
 def worker_hosts(n: int):
     """(stack address, [namespace or None] * n): a bridge with the stack's address and one
-    namespace per worker on it; without permission for that, 127.0.0.1 and no namespaces."""
+    namespace per worker on it; where the machine does not allow that (no root, no iproute2,
+    no netns), 127.0.0.1 and no namespaces."""
     net = random.randint(100, 250)
     bridge, spaces = f"fgbr{net}", [f"fgw{net}-{i}" for i in range(n)]
+
+    def remove() -> None:
+        for ns in spaces:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
     try:
         _ip("link", "add", bridge, "type", "bridge")
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        yield "127.0.0.1", [None] * n
-        return
-    try:
         _ip("addr", "add", f"10.231.{net}.1/24", "dev", bridge)
         _ip("link", "set", bridge, "up")
         for i, ns in enumerate(spaces):
@@ -58,11 +61,14 @@ def worker_hosts(n: int):
             _ip("-n", ns, "addr", "add", f"10.231.{net}.{i + 2}/24", "dev", f"fgp{net}{i}")
             _ip("-n", ns, "link", "set", f"fgp{net}{i}", "up")
             _ip("-n", ns, "link", "set", "lo", "up")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        remove()
+        yield "127.0.0.1", [None] * n
+        return
+    try:
         yield f"10.231.{net}.1", spaces
     finally:
-        for ns in spaces:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        remove()
 
 
 def _run(env: dict, *args: str, timeout: float = 600) -> str:
