@@ -137,9 +137,13 @@ def attach(ws: Workspace, git_url: str, s3_url: str, endpoint: str,
     _dvc(root, "remote", "add", "-f", "-d", "stack", s3_url)
     _dvc(root, "remote", "modify", "stack", "endpointurl", endpoint)
     _dvc(root, "remote", "default", "--local", "stack")  # over ``forget init``'s local remote
-    if access_key and secret_key:
-        _dvc(root, "remote", "modify", "--local", "stack", "access_key_id", access_key)
-        _dvc(root, "remote", "modify", "--local", "stack", "secret_access_key", secret_key)
+    for option, value in (("access_key_id", access_key), ("secret_access_key", secret_key)):
+        if not value:
+            continue
+        try:  # "--": a generated secret may start with "-"; an error never shows the value
+            _dvc(root, "remote", "modify", "--local", "stack", option, "--", value)
+        except RuntimeError as e:
+            raise RuntimeError(str(e).replace(value, "***")) from None
     from .dvc import commit
 
     commit(root, [".dvc/config"], "DVC remote: the team stack's S3")
