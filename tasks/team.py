@@ -29,6 +29,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 from .dvc import _dvc, _git
 from .workspace import Workspace
@@ -310,21 +311,12 @@ def submit(ws: Workspace, spec) -> str:
 
     from .requests import check_request, ledger
 
-    name = ws.config().workspace.name
     queue = ledger(ws).all()
-    pending = [RequestLike(s["spec"]["classes"]) for s in submissions(name)
+    # submissions not queued yet, as check_request reads the queue (their classes are taken)
+    pending = [SimpleNamespace(status="pending", id="a submitted request",
+                               classes=s["spec"]["classes"]) for s in submissions(ws.name)
                if s["id"] not in {r.submission for r in queue}]
     check_request(ws, spec, [*queue, *pending])
-    run = run_deployment(deployment_name(name), timeout=0,
+    run = run_deployment(deployment_name(ws.name), timeout=0,
                          parameters={"submit": spec.model_dump()})
     return run.name
-
-
-class RequestLike:
-    """A submission not yet queued, as ``check_request`` sees the queue (its classes)."""
-
-    status = "pending"
-    id = "a submitted request"
-
-    def __init__(self, classes: list[str]):
-        self.classes = classes
