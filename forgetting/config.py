@@ -158,6 +158,11 @@ class GateConfig(_Strict):
     max_acc_r_drop: float = Field(0.05, ge=0, le=1, description="mean over retained classes")
     max_class_drop: float = Field(
         0.15, ge=0, le=1, description="any single retained class (a mean hides a wrecked one)")
+    # attacks (evidence.attacks) whose verdict must not be "retains more than retrain";
+    # needs evidence.retrain_baseline. Off by default: the digits' single-class figures rest on
+    # about 70 held-out images, so their noise is wide (see forgetting/evidence/)
+    evidence: list[Literal["membership", "linear_probe", "identification", "relearning"]] = Field(
+        default_factory=list)
 
 
 class EvidenceConfig(_Strict):
@@ -175,6 +180,20 @@ class EvidenceConfig(_Strict):
     dask_address: str | None = Field(
         None, description="a distributed scheduler whose workers see the workspace's folder "
                           "(the flow's host); none: a one-worker local cluster for each request")
+    # the attacks of forgetting/evidence/ run on the original, the candidate and the retrain
+    # reference; an empty list turns them off
+    attacks: list[Literal["membership", "linear_probe", "identification", "relearning"]] = Field(
+        default_factory=lambda: ["membership", "linear_probe", "identification", "relearning"])
+    reference_models: int = Field(
+        4, ge=2, multiple_of=2, description="RMIA reference models (complementary halves), "
+                                            "trained once per dataset version")
+    reference_epochs: int | None = Field(
+        20, ge=1, description="their epochs (on half the images); null: pretrain.epochs")
+    knn_k: int = Field(5, ge=1, description="neighbours of the k-NN identification")
+    relearn_shots: int = Field(4, ge=1, description="images per forgotten class the attacker has")
+    relearn_max_steps: int = Field(50, ge=1)
+    relearn_lr: float = Field(1e-4, gt=0)
+    relearn_repeats: int = Field(3, ge=1, description="draws of the images (the figure's noise)")
 
 
 class RequestConfig(_Strict):

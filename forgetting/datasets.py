@@ -134,6 +134,15 @@ class ParquetImageDataset(Dataset):
         out.rows, out.labels = self.rows[positions], self.labels[positions]
         return out
 
+    def joined(self, other: ParquetImageDataset) -> ParquetImageDataset:
+        """This view's items, then ``other``'s (another view on the same file): the held-out
+        images as one dataset (validation and test) with ``labels`` and ``subset``."""
+        if other.path != self.path:
+            raise ValueError(f"cannot join views of two files: {self.path}, {other.path}")
+        out = self.subset(np.arange(len(self)))
+        out.rows, out.labels = np.r_[self.rows, other.rows], np.r_[self.labels, other.labels]
+        return out
+
     def with_classes(self, classes: Iterable[int]) -> ParquetImageDataset:
         return self.subset(np.flatnonzero(np.isin(self.labels, list(classes))))
 
