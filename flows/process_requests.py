@@ -72,7 +72,7 @@ def process_request(root: str, request_id: str) -> dict:
     crash_point("after-mlflow-run")
     version = register_version(root, request_id, run_id, plan, summary)
     crash_point("after-register")
-    gate = apply_gates(root, request_id, version, plan, metrics)
+    gate = apply_gates(root, request_id, version, plan, metrics, retrain)
     crash_point("after-production-alias")
     if gate is None:
         export_production_task(root, version)

@@ -238,6 +238,16 @@ class Config(_Strict):
     channels_last: bool = True
     compile: bool = Field(False, description="torch.compile the backbone for training")
 
+    @model_validator(mode="after")
+    def _check_evidence_gates(self) -> Config:
+        if self.gates.evidence and not self.evidence.retrain_baseline:
+            raise ValueError("gates.evidence compares with the retrain reference: it needs "
+                             "evidence.retrain_baseline: true")
+        if missing := sorted(set(self.gates.evidence) - set(self.evidence.attacks)):
+            raise ValueError(f"gates.evidence names attacks that evidence.attacks does not "
+                             f"run: {', '.join(missing)}")
+        return self
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the offending field."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
@@ -91,3 +92,34 @@ def plot_training(history: list[dict], selected_epoch: int | None, path: Path) -
     plt.close(fig)
 
 
+
+
+def plot_evidence(title: str, figures: dict[str, dict | None], verdict: str, path: Path,
+                  lower_is_retained: bool = False) -> None:
+    """One attack: the original, the candidate and the retrain reference as bars with their
+    noise (2 standard errors; the retrain band adds the spread between its seeds), and the
+    verdict as the title, so a reader sees at once whether the candidate sits in the band."""
+    rows = [(k, f) for k, f in figures.items() if f and f.get("value") is not None]
+    fig, ax = plt.subplots(figsize=(5.5, 0.55 * len(rows) + 1.4))
+    colours = {"before (parent)": COLOURS["before"], "after forgetting": COLOURS["after"],
+               "retrain": COLOURS["retrain"]}
+    for i, (label, f) in enumerate(rows):
+        ax.barh(i, f["value"], color=colours.get(label, "tab:gray"),
+                xerr=2 * (f.get("se") or 0.0), capsize=4)
+    ref = figures.get("retrain")
+    if ref and ref.get("value") is not None:
+        band = 2 * float(np.hypot(ref.get("se") or 0.0, ref.get("spread") or 0.0))
+        ax.axvspan(ref["value"] - band, ref["value"] + band, color=COLOURS["retrain"],
+                   alpha=0.15, label="retrain ± noise")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.invert_yaxis()
+    short = verdict.split(":")[0]
+    ax.set_title(f"{title}\n{short}", fontsize=9)
+    metric = next((f.get("metric") for _, f in rows if f.get("metric")), "")
+    ax.set_xlabel((metric or "figure") + (" (lower: the class returns faster)"
+                                          if lower_is_retained else " (higher: more retained)"),
+                  fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

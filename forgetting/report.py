@@ -17,6 +17,8 @@ from pathlib import Path
 from .files import fsync_path, fsync_tree, temp_sibling, write_atomic
 
 PLOTS = ("group_norms.png", "per_class.png", "training.png")
+EVIDENCE_PLOTS = tuple(f"evidence_{a}.png" for a in ("membership", "linear_probe",
+                                                     "identification", "relearning"))
 
 ROWS = (("acc_f", "Acc_f (forgotten now)"), ("acc_r", "Acc_r (retained)"),
         ("acc_o", "Acc_o (forgotten earlier)"), ("h_mean", "H-Mean"))
@@ -27,6 +29,37 @@ MIA_NOTE = ("A logistic-regression attack on loss and confidence is fitted to te
             "then applied to the forgotten classes. A model that forgot should look like the "
             "retrain-from-scratch model: AUC near 0.5 between their training and held-out "
             "images. 'Called member' is only telling when the attack itself is strong.")
+
+
+EVIDENCE_NOTE = (
+    "Each attack asks whether the candidate still holds the forgotten classes in a way a model "
+    "retrained without them would not. Membership inference: LiRA-calibrated, members are the "
+    "classes' training images, non-members their held-out images. Linear probe: a logistic "
+    "regression on the frozen embeddings, forgotten classes vs the rest. Identification: "
+    "k-NN over the embeddings of every training image (a recognition system's gallery). "
+    "Relearning: fine-tuning steps for a few images to bring held-out Acc_f back to 50 %. "
+    "Values ± twice their noise (images resampled; with several retrain seeds, their spread). "
+    "'Indistinguishable from retrain' is the pass; 'retains more than retrain' is a finding.")
+
+
+def _figure(f: dict | None) -> str:
+    if not f or f.get("value") is None:
+        return "-"
+    noise = 2 * ((f.get("se") or 0.0) ** 2 + (f.get("spread") or 0.0) ** 2) ** 0.5
+    return f"{f['value']:.3f} ± {noise:.3f}"
+
+
+def evidence_rows(ev: dict, scope: str) -> list[list[str]]:
+    rows = []
+    for a in ev["attacks"]:
+        if scope not in a:
+            continue
+        f, line = a[scope]["figures"], a[scope].get("verdict") or "-"
+        metric = next((x["metric"] for x in f.values() if x and x.get("metric")), "")
+        rows.append([a["title"] + (f" ({metric})" if metric else ""),
+                     *(_figure(f.get(k)) for k in ("before (parent)", "after forgetting", "retrain")),
+                     line.split(":")[0]])
+    return rows
 
 
 def _pct(x) -> str:
@@ -87,6 +120,20 @@ def sections(d: dict) -> list[tuple[str, list[str] | None, list[list[str]] | str
                     [[k, _fmt(r.get("auc")), _pct(r.get("member_rate")), _fmt(r.get("attack_auc"))]
                      for k, r in mia.items() if r]))
         out.append(("How to read it", None, MIA_NOTE))
+    ev = d.get("evidence")
+    if ev:
+        header = ["attack", "before (parent)", "after forgetting", "retrain", "verdict"]
+        out.append(("Evidence against the retrain reference (this request's classes)", header,
+                    evidence_rows(ev, "now")))
+        if any("so_far" in a for a in ev["attacks"]):
+            out.append(("Evidence on every class forgotten so far", header,
+                        evidence_rows(ev, "so_far")))
+        out.append(("How to read the evidence", None, EVIDENCE_NOTE))
+        out.append(("Seconds per attack", ["model", *sorted({k for s in ev["seconds"].values()
+                                                              for k in s})],
+                    [[m, *(_secs(s.get(k)) for k in sorted({k for s in ev["seconds"].values()
+                                                            for k in s}))]
+                     for m, s in ev["seconds"].items()]))
     g = d["groups"]
     out.append(("LoRA groups", None, [
         ["kept blocks", ", ".join(map(str, g["kept"])) or "none"],
@@ -105,6 +152,8 @@ def sections(d: dict) -> list[tuple[str, list[str] | None, list[list[str]] | str
     for f, title in (("group_norms.png", "Group norms per block"),
                      ("per_class.png", "Per-class accuracy"), ("training.png", "Training curves")):
         out.append((title, None, f))
+    for a in (ev or {}).get("attacks", []):
+        out.append((f"Evidence: {a['title']}", None, f"evidence_{a['name']}.png"))
     return out
 
 
@@ -142,8 +191,7 @@ def to_html(title: str, secs) -> str:
     return "\n".join([*parts, "</body></html>"])
 
 
-REPORT_FILES = {"report.md", "report.html", "report.json", "group_norms.png", "per_class.png",
-                "training.png"}
+REPORT_FILES = {"report.md", "report.html", "report.json", *PLOTS, *EVIDENCE_PLOTS}
 MARKER = ".forgetting-report"  # in every report folder: proof that this program wrote it
 
 
@@ -170,13 +218,16 @@ def _check_replaceable(out: Path) -> bool:
 
 
 def write_report(d: dict, out_dir: str | Path, plots_from: Path | None = None) -> Path:
-    """Render ``d`` to ``out_dir`` (report.md, report.html, report.json, three PNGs).
+    """Render ``d`` to ``out_dir`` (report.md, report.html, report.json, PNGs: three, and
+    one per evidence attack).
 
     Keys: ``request`` (id, classes, shots, method, reason, requester), ``metrics``
     (before/after/retrain -> acc_f, acc_r, acc_o, h_mean), ``per_class`` (class -> before/
-    after/retrain), ``mia`` (model -> auc, member_rate), ``groups`` (norms, kept, threshold),
-    ``history`` (training epochs), ``selected_epoch``, ``versions``, ``gate``, ``forgotten``,
-    ``earlier``, ``train_seconds``, ``retrain_seconds``, optional ``purged_note``.
+    after/retrain), ``mia`` (model -> auc, member_rate), optional ``evidence`` (attacks: name,
+    title, and per scope the three models' figures and the verdict; seconds), ``groups``
+    (norms, kept, threshold), ``history`` (training epochs), ``selected_epoch``, ``versions``,
+    ``gate``, ``forgotten``, ``earlier``, ``train_seconds``, ``retrain_seconds``, optional
+    ``purged_note``.
 
     ``plots_from``: a report folder whose plots are copied instead of drawn again.
 
@@ -190,10 +241,15 @@ def write_report(d: dict, out_dir: str | Path, plots_from: Path | None = None) -
     def write(tmp: Path) -> None:
         tmp.mkdir(parents=True)
         if plots_from is not None and all((Path(plots_from) / p).is_file() for p in PLOTS):
-            for p in PLOTS:
-                shutil.copyfile(Path(plots_from) / p, tmp / p)
+            for p in PLOTS + EVIDENCE_PLOTS:
+                if (Path(plots_from) / p).is_file():
+                    shutil.copyfile(Path(plots_from) / p, tmp / p)
         else:
-            from .plots import plot_group_norms, plot_per_class, plot_training
+            from .plots import plot_evidence, plot_group_norms, plot_per_class, plot_training
+
+            for a in (d.get("evidence") or {}).get("attacks", []):
+                plot_evidence(a["title"], a["now"]["figures"], a["now"].get("verdict") or "",
+                              tmp / f"evidence_{a['name']}.png", a["lower_is_retained"])
 
             g = d["groups"]
             plot_group_norms(g["norms"], g["kept"], g["threshold"], tmp / "group_norms.png")

@@ -35,6 +35,7 @@ from forgetting.timm_checkpoint import import_timm, read_class_names
 from forgetting.train import forget_classes
 
 from . import registry
+from .evidence import measure_model
 from .workspace import Workspace
 
 TRAINING_SUMMARY = "training.json"  # stored in the adapter folder, next to the weights
@@ -195,7 +196,7 @@ def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int]
 def evaluate_request(root: str, checkpoint: str, request_id: str, forget: list[int],
                      earlier: list[int], adapter_sha256: str) -> dict:
     """Test-split metrics before (parent) and after (parent + stored adapter), and the
-    membership-inference figures of both."""
+    membership-inference figures and evidence attacks (``tasks.evidence``) of both."""
     ws = Workspace.at(root)
     cfg = ws.config()
     dev = setup_runtime(cfg)
@@ -208,6 +209,11 @@ def evaluate_request(root: str, checkpoint: str, request_id: str, forget: list[i
         for prefix, m in (("before_", parent), ("", after_model)):
             mia = membership_inference(m, sp["train"], heldout, forget, dev, earlier=earlier)
             metrics.update(mia.as_dict(f"{prefix}mia_"))
+    version = read_info(ws.dataset).content_hash
+    if cfg.evidence.attacks:  # the original model's figures: what the attacks find unforgotten
+        metrics["evidence"] = {
+            who: measure_model(ws, m, sp, forget, earlier, version, dev)
+            for who, m in (("original", parent.to(dev)), ("after", after_model))}
     write_json_atomic(ws.work_dir(request_id) / "metrics.json", metrics)
     return metrics
 
@@ -232,6 +238,9 @@ def retrain_reference(root: str, request_id: str, forget: list[int], earlier: li
         out.update(membership_inference(res.model, sp["train"],
                                         ConcatDataset([sp["val"], sp["test"]]), forget, dev,
                                         earlier=earlier).as_dict("mia_"))
+    if cfg.evidence.attacks:
+        out["evidence"] = measure_model(ws, res.model, sp, forget, earlier,
+                                        read_info(ws.dataset).content_hash, dev)
     write_json_atomic(path, out)
     get_run_logger().info(f"{request_id}: retrained from scratch in {res.seconds:.0f}s, "
                           f"Acc_r {m.acc_r:.3f}")

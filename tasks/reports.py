@@ -8,6 +8,7 @@ import json
 
 from forgetting.report import sections, to_markdown
 
+from .evidence import evidence_verdicts
 from .ledger import Request
 from .requests import ledger
 from .workspace import Workspace
@@ -32,7 +33,7 @@ def report_data(ws: Workspace, req: Request, summary: dict, metrics: dict,
         "metrics": {"before": {k: metrics.get(f"before_{k}") for k in KEYS},
                     "after": {k: metrics.get(k) for k in KEYS},
                     "retrain": {k: retrain.get(k) for k in KEYS} if retrain else None},
-        "per_class": per_class, "mia": mia,
+        "per_class": per_class, "mia": mia, "evidence": evidence_section(metrics, retrain),
         "groups": {"norms": summary["group_norms"], "kept": summary["kept_groups"],
                    "threshold": ws.config().forget.group_threshold},
         "history": summary["history"], "selected_epoch": summary["selected_epoch"],
@@ -44,6 +45,34 @@ def report_data(ws: Workspace, req: Request, summary: dict, metrics: dict,
         "retrain_seconds": (retrain or {}).get("seconds"),
         "train_seconds": summary["train_seconds"],
     }
+
+
+def evidence_section(metrics: dict, retrain: dict | None) -> dict | None:
+    """Per attack and scope: the three models' figures and the candidate's verdict."""
+    from forgetting.evidence import TITLES
+
+    ev = metrics.get("evidence") or {}
+    if not ev.get("after"):
+        return None
+    models = {"before (parent)": ev.get("original"), "after forgetting": ev["after"],
+              "retrain": (retrain or {}).get("evidence")}
+    lines = evidence_verdicts(metrics, retrain)
+    attacks = []
+    for name, title in TITLES.items():
+        if name not in ev["after"]["now"]:
+            continue
+        entry = {"name": name, "title": title, "lower_is_retained": name == "relearning"}
+        for scope in ("now", "so_far"):
+            if name in ev["after"].get(scope, {}):
+                entry[scope] = {
+                    "figures": {k: ((m or {}).get(scope) or {}).get(name, {}).get("figure")
+                                for k, m in models.items()},
+                    "verdict": lines.get("after", {}).get(scope, {}).get(name),
+                    "original_verdict": lines.get("original", {}).get(scope, {}).get(name)}
+        attacks.append(entry)
+    seconds = {k: {a: round(s, 2) for a, s in (m or {}).get("seconds", {}).items()}
+               for k, m in models.items() if m}
+    return {"attacks": attacks, "seconds": seconds}
 
 
 def markdown_summary(data: dict) -> str:

@@ -19,6 +19,7 @@ from forgetting.report import write_report
 from forgetting.requests import RequestError, validate_request
 
 from . import registry
+from .evidence import evidence_gate, flat_figures
 from .faults import crash_point
 from .ledger import OPEN
 from .model_tasks import backfill_parts, model_metadata
@@ -74,6 +75,10 @@ def _flat_metrics(metrics: dict, retrain: dict | None, summary: dict) -> dict:
     flat.update({f"class_acc/{k}": v for k, v in metrics["per_class"].items()})
     flat.update({f"retrain_{k}": v for k, v in (retrain or {}).items()
                  if not isinstance(v, dict)})
+    ev = metrics.get("evidence") or {}
+    for who, prefix in (("original", "before_"), ("after", "")):
+        flat.update(flat_figures(ev.get(who), prefix))
+    flat.update(flat_figures((retrain or {}).get("evidence"), "retrain_"))
     flat.update(groups_kept=len(summary["kept_groups"]), adapter_bytes=summary["adapter_bytes"],
                 train_seconds=summary["train_seconds"])
     return flat
@@ -117,12 +122,17 @@ def register_version(root: str, request_id: str, run_id: str, plan: dict, summar
 
 
 @task(cache_policy=NO_CACHE)
-def apply_gates(root: str, request_id: str, version: int, plan: dict, metrics: dict) -> str | None:
+def apply_gates(root: str, request_id: str, version: int, plan: dict, metrics: dict,
+                retrain: dict | None = None) -> str | None:
     """``candidate`` follows the newest version; ``production`` moves only if the gates pass
-    and production is still the model this request built on. Returns the gate's verdict."""
+    (the metric gates, and the evidence gates when ``gates.evidence`` names attacks) and
+    production is still the model this request built on. Returns the gate's verdict."""
     ws = Workspace.at(root)
     c = registry.client(ws)
-    gate = gate_verdict(metrics, ws.config().gates, plan["earlier_names"] + plan["classes"])
+    gates = ws.config().gates
+    reasons = [r for r in (gate_verdict(metrics, gates, plan["earlier_names"] + plan["classes"]),
+                           evidence_gate(metrics, retrain, gates.evidence)) if r]
+    gate = "; ".join(reasons) or None
     prod = registry.alias_version(c, "production")
     if gate is None and prod not in (plan["parent"], version):  # moved outside this pipeline
         gate = (f"production moved from v{plan['parent']} to v{prod} while {request_id} ran; "

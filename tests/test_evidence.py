@@ -122,3 +122,20 @@ def test_verdict_and_tpr_at_low_fpr_on_fixed_numbers():
     assert ref.value == pytest.approx(0.71) and ref.spread == pytest.approx(0.0849, abs=1e-3)
     assert verdict(Figure(0.80, 0.02), ref, "x").startswith(INDISTINGUISHABLE)
     assert verdict(Figure(0.80, 0.02), Figure(0.71, 0.02), "x").startswith("retains more")
+
+
+def _result(**figures):
+    return {"now": {a: {"figure": Figure(v, 0.01).as_dict()} for a, v in figures.items()}}
+
+
+def test_the_evidence_gate_refuses_only_what_retains_more_than_retrain():
+    from tasks.evidence import evidence_gate
+
+    retrain = {"evidence": _result(linear_probe=0.80, identification=0.50, relearning=12.0)}
+    metrics = {"evidence": {"after": _result(linear_probe=0.99, identification=0.30,
+                                             relearning=11.99)}}
+    assert evidence_gate(metrics, retrain, []) is None  # off by default
+    reason = evidence_gate(metrics, retrain, ["linear_probe", "identification", "relearning"])
+    assert reason.startswith("evidence linear_probe: retains more than retrain"), reason
+    assert "identification" not in reason and "relearning" not in reason  # below / inside
+    assert "membership: not measured" in evidence_gate(metrics, retrain, ["membership"])

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 def _run(cli_env, root, parallel: bool, threads: int) -> dict:
     write_params(root, {**MICRO, "threads": threads, "evidence": {
-        "retrain_baseline": True, "parallel": parallel, "membership_inference": False}})
+        "retrain_baseline": True, "parallel": parallel, "membership_inference": False,
+        "attacks": []}})
     for args in (["init"], ["ingest"], ["pretrain"], ["request", "add", "digit_4"]):
         forget(cli_env, root, *args)
     out = forget(cli_env, root, "run")

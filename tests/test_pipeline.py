@@ -28,7 +28,10 @@ from .conftest import MICRO, TINY, write_params
 from .servers import free_port, server_process, wait_for
 
 PARAMS = {**TINY, "forget": {"epochs": 2}, "pretrain": {**TINY["pretrain"], "epochs": 8},
-          "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0}}
+          "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0},
+          # every attack, at a cost a test can pay (the figures are not what is tested here)
+          "evidence": {"reference_models": 2, "reference_epochs": 2, "relearn_max_steps": 5,
+                       "relearn_repeats": 2}}
 
 
 def _cli(*args, **kw):
@@ -141,18 +144,34 @@ def test_each_request_has_a_report_in_dvc_and_mlflow(processed, tmp_path):
 
     ws = processed["ws"]
     stored = ws.report_dir("req-0001")
+    attacks = ("membership", "linear_probe", "identification", "relearning")
     for f in ("report.md", "report.html", "report.json", "group_norms.png", "per_class.png",
-              "training.png"):
+              "training.png", *(f"evidence_{a}.png" for a in attacks)):
         assert (stored / f).stat().st_size > 0, f
     md = (stored / "report.md").read_text()
     for needle in ("Acc_f (forgotten now)", "retrain", "Membership inference", "kept blocks",
-                   "dataset_version", "digit_0", "speed-up"):
+                   "dataset_version", "digit_0", "speed-up",
+                   "Evidence against the retrain reference", "k-NN identification accuracy",
+                   "Seconds per attack"):
         assert needle in md, needle
+    # every attack's verdict on the candidate, and its figures on all three models
+    ev = json.loads((stored / "report.json").read_text())["evidence"]
+    assert [a["name"] for a in ev["attacks"]] == list(attacks)
+    for a in ev["attacks"]:
+        assert a["now"]["verdict"].split(":")[0] in (
+            "indistinguishable from retrain within its noise", "retains more than retrain",
+            "below retrain (a trace of its own, not knowledge)"), a
+        assert all(a["now"]["figures"][k]["value"] is not None
+                   for k in ("before (parent)", "after forgetting", "retrain")), a
     req = json.loads((ws.requests / "req-0001.json").read_text())
     assert req["metrics"]["retrain_acc_r"] > 0.5 and req["metrics"]["retrain_seconds"] > 0
     c = registry.client(ws)
     listed = {a.path for a in c.list_artifacts(req["mlflow_run_id"], "report")}
     assert "report/report.md" in listed and "report/per_class.png" in listed
+    assert "report/evidence_identification.png" in listed
+    logged = c.get_run(req["mlflow_run_id"]).data.metrics
+    for a in attacks:
+        assert {f"evidence/{a}", f"before_evidence/{a}", f"retrain_evidence/{a}"} <= set(logged)
     art = Artifact.get("request-req-0001")  # what the Prefect UI shows for the request
     assert art is not None and art.type == "markdown", art
     assert "Acc_f" in art.data and "digit_0" in art.data, art.data

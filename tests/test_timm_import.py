@@ -159,7 +159,8 @@ def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path
     root = tmp_path / "ws"
     write_params(root, {**TINY, "forget": {"epochs": 2},
                         "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0},
-                        "evidence": {"retrain_baseline": False, "membership_inference": False}})
+                        "evidence": {"retrain_baseline": False, "membership_inference": False,
+                                     "attacks": []}})
     cli = CliRunner()
     assert cli.invoke(app, ["init", "--root", str(root)]).exit_code == 0
     ingest_flow(str(root))
