@@ -75,7 +75,7 @@ def run_all(scale: bool = False) -> None:
         if (RESULTS / "latency.json").exists() else {}
     _save("latency", {"after": lat, **{k: v for k, v in prev.items() if k.startswith("before")}})
     shutil.rmtree(work)  # the temp folder this script made
-    for name in ("quality", "sequence", "throughput", "registry", "stack",
+    for name in ("quality", "sequence", "throughput", "registry", "stack", "evidence",
                  *(["scale"] if scale else [])):
         record(name, COMMANDS[name].split()[1:])
 
@@ -103,7 +103,8 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "registry": "python benchmarks/registry_bytes.py --json",
             "scale": "python benchmarks/scale.py --json",
             "latency": "python benchmarks/cli_latency.py --root DEMO_FOLDER --json",
-            "stack": "python benchmarks/stack.py --json"}
+            "stack": "python benchmarks/stack.py --json",
+            "evidence": "python benchmarks/evidence.py --retrain-seeds 3 --json"}
 
 
 def _load(name: str) -> dict:
@@ -276,10 +277,64 @@ def render_stack() -> str:
             f"({r['parallel_speedup']:.2f}x) on {r['cpus']} cores.\n")
 
 
+def _fig(f: dict | None) -> str:
+    if not f or f.get("value") is None:
+        return "-"
+    noise = 2 * ((f.get("se") or 0.0) ** 2 + (f.get("spread") or 0.0) ** 2) ** 0.5
+    return f"{f['value']:.3f} ± {noise:.3f}"
+
+
+EVIDENCE_MODELS = (("gs-lora++", "GS-LoRA++"), ("retrain", "retrain"),
+                   ("original", "original"), ("head_only", "head-only"))
+
+
+def render_evidence() -> str:
+    from forgetting.evidence import TITLES
+
+    r = _load("evidence")
+    last, n = r["steps"][-1], len(r["steps"])
+    head = "| attack | " + " | ".join(label for _, label in EVIDENCE_MODELS) + " | verdict |"
+    rows = [head, "|---" * (len(EVIDENCE_MODELS) + 2) + "|"]
+    for a, title in TITLES.items():
+        if a not in last["figures"]["gs-lora++"]["so_far"]:
+            continue
+        metric = last["figures"]["gs-lora++"]["so_far"][a].get("metric")
+        rows.append(f"| {title}{f' ({metric})' if metric else ''} | "
+                    + " | ".join(_fig(last["figures"][m]["so_far"].get(a))
+                                 for m, _ in EVIDENCE_MODELS)
+                    + f" | {last['verdicts']['gs-lora++']['so_far'][a].split(':')[0]} |")
+    counts = ["| attack (one step's class) | " + " | ".join(
+        label for m, label in EVIDENCE_MODELS if m != "retrain") + " |", "|---" * 4 + "|"]
+    for a, title in TITLES.items():
+        cells = []
+        for m, _ in EVIDENCE_MODELS:
+            if m == "retrain":
+                continue
+            v = r["summary"][m]["now"].get(a)
+            cells.append("-" if v is None else f"{v['indistinguishable']} / {v['retains_more']}"
+                         f" / {v['below']}")
+        counts.append(f"| {title} | " + " | ".join(cells) + " |")
+    s = r["attack_seconds_per_model"]
+    return (f"Measured by `{COMMANDS['evidence']}` (`benchmarks/results/evidence.json`; "
+            f"{_on(r['machine'])}; the digits model of `params.yaml`, one class forgotten per "
+            f"step, GS-LoRA++ on full data; retrain reference: {r['retrain_seeds']} seeds per "
+            f"step, pooled; ± is twice the noise: images resampled, plus the spread between "
+            f"retrain seeds for the retrain column and the verdict).\n\n"
+            f"After {n} requests, on all {n} forgotten classes:\n\n" + "\n".join(rows)
+            + f"\n\nPer request, on that request's class (about 70 held-out images, so the "
+            f"membership figure there is the AUC): steps whose verdict was indistinguishable / "
+            f"retains more / below retrain, out of {n}:\n\n" + "\n".join(counts)
+            + f"\n\nCost: {', '.join(f'{k} {v:.2f} s' for k, v in s.items())} per model; "
+            f"{r['attacks_seconds_per_request']:.1f} s per request for the three models; the "
+            f"{r['reference_models']} membership reference models ({r['reference_epochs']} "
+            f"epochs on half the images) {r['reference_models_seconds']:.0f} s once per "
+            f"dataset version.\n")
+
+
 RENDER = {"demo": render_demo, "repro": render_repro, "quality": render_quality,
           "sequence": render_sequence, "latency": render_latency,
           "scale": lambda: render_quality("scale"), "throughput": render_throughput,
-          "registry": render_registry, "stack": render_stack}
+          "registry": render_registry, "stack": render_stack, "evidence": render_evidence}
 
 
 def rendered(text: str) -> str:
