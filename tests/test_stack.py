@@ -302,7 +302,10 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
 
             # --- down stops what up started (data surviving it: test_stack_files.py) -------
             w2[0].terminate()
-            w2[0].wait(30)
+            try:
+                w2[0].wait(60)
+            except subprocess.TimeoutExpired:  # under load a worker can be slow to stop
+                _kill_tree(w2[0].pid)          # polling; its shutdown is not tested here
             pids = json.loads(_run(env, "stack", "status", "--json", "--dir", str(stack_dir)))
             _run(base_env, "stack", "down", "--dir", str(stack_dir))
             assert not any(alive(p) for v in pids.values() for p in _tree(v["pid"]))
