@@ -49,8 +49,13 @@ def accuracy(pred: np.ndarray, labels: np.ndarray, classes: Iterable[int]) -> fl
     return float((pred[mask] == labels[mask]).mean()) if mask.any() else None
 
 
-def h_mean(acc_f_before: float, acc_f_after: float, acc_r: float) -> float:
-    drop = max(acc_f_before - acc_f_after, 0.0)
+def h_mean(acc_f_before: float, acc_f_after: float, acc_r: float, clamp: bool = True) -> float:
+    """2 * drop * Acc_r / (drop + Acc_r), drop = Acc_f before - after. Ours clamps a negative
+    drop (Acc_f rose) at 0, so H-Mean is 0 there; the authors' code lets it go negative
+    (``clamp=False``). Only a request that made things worse reads differently."""
+    drop = acc_f_before - acc_f_after
+    if clamp:
+        drop = max(drop, 0.0)
     return 0.0 if drop + acc_r == 0 else 2 * drop * acc_r / (drop + acc_r)
 
 
@@ -60,6 +65,9 @@ class Metrics:
     acc_r: float
     acc_o: float | None = None
     acc_missing: float | None = None
+    # Acc_r without the missing classes: the authors' Acc_r, which reports them apart as
+    # Acc_m; ours (acc_r) counts every retained class. None without missing classes
+    acc_r_present: float | None = None
     h_mean: float | None = None
     per_class: dict[str, float] = field(default_factory=dict)
 
@@ -96,6 +104,7 @@ def metrics_from_predictions(pred: np.ndarray, labels: np.ndarray, forget: Itera
         acc_f=acc_f, acc_r=acc_r,
         acc_o=accuracy(pred, labels, earlier) if earlier else None,
         acc_missing=accuracy(pred, labels, missing) if missing else None,
+        acc_r_present=accuracy(pred, labels, retained - missing) if missing else None,
         h_mean=h_mean(acc_f_before, acc_f, acc_r) if acc_f_before is not None else None,
         per_class=per_class,
     )

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import ConcatDataset
 
+from .config import PrototypeConfig
 from .evaluate import collect_outputs
 
 
@@ -50,3 +52,29 @@ def compute_prototypes(model, ds, num_classes: int, device: torch.device,
     present = counts > 0
     vectors = torch.where(present[:, None], sums / counts.clamp(min=1)[:, None], sums)
     return Prototypes(vectors, present, source)
+
+
+def augmented_views(ds, views: int):
+    """``ds`` and ``views`` copies of it through RandAugment (torchvision's, on the stored
+    uint8 image, before the model's transform): the authors average prototypes over augmented
+    views in the few-shot setting, where k images make a noisy mean."""
+    if views <= 0:
+        return ds
+    from torchvision.transforms import v2
+
+    aug = v2.RandAugment()
+    base = ds.transform
+    copies = [ds.with_transform(lambda img, base=base: base(aug(img)) if base else
+                                aug(img).float().div_(127.5).sub_(1.0)) for _ in range(views)]
+    return ConcatDataset([ds, *copies])
+
+
+def request_prototypes(model, forget_ds, retained_ds, num_classes: int, device: torch.device,
+                       cfg: PrototypeConfig, fewshot: bool, seed: int) -> Prototypes:
+    """The prototypes of one request, from the images it may use (k-shot, missing classes);
+    with ``cfg.augment_views`` in k-shot requests, over augmented views as well."""
+    views = cfg.augment_views if fewshot else 0
+    torch.manual_seed(seed)  # the RandAugment draws
+    return compute_prototypes(model, ConcatDataset([augmented_views(forget_ds, views),
+                                                    augmented_views(retained_ds, views)]),
+                              num_classes, device, cfg.source)

@@ -13,6 +13,7 @@ evaluated is exactly what is stored.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
-from torch.utils.data import ConcatDataset
 
 from .config import ForgetConfig
 from .data import DataError
@@ -45,7 +45,7 @@ from .losses import bounded_forget_loss, group_sparse_loss, prototype_loss
 from .model import Classifier, model_bytes
 from .pretrain import seeded_loader
 from .progress import progress_bar
-from .prototypes import Prototypes, compute_prototypes
+from .prototypes import Prototypes, request_prototypes
 from .requests import RequestError
 from .runtime import autocast, compiled, to_device
 
@@ -90,7 +90,8 @@ def step_losses(base: Classifier, backbone: torch.nn.Module, groups, retained: t
     feats = feats.float()  # the losses and the head in float32
     n_r, n_f = len(y_r), len(y_r) + len(y_f)
     f_r, f_f, f_o = feats[:n_r], feats[n_r:n_f], feats[n_f:]
-    logits_r, logits_f = base.head(f_r, y_r), base.head(f_f)
+    # with a margin head, the forgotten CE with its margin (authors) or without (ours)
+    logits_r, logits_f = base.head(f_r, y_r), base.head(f_f, y_f if cfg.forget_margin else None)
     ce_r = F.cross_entropy(logits_r, y_r)
     ce_f = F.cross_entropy(logits_f, y_f)
     structure = group_sparse_loss(groups)
@@ -103,7 +104,8 @@ def step_losses(base: Classifier, backbone: torch.nn.Module, groups, retained: t
     if protos is not None:
         v_r, v_f = (f_r, f_f) if protos.source == "embedding" else (logits_r, logits_f)
         pro = prototype_loss(v_f, protos.vectors[y_f], v_r, protos.vectors[y_r],
-                             w_f, cfg.prototypes.w_r, cfg.prototypes.bound)
+                             w_f, cfg.prototypes.w_r, cfg.prototypes.bound,
+                             cfg.prototypes.kl_direction)
         loss = loss + pro
     return {"loss": loss, "ce_r": ce_r, "ce_f": ce_f, "ce_o": ce_o, "structure": structure,
             "pro": pro}
@@ -143,13 +145,17 @@ def forget_classes(
     w_f = cfg.prototypes.w_f if cfg.shots is None else cfg.prototypes.w_f_fewshot
     if cfg.prototypes.enabled and protos is None:
         # from the images available to this request only (k-shot, missing classes)
-        protos = compute_prototypes(model, ConcatDataset([train_f, train_r]), model.num_classes,
-                                    device, cfg.prototypes.source).to(device)
+        protos = request_prototypes(model, train_f, train_r, model.num_classes, device,
+                                    cfg.prototypes, cfg.shots is not None, cfg.seed).to(device)
 
     # seeded right before the LoRA init, so the draw does not depend on what ran before
     # (whether the prototypes were passed in or computed above, how many evaluations ran)
     torch.manual_seed(cfg.seed)
     peft_model = add_lora(model, cfg.rank, cfg.lora_alpha).to(device)
+    if earlier and cfg.later_a_init == "authors":
+        init_lora_a(peft_model, math.sqrt(50))
+    if cfg.dropout is not None:
+        set_dropout(peft_model, cfg.dropout)
     base = peft_model.get_base_model()
     groups = list(lora_groups(peft_model).values())
     params = [p for g in groups for p in g]
@@ -187,13 +193,12 @@ def forget_classes(
             opt.step()
             step += 1
             sched.step_update(step)
-            if cfg.ema_decay is not None and epoch >= cfg.ema_start_epoch:
-                if ema is None:
-                    ema = ModelEmaV3(peft_model, decay=cfg.ema_decay)
-                else:
-                    ema.update(peft_model, step=step)
+            if cfg.ema_update == "step":
+                ema = update_ema(ema, peft_model, cfg, epoch, step)
             for k in sums:
                 sums[k] += losses[k].detach()
+        if cfg.ema_update == "epoch":
+            ema = update_ema(ema, peft_model, cfg, epoch, step)
         row = {"epoch": epoch, **{k: float(v) / steps_per_epoch for k, v in sums.items()},
                "lr": opt.param_groups[0]["lr"],
                "group_norms": group_norms(peft_model)}
@@ -231,6 +236,35 @@ def forget_classes(
         adapter_bytes=adapter_bytes(adapter_dir), model_bytes=model_bytes(model),
         history=history,
     )
+
+
+def update_ema(ema: ModelEmaV3 | None, peft_model, cfg: ForgetConfig, epoch: int, step: int
+               ) -> ModelEmaV3 | None:
+    """One EMA update (after a step, or after an epoch with ``ema_update: epoch``); the
+    first call from ``ema_start_epoch`` on starts the average at the current weights."""
+    if cfg.ema_decay is None or epoch < cfg.ema_start_epoch:
+        return ema
+    if ema is None:
+        return ModelEmaV3(peft_model, decay=cfg.ema_decay)
+    ema.update(peft_model, step=step)
+    return ema
+
+
+def init_lora_a(peft_model, a: float) -> None:
+    """Re-draw every LoRA A from kaiming-uniform with slope ``a`` (the authors use sqrt(50)
+    for later tasks; PEFT's default is sqrt(5)); B stays zero, so the model is unchanged."""
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_A" in name:
+                torch.nn.init.kaiming_uniform_(p, a=a)
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Every dropout of the (copied) ViT at ``p`` while it forgets; evaluation is in eval mode,
+    and the stored model is the original plus the adapter, so nothing of it persists."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
 
 
 def _pruned_state(peft_model, threshold: float) -> dict[str, torch.Tensor]:

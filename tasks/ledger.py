@@ -16,6 +16,7 @@ from typing import Literal
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from forgetting.config import Method
 from forgetting.data import check_class_name
 from forgetting.files import write_json_atomic
 
@@ -31,7 +32,7 @@ class RequestSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     classes: list[str] = Field(min_length=1)
     shots: int | None = Field(None, ge=1)
-    method: Literal["gs-lora", "gs-lora++"] = "gs-lora++"
+    method: Method = "gs-lora++"
     reason: str = Field("", max_length=2000)
     requester: str = Field("unknown", max_length=200)
 

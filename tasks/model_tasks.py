@@ -29,7 +29,7 @@ from forgetting.model import (
 )
 from forgetting.preprocess import data_config, input_shape
 from forgetting.pretrain import pretrain, retrain_baseline
-from forgetting.prototypes import Prototypes, compute_prototypes
+from forgetting.prototypes import Prototypes, request_prototypes
 from forgetting.runtime import setup_runtime
 from forgetting.timm_checkpoint import import_timm, read_class_names
 from forgetting.train import forget_classes
@@ -138,8 +138,8 @@ def prototypes(root: str, checkpoint: str, request_id: str, forget: list[int], e
     model, names, _ = load_checkpoint(checkpoint)
     data = request_data(workspace_splits(ws)["train"], forget,
                         _retained(len(names), forget, earlier), [], shots, cfg.forget.seed)
-    protos = compute_prototypes(model.to(dev), ConcatDataset([data.forget, data.retained]),
-                                len(names), dev, cfg.forget.prototypes.source)
+    protos = request_prototypes(model.to(dev), data.forget, data.retained, len(names), dev,
+                                cfg.forget.prototypes, shots is not None, cfg.forget.seed)
     out = ws.work_dir(request_id) / "prototypes.safetensors"
     protos.save(out)
     return str(out)
