@@ -104,6 +104,13 @@ def save_sparse_adapter(peft_model: PeftModel, kept: Sequence[int], out_dir: str
     def write(tmp: Path) -> None:
         tmp.mkdir(parents=True)
         lora_config(rank, alpha, kept).save_pretrained(str(tmp))
+        # PEFT keeps target_modules as a set, written in hash order, which changes from one
+        # process to the next: sorted, the same adapter is the same bytes (DVC, checksums)
+        cfg_path = tmp / CONFIG_NAME
+        cfg = json.loads(cfg_path.read_text())
+        if isinstance(cfg.get("target_modules"), list):
+            cfg["target_modules"] = sorted(cfg["target_modules"])
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
         save_file(state, tmp / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
         if meta is not None:
             (tmp / "forgetting.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
