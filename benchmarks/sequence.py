@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=5, help="requests in a row (one class each)")
     ap.add_argument("--shots", type=int, default=4, help="k of the k-shot variant")
     ap.add_argument("--no-pipeline", action="store_true", help="skip the pipeline overhead run")
+    ap.add_argument("--methods", help="compare methods instead (benchmarks/methods.py), e.g. "
+                                      "gs-lora,gs-lora++,gs-lora++:4,finetune,neggrad,retrain")
+    ap.add_argument("--seeds", type=int, default=3, help="with --methods: fresh base models")
     common_args(ap)
     args = ap.parse_args(argv)
     cfg, device = setup(args)
@@ -138,6 +141,14 @@ def main(argv: list[str] | None = None) -> dict:
     names = splits["train"].info.class_names
     if not 1 <= args.steps < len(names):
         ap.error(f"--steps must be 1..{len(names) - 1}")
+    if args.methods:
+        import methods
+
+        result = {"device": str(device), "threads": torch.get_num_threads(),
+                  **methods.run(args, cfg, splits, device)}
+        if args.json:
+            print(json.dumps(result))
+        return result
     steps = list(range(args.steps))
     model, ckpt, _ = base_model(cfg, Path(args.cache), splits, device)
     with tempfile.TemporaryDirectory() as work:
