@@ -58,6 +58,14 @@ def _save(name: str, data: dict) -> None:
 
 
 def run_all(scale: bool = False) -> None:
+    record_demo()
+    for name in ("quality", "sequence", "throughput", "registry", "stack", "evidence", "methods",
+                 *(["scale"] if scale else [])):
+        record(name, COMMANDS[name].split()[1:])
+
+
+def record_demo() -> None:
+    """`forget demo` timed in a temp folder, then the CLI latency on its workspace."""
     py = sys.executable
     work = Path(tempfile.mkdtemp(prefix="figures-"))
     t0 = time.perf_counter()
@@ -75,9 +83,6 @@ def run_all(scale: bool = False) -> None:
         if (RESULTS / "latency.json").exists() else {}
     _save("latency", {"after": lat, **{k: v for k, v in prev.items() if k.startswith("before")}})
     shutil.rmtree(work)  # the temp folder this script made
-    for name in ("quality", "sequence", "throughput", "registry", "stack", "evidence",
-                 *(["scale"] if scale else [])):
-        record(name, COMMANDS[name].split()[1:])
 
 
 def record(name: str, args: list[str]) -> None:
@@ -104,7 +109,9 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "scale": "python benchmarks/scale.py --json",
             "latency": "python benchmarks/cli_latency.py --root DEMO_FOLDER --json",
             "stack": "python benchmarks/stack.py --json",
-            "evidence": "python benchmarks/evidence.py --retrain-seeds 3 --json"}
+            "evidence": "python benchmarks/evidence.py --retrain-seeds 3 --json",
+            "methods": "python benchmarks/sequence.py --methods gs-lora,gs-lora++,gs-lora++:4,"
+                       "finetune,neggrad,retrain --seeds 3 --no-pipeline --json"}
 
 
 def _load(name: str) -> dict:
@@ -331,10 +338,51 @@ def render_evidence() -> str:
             f"dataset version.\n")
 
 
+def _ms(v: dict | None, scale: float = 100.0) -> str:
+    return "-" if v is None else f"{scale * v['mean']:.2f} ± {scale * v['std']:.2f}"
+
+
+def render_methods() -> str:
+    r = _load("methods")
+    t, n = r["table"], r["steps"]
+    ref = t["retrain"][-1]["acc_r"]["mean"]
+    rows = ["| method | max Acc_f over steps | Acc_r, step " + str(n) + " | Acc_o, step " + str(n)
+            + " | H-Mean, step " + str(n) + " | seconds per step (± largest std) | adapter KiB "
+            "| MIA AUC gap |",
+            "|---" * 8 + "|"]
+    checks = []
+    for m in r["methods"]:
+        steps = t[m]
+        last = steps[-1]
+        worst_f = max(s["acc_f"]["mean"] for s in steps)
+        secs = {"mean": float(sum(s["seconds"]["mean"] for s in steps) / n),
+                "std": float(max(s["seconds"]["std"] for s in steps))}
+        kib = None if last["adapter_bytes"] is None else {
+            "mean": last["adapter_bytes"]["mean"] / 1024, "std": last["adapter_bytes"]["std"] / 1024}
+        rows.append(f"| {m} | {100 * worst_f:.2f} | {_ms(last['acc_r'])} | {_ms(last['acc_o'])} "
+                    f"| {_ms(last['h_mean'])} | {_ms(secs, 1)} | {_ms(kib, 1)} "
+                    f"| {_ms(last['mia_gap'], 1)} |")
+        if m != "retrain":
+            gap = 100 * (ref - last["acc_r"]["mean"])
+            side = "below" if gap >= 0 else "above"
+            checks.append(f"{m}: Acc_r {abs(gap):.2f} points {side} retrain at step {n}, "
+                          f"Acc_f at most {100 * worst_f:.2f} %, Acc_o "
+                          f"{100 * (last['acc_o']['mean'] if last['acc_o'] else 0):.2f} %")
+    return (f"Measured by `{COMMANDS['methods']}` (`benchmarks/results/methods.json`; "
+            f"{_on(r['machine'])}; {r['seeds']} fresh base models (pretrain seeds 0..."
+            f"{r['seeds'] - 1}, base Acc_r "
+            + ", ".join(f"{100 * a:.2f}" for a in r["base_acc_r"])
+            + f"), each forgetting {n} classes one per step: "
+            + "; ".join(", ".join(o) for o in r["orders"])
+            + "; test split; mean ± std over the base models):\n\n" + "\n".join(rows)
+            + "\n\n" + "\n".join(f"- {c}" for c in checks) + "\n")
+
+
 RENDER = {"demo": render_demo, "repro": render_repro, "quality": render_quality,
           "sequence": render_sequence, "latency": render_latency,
           "scale": lambda: render_quality("scale"), "throughput": render_throughput,
-          "registry": render_registry, "stack": render_stack, "evidence": render_evidence}
+          "registry": render_registry, "stack": render_stack, "evidence": render_evidence,
+          "methods": render_methods}
 
 
 def rendered(text: str) -> str:
@@ -350,12 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", action="store_true",
                     help="with --run, also benchmarks/scale.py (Fashion-MNIST, about an hour)")
     ap.add_argument("--check", action="store_true", help="exit 1 if README is not up to date")
-    ap.add_argument("--only", choices=sorted(k for k, v in COMMANDS.items() if "DEMO" not in v),
-                    help="run and record one benchmark")
+    ap.add_argument("--only", choices=sorted([*(k for k, v in COMMANDS.items()
+                                                 if "DEMO" not in v), "demo"]),
+                    help="run and record one benchmark (demo: `forget demo` and the latency)")
     args = ap.parse_args(argv)
     if args.run:
         run_all(args.scale)
-    if args.only:
+    if args.only == "demo":
+        record_demo()
+    elif args.only:
         record(args.only, COMMANDS[args.only].split()[1:])
     text = README.read_text()
     new = rendered(text)
