@@ -5,14 +5,18 @@ and retrain models, the verdicts the report shows and the optional gates read.""
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-import torch
 from filelock import FileLock
 
 from forgetting.config import Config
-from forgetting.evidence import References, measure, passes, train_references, verdicts
 
 from .workspace import Workspace
+
+if TYPE_CHECKING:  # forgetting.evidence loads torch and scikit-learn: only where attacks run,
+    import torch  # so that `forget report` (which reads this module's verdicts) stays fast
+
+    from forgetting.evidence import References
 
 
 def _key(cfg: Config, dataset_version: str) -> str:
@@ -27,6 +31,8 @@ def references(ws: Workspace, sp: dict, dataset_version: str, dev: torch.device
     """The membership attack's reference models' outputs, trained at the first request on a
     dataset version and then read from ``.forgetting/evidence/`` (a file lock makes a second
     process, e.g. the retrain reference's Dask worker, wait rather than train them twice)."""
+    from forgetting.evidence import References, train_references
+
     cfg = ws.config()
     if "membership" not in cfg.evidence.attacks:
         return None
@@ -47,6 +53,8 @@ def measure_model(ws: Workspace, model, sp: dict, forget: list[int], earlier: li
                   dataset_version: str, dev: torch.device) -> dict | None:
     """``cfg.evidence.attacks`` on one model, for this request's classes and (in a sequence)
     for every class forgotten so far; None when the attacks are off."""
+    from forgetting.evidence import measure
+
     cfg = ws.config()
     if not cfg.evidence.attacks:
         return None
@@ -56,6 +64,8 @@ def measure_model(ws: Workspace, model, sp: dict, forget: list[int], earlier: li
 
 def evidence_verdicts(metrics: dict, retrain: dict | None) -> dict:
     """``{"original": {scope: {attack: line}}, "after": ...}`` against the retrain reference."""
+    from forgetting.evidence import verdicts
+
     ev = metrics.get("evidence") or {}
     ref = (retrain or {}).get("evidence")
     return {who: verdicts(ev[who], ref) for who in ("original", "after") if ev.get(who)}
@@ -65,6 +75,8 @@ def evidence_gate(metrics: dict, retrain: dict | None, attacks: list[str]) -> st
     """The reasons the evidence gates (``gates.evidence``) refuse the candidate, if any."""
     if not attacks:
         return None
+    from forgetting.evidence import passes
+
     lines = evidence_verdicts(metrics, retrain).get("after", {}).get("now", {})
     bad = [f"{a}: {lines[a]}" if a in lines else f"{a}: not measured" for a in attacks
            if a not in lines or not passes(lines[a])]
