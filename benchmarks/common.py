@@ -56,3 +56,18 @@ def setup(args: argparse.Namespace) -> tuple[Config, torch.device]:
     if args.device:
         cfg = cfg.model_copy(update={"device": args.device})
     return cfg, setup_runtime(cfg)
+
+
+def sequence_setup(ap: argparse.ArgumentParser, argv: list[str] | None):
+    """For the benchmarks that forget one class per step: ``--steps`` and the common options
+    parsed, the runtime set up, the dataset loaded, ``--steps`` checked against its classes.
+    Returns (args, cfg, device, dataset path, splits)."""
+    ap.add_argument("--steps", type=int, default=5, help="requests in a row (one class each)")
+    common_args(ap)
+    args = ap.parse_args(argv)
+    cfg, device = setup(args)
+    data, sp = dataset(cfg, Path(args.cache))
+    n = sp["train"].info.num_classes
+    if not 1 <= args.steps < n:
+        ap.error(f"--steps must be 1..{n - 1}")
+    return args, cfg, device, data, sp

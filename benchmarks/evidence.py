@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import base_model, common_args, dataset, setup
+from common import base_model, sequence_setup
 
 from forgetting.evaluate import evaluate
 from forgetting.evidence import TITLES, measure, pooled, train_references, verdicts
 from forgetting.pretrain import retrain_baseline
+from forgetting.report import figure_text
 from forgetting.train import forget_classes
 
 MODELS = ("gs-lora++", "original", "head_only")
@@ -121,13 +122,6 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
-def _fig(f: dict | None) -> str:
-    if not f or f.get("value") is None:
-        return f"{'-':>15}"
-    noise = 2 * float(np.hypot(f.get("se") or 0.0, f.get("spread") or 0.0))
-    return f"{f['value']:7.3f} ±{noise:5.3f}"
-
-
 def print_step(row: dict, flush: bool = False) -> None:
     g, rt = row["accuracy"]["gs-lora++"], row["accuracy"]["retrain"]
     acc_o = "-" if g["acc_o"] is None else f"{100 * g['acc_o']:.1f}"
@@ -142,23 +136,16 @@ def print_step(row: dict, flush: bool = False) -> None:
         for a in row["figures"]["gs-lora++"][scope]:
             line = row["verdicts"]["gs-lora++"][scope][a].split(":")[0]
             print(f"    {TITLES[a]:<63}"
-                  + "".join(f"{_fig(row['figures'][m][scope].get(a)):>16}"
+                  + "".join(f"{figure_text(row['figures'][m][scope].get(a)):>16}"
                             for m in ("gs-lora++", "retrain", "original", "head_only"))
                   + f"  {line}", flush=flush)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=5, help="requests in a row (one class each)")
     ap.add_argument("--retrain-seeds", type=int, default=2,
                     help="retrain references per step (2+: their spread joins the noise)")
-    common_args(ap)
-    args = ap.parse_args(argv)
-    cfg, device = setup(args)
-    _, splits = dataset(cfg, Path(args.cache))
-    names = splits["train"].info.class_names
-    if not 1 <= args.steps < len(names):
-        ap.error(f"--steps must be 1..{len(names) - 1}")
+    args, cfg, device, _, splits = sequence_setup(ap, argv)
     base, _, _ = base_model(cfg, Path(args.cache), splits, device)
     result = {"device": str(device), "threads": torch.get_num_threads(),
               **run(cfg, splits, base, device, list(range(args.steps)), args.retrain_seeds)}

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from common import base_model
 
 from forgetting.evaluate import evaluate
@@ -159,7 +158,6 @@ def supported(specs: list[str]) -> list[str]:
 
 
 def run(args, cfg, splits, device) -> dict:
-    torch.set_num_threads(torch.get_num_threads())
     specs = supported([s.strip() for s in args.methods.split(",") if s.strip()])
     result = compare(cfg, splits, device, Path(args.cache), specs, args.seeds, args.steps)
     print_table(result)

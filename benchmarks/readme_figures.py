@@ -284,19 +284,13 @@ def render_stack() -> str:
             f"({r['parallel_speedup']:.2f}x) on {r['cpus']} cores.\n")
 
 
-def _fig(f: dict | None) -> str:
-    if not f or f.get("value") is None:
-        return "-"
-    noise = 2 * ((f.get("se") or 0.0) ** 2 + (f.get("spread") or 0.0) ** 2) ** 0.5
-    return f"{f['value']:.3f} ± {noise:.3f}"
-
-
 EVIDENCE_MODELS = (("gs-lora++", "GS-LoRA++"), ("retrain", "retrain"),
                    ("original", "original"), ("head_only", "head-only"))
 
 
 def render_evidence() -> str:
     from forgetting.evidence import TITLES
+    from forgetting.report import figure_text
 
     r = _load("evidence")
     last, n = r["steps"][-1], len(r["steps"])
@@ -307,7 +301,7 @@ def render_evidence() -> str:
             continue
         metric = last["figures"]["gs-lora++"]["so_far"][a].get("metric")
         rows.append(f"| {title}{f' ({metric})' if metric else ''} | "
-                    + " | ".join(_fig(last["figures"][m]["so_far"].get(a))
+                    + " | ".join(figure_text(last["figures"][m]["so_far"].get(a))
                                  for m, _ in EVIDENCE_MODELS)
                     + f" | {last['verdicts']['gs-lora++']['so_far'][a].split(':')[0]} |")
     counts = ["| attack (one step's class) | " + " | ".join(

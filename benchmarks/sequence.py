@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import base_model, common_args, dataset, setup
+from common import base_model, sequence_setup
 from torch.utils.data import ConcatDataset
 
 from forgetting.evaluate import evaluate
@@ -128,19 +128,13 @@ def pipeline_sequence(cfg, data: Path, base_ckpt: Path, steps: list[int], names)
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=5, help="requests in a row (one class each)")
     ap.add_argument("--shots", type=int, default=4, help="k of the k-shot variant")
     ap.add_argument("--no-pipeline", action="store_true", help="skip the pipeline overhead run")
     ap.add_argument("--methods", help="compare methods instead (benchmarks/methods.py), e.g. "
                                       "gs-lora,gs-lora++,gs-lora++:4,finetune,neggrad,retrain")
     ap.add_argument("--seeds", type=int, default=3, help="with --methods: fresh base models")
-    common_args(ap)
-    args = ap.parse_args(argv)
-    cfg, device = setup(args)
-    data, splits = dataset(cfg, Path(args.cache))
+    args, cfg, device, data, splits = sequence_setup(ap, argv)
     names = splits["train"].info.class_names
-    if not 1 <= args.steps < len(names):
-        ap.error(f"--steps must be 1..{len(names) - 1}")
     if args.methods:
         import methods
 

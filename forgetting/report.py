@@ -42,7 +42,9 @@ EVIDENCE_NOTE = (
     "'Indistinguishable from retrain' is the pass; 'retains more than retrain' is a finding.")
 
 
-def _figure(f: dict | None) -> str:
+def figure_text(f: dict | None) -> str:
+    """An evidence figure as "value ± 2 noise" (image noise and, for a pooled retrain
+    reference, the spread between its seeds): the reports' and the benchmarks' one format."""
     if not f or f.get("value") is None:
         return "-"
     noise = 2 * ((f.get("se") or 0.0) ** 2 + (f.get("spread") or 0.0) ** 2) ** 0.5
@@ -57,7 +59,7 @@ def evidence_rows(ev: dict, scope: str) -> list[list[str]]:
         f, line = a[scope]["figures"], a[scope].get("verdict") or "-"
         metric = next((x["metric"] for x in f.values() if x and x.get("metric")), "")
         rows.append([a["title"] + (f" ({metric})" if metric else ""),
-                     *(_figure(f.get(k)) for k in ("before (parent)", "after forgetting", "retrain")),
+                     *(figure_text(f.get(k)) for k in ("before (parent)", "after forgetting", "retrain")),
                      line.split(":")[0]])
     return rows
 

@@ -67,8 +67,7 @@ def evidence_section(metrics: dict, retrain: dict | None) -> dict | None:
                 entry[scope] = {
                     "figures": {k: ((m or {}).get(scope) or {}).get(name, {}).get("figure")
                                 for k, m in models.items()},
-                    "verdict": lines.get("after", {}).get(scope, {}).get(name),
-                    "original_verdict": lines.get("original", {}).get(scope, {}).get(name)}
+                    "verdict": lines.get("after", {}).get(scope, {}).get(name)}
         attacks.append(entry)
     seconds = {k: {a: round(s, 2) for a, s in (m or {}).get("seconds", {}).items()}
                for k, m in models.items() if m}
