@@ -47,24 +47,28 @@ def _mia(model, splits, gone: list[int], device) -> float | None:
 
 
 def run_method(cfg, spec: str, base, splits, order: list[int], device, seed: int,
-               retrain_rows: list[dict]) -> list[dict]:
+               retrain_rows: list[dict] | None, split: str = "test") -> list[dict]:
+    """One method's sequence, measured on ``split``; with ``retrain_rows``, the
+    membership-inference AUC and its gap to retrain too (``benchmarks/tune.py`` skips them)."""
     name, shots = parse(spec)
     names = splits["train"].info.class_names
     fcfg = cfg.forget.for_request(shots, name).model_copy(update={"seed": seed})
     model, earlier, rows = base, [], []
     with tempfile.TemporaryDirectory() as work:
         for i, c in enumerate(order, 1):
-            before = evaluate(model, splits["test"], [c], earlier, device=device,
+            before = evaluate(model, splits[split], [c], earlier, device=device,
                               class_names=names)
             t0 = time.perf_counter()
             res = forget_classes(model, splits["train"], splits["val"], [c], fcfg,
                                  Path(work) / f"step-{i}", device, earlier=earlier,
                                  progress=False)
             seconds = time.perf_counter() - t0
-            m = evaluate(res.model, splits["test"], [c], earlier, acc_f_before=before.acc_f,
+            m = evaluate(res.model, splits[split], [c], earlier, acc_f_before=before.acc_f,
                          device=device, class_names=names)
-            auc = _mia(res.model, splits, earlier + [c], device)
-            ref = retrain_rows[i - 1]["mia_auc"]
+            auc = ref = None
+            if retrain_rows is not None:
+                auc = _mia(res.model, splits, earlier + [c], device)
+                ref = retrain_rows[i - 1]["mia_auc"]
             rows.append({"step": i, "acc_f": m.acc_f, "acc_r": m.acc_r, "acc_o": m.acc_o,
                          "h_mean": m.h_mean, "seconds": seconds,
                          "adapter_bytes": res.adapter_bytes, "mia_auc": auc,
