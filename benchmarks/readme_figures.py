@@ -111,7 +111,8 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "stack": "python benchmarks/stack.py --json",
             "evidence": "python benchmarks/evidence.py --retrain-seeds 3 --json",
             "methods": "python benchmarks/sequence.py --methods gs-lora,gs-lora++,gs-lora++:4,"
-                       "finetune,neggrad,retrain --seeds 3 --no-pipeline --json"}
+                       "fg-oriu,finetune,neggrad,retrain --seeds 3 --no-pipeline --json",
+            "tune": "python benchmarks/tune.py --spaces full,4-shot,fg-oriu --seeds 3 --json"}
 
 
 def _load(name: str) -> dict:
@@ -372,11 +373,41 @@ def render_methods() -> str:
             + "\n\n" + "\n".join(f"- {c}" for c in checks) + "\n")
 
 
+def render_tune() -> str:
+    r = _load("tune")
+    out = [f"Measured by `{COMMANDS['tune']}` (`benchmarks/results/tune.json`; "
+           f"{_on(r['machine'])}; {r['seeds']} base models, {r['steps']} one-class requests "
+           f"each, **validation split**; mean over the base models, ± std of the last step's "
+           "Acc_r):"]
+    for name, sp in r["spaces"].items():
+        keys = list(sp["grid"])
+        out += ["", f"`{sp['method']}` (Acc_f bar {100 * sp['acc_f_bar']:.0f} %, Acc_o bar "
+                f"{100 * sp['acc_o_bar']:.0f} %; class draws "
+                + "; ".join(", ".join(o) for o in sp["orders"]) + "):", "",
+                "| " + " | ".join(f"`{k}`" for k in keys) + f" | Acc_r, step {r['steps']} | "
+                "max Acc_f | max Acc_o | adapter KiB | |", "|---" * (len(keys) + 5) + "|"]
+        for row in sp["rows"]:
+            sc = row["score"]
+            mark = ("**chosen**" if row["setting"] == sp["chosen"]
+                    else "" if sc["admissible"] else "over a bar")
+            out.append("| " + " | ".join(str(row["setting"][k]) for k in keys)
+                       + f" | {100 * sc['acc_r_final']:.2f} ± {100 * sc['acc_r_final_std']:.2f} "
+                       f"| {100 * sc['acc_f_max']:.2f} | {100 * sc['acc_o_max']:.2f} "
+                       f"| {sc['adapter_bytes'] / 1024:.1f} | {mark} |")
+        if not sp["chosen_admissible"]:
+            out.append(f"
+No `{sp['method']}` setting met the bars; the chosen one exceeds "
+                       "them least.")
+    return "
+".join(out) + "
+"
+
+
 RENDER = {"demo": render_demo, "repro": render_repro, "quality": render_quality,
           "sequence": render_sequence, "latency": render_latency,
           "scale": lambda: render_quality("scale"), "throughput": render_throughput,
           "registry": render_registry, "stack": render_stack, "evidence": render_evidence,
-          "methods": render_methods}
+          "methods": render_methods, "tune": render_tune}
 
 
 def rendered(text: str) -> str:

@@ -55,7 +55,7 @@ def forget_sequence(cfg, model, splits, steps: list[int], device, work: Path, sh
         before = evaluate(model, test, [c], earlier, device=device, class_names=names)
         t0 = time.perf_counter()  # the forgetting only, as retrain_baseline times its training
         res = forget_classes(model, splits["train"], splits["val"], [c],
-                             cfg.forget.for_request(shots), work / f"{shots or 'full'}-{i}",
+                             cfg.forget.for_request(shots, index=i - 1), work / f"{shots or 'full'}-{i}",
                              device, earlier=earlier, progress=False)
         seconds = time.perf_counter() - t0
         m = evaluate(res.model, test, [c], earlier, acc_f_before=before.acc_f, device=device,

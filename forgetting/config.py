@@ -105,11 +105,33 @@ class PrototypeConfig(_Strict):
                                                     "this many RandAugment views per image")
     kl_direction: Literal["p_to_proto", "proto_to_p"] = Field(
         "p_to_proto", description="KL(p || proto) (ours so far) or KL(proto || p) (authors)")
+    # the authors' continual scripts give each task its own w_f (ForgetConfig.for_request)
+    w_f_per_request: list[float] | None = Field(
+        None, min_length=1, description="w_f of the i-th request of a sequence (the last past "
+                                        "the end), instead of w_f / w_f_fewshot")
 
 
-# what a request may name: GS-LoRA, GS-LoRA++ and the two baselines (ForgetConfig.for_request)
-Method = Literal["gs-lora", "gs-lora++", "finetune", "neggrad"]
-METHODS: tuple[str, ...] = ("gs-lora", "gs-lora++", "finetune", "neggrad")
+class FgOriuConfig(_Strict):
+    """FG-OrIU's terms (forgetting/fg_oriu.py); on for requests of method ``fg-oriu``.
+    Weights: the authors' face script (0.1 and 0.01), kept by benchmarks/tune.py on val."""
+
+    enabled: bool = Field(False, description="set by requests of method fg-oriu "
+                                             "(ForgetConfig.for_request), not by hand")
+    energy: float = Field(0.99, gt=0, le=1, description="share of the features' squared "
+                                                         "singular values a subspace keeps")
+    w_forget: float = Field(0.1, ge=0, description="nuclear norm of forgotten features in "
+                                                   "their old subspace")
+    w_retain: float = Field(0.01, ge=0, description="retained features outside theirs")
+    project_gradients: bool = Field(True, description="LoRA A updates orthogonal to the "
+                                                      "retained inputs of each layer")
+    max_images: int = Field(2048, ge=1, description="images per kind the subspaces are "
+                                                    "computed from (a seeded draw)")
+
+
+# what a request may name: GS-LoRA, GS-LoRA++, FG-OrIU and the two baselines
+# (ForgetConfig.for_request)
+Method = Literal["gs-lora", "gs-lora++", "fg-oriu", "finetune", "neggrad"]
+METHODS: tuple[str, ...] = ("gs-lora", "gs-lora++", "fg-oriu", "finetune", "neggrad")
 
 
 class ForgetConfig(_Strict):
@@ -131,6 +153,9 @@ class ForgetConfig(_Strict):
     min_lr: float = Field(1e-5, ge=0)
     weight_decay: float = Field(0.0, ge=0, description="on the LoRA weights; authors 0.05")
     beta: float = Field(0.2, ge=0, description="weight of the bounded forget loss")
+    beta_per_request: list[float] | None = Field(
+        None, min_length=1, description="beta of the i-th request of a sequence (the last past "
+                                        "the end); the authors' continual scripts set one per task")
     bound: float | None = Field(
         15.0, gt=0, description="BND: forget loss stops once CE exceeds it; null: no bound, "
                                 "plain gradient ascent (the neggrad baseline)")
@@ -166,22 +191,37 @@ class ForgetConfig(_Strict):
     dropout: float | None = Field(None, ge=0, lt=1, description="ViT dropout while "
                                   "forgetting; null: the model's own (0 here); authors 0.1")
     prototypes: PrototypeConfig = PrototypeConfig()
+    fg_oriu: FgOriuConfig = FgOriuConfig()
     seed: int = 0
 
-    def for_request(self, shots: int | None, method: str = "gs-lora++") -> ForgetConfig:
-        """This config for one request: its k-shot setting and its method (``METHODS``).
+    def for_request(self, shots: int | None, method: str = "gs-lora++", index: int = 0
+                    ) -> ForgetConfig:
+        """This config for one request: its k-shot setting, its method (``METHODS``) and its
+        place in the sequence (``index``: 0 for the first request on the base model), which
+        picks from ``beta_per_request`` / ``prototypes.w_f_per_request`` when they are set.
 
         The two baselines every unlearning paper reports run through the same LoRA training,
         adapter format and epoch selection, so they differ from GS-LoRA in the objective only:
         ``finetune`` trains on the retained images alone (no forget term, no group sparsity);
         ``neggrad`` (NegGrad+) adds plain gradient ascent on the forgotten images, CE_r - beta
-        * CE_f, with no bound. Neither gets the earlier-forgotten guard or prototypes."""
+        * CE_f, with no bound. Neither gets the earlier-forgotten guard or prototypes.
+        ``fg-oriu`` is GS-LoRA's objective (no prototypes) plus FG-OrIU's feature terms and
+        gradient projection (``fg_oriu``)."""
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         cfg = self.model_copy(update={"shots": shots})
+        if self.beta_per_request:
+            cfg = cfg.model_copy(update={"beta": _nth(self.beta_per_request, index)})
+        if self.prototypes.w_f_per_request:
+            w = _nth(self.prototypes.w_f_per_request, index)
+            cfg = cfg.model_copy(update={"prototypes": cfg.prototypes.model_copy(
+                update={"w_f": w, "w_f_fewshot": w})})
         if method != "gs-lora++":
             cfg = cfg.model_copy(update={"prototypes": cfg.prototypes.model_copy(
                 update={"enabled": False})})
+        if method == "fg-oriu":
+            cfg = cfg.model_copy(update={"fg_oriu": cfg.fg_oriu.model_copy(
+                update={"enabled": True})})
         if method in ("finetune", "neggrad"):
             cfg = cfg.model_copy(update={"alpha": 0.0, "beta_earlier": 0.0})
         if method == "finetune":
@@ -189,6 +229,12 @@ class ForgetConfig(_Strict):
         if method == "neggrad":
             cfg = cfg.model_copy(update={"bound": None})
         return cfg
+
+
+def _nth(values: list[float], index: int) -> float:
+    if index < 0:
+        raise ValueError(f"request index must be >= 0, got {index}")
+    return values[min(index, len(values) - 1)]
 
 
 class GateConfig(_Strict):
@@ -259,11 +305,14 @@ class WorkspaceConfig(_Strict):
 # `profile: authors`: the authors' public code (bjzhb666/GS-LoRA, a92fb97) where it differs
 # from our defaults in kind, not in tuned value. Their BND / beta / alpha / lr values are not
 # copied: they are tuned for a CosFace s=64 Face Transformer on CASIA-100 (a CE of 105-110),
-# a scale our heads do not share.
+# a scale our heads do not share. The per-request beta / w_f lists are the pattern of their
+# continual few-shot script (scripts/run_cl_forget.sh: 0.3 0.4 0.28 0.2 and 0.015 0.06 0.025
+# 0.012; the KL values transfer, being scale-free, the betas as its shape).
 AUTHORS_PROFILE = {"forget": {
     "lora_alpha": 1.0, "weight_decay": 0.05, "ema_update": "epoch", "forget_margin": True,
-    "later_a_init": "authors", "dropout": 0.1,
-    "prototypes": {"kl_direction": "proto_to_p", "w_r": 0.0, "augment_views": 4}}}
+    "later_a_init": "authors", "dropout": 0.1, "beta_per_request": [0.3, 0.4, 0.28, 0.2],
+    "prototypes": {"kl_direction": "proto_to_p", "w_r": 0.0, "augment_views": 4,
+                   "w_f_per_request": [0.015, 0.06, 0.025, 0.012]}}}
 
 
 class Config(_Strict):

@@ -5,6 +5,7 @@ Per step, with a retained batch (x_r, y_r) and a forgotten batch (x_f, y_f):
 plus, when earlier requests' classes still have images (not purged), a batch (x_o, y_o) of them
 under a bounded term of its own, beta_earlier * ReLU(BND_o - CE(x_o, y_o)): it is zero while
 they stay forgotten and pushes back only if this request's LoRA starts to revive them.
+Method ``fg-oriu`` adds FG-OrIU's feature terms and gradient projection (forgetting/fg_oriu.py).
 The epoch kept is the one with the best H-Mean on the *validation* split (raw or EMA weights,
 whichever is better, recorded); groups under the norm threshold are then dropped, the rest
 saved in PEFT's format, and the returned model is base + that stored adapter, so what is
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,15 @@ from .config import ForgetConfig
 from .data import DataError
 from .datasets import request_data
 from .evaluate import Metrics, evaluate
+from .fg_oriu import (
+    Subspaces,
+    forward_losses,
+    lora_a_weights,
+    project_gradients,
+    project_step,
+    subspaces,
+    taps,
+)
 from .lora import (
     adapter_bytes,
     add_lora,
@@ -67,6 +78,8 @@ class ForgetResult:
     adapter_bytes: int
     model_bytes: int
     history: list[dict] = field(default_factory=list)
+    # fg-oriu: each subspace's rank per block (forgetting/fg_oriu.py)
+    subspace_dims: dict[str, list[int]] | None = None
 
 
 def _cycle(loader):
@@ -76,16 +89,17 @@ def _cycle(loader):
 
 def step_losses(base: Classifier, backbone: torch.nn.Module, groups, retained: tuple,
                 forgotten: tuple, earlier: tuple | None, protos: Prototypes | None,
-                cfg: ForgetConfig, alpha: float, w_f: float, device: torch.device
-                ) -> dict[str, torch.Tensor]:
+                cfg: ForgetConfig, alpha: float, w_f: float, device: torch.device,
+                sub: Subspaces | None = None) -> dict[str, torch.Tensor]:
     """The GS-LoRA(++) objective on one batch of (images, labels) per kind (method.md):
-    retained CE + bounded forget loss + group sparsity (+ earlier-forgotten, + prototypes).
-    ``backbone``: ``base.backbone``, possibly compiled."""
+    retained CE + bounded forget loss + group sparsity (+ earlier-forgotten, + prototypes,
+    + FG-OrIU's feature terms with ``sub``). ``backbone``: ``base.backbone``, possibly
+    compiled (not with ``sub``: its hooks need the eager module)."""
     (x_r, y_r), (x_f, y_f) = retained, forgotten
     x_o, y_o = earlier if earlier is not None else (x_f[:0], y_f[:0])
     x = to_device(torch.cat([x_r, x_f, x_o]), device)
     y_r, y_f, y_o = (y.to(device, non_blocking=True) for y in (y_r, y_f, y_o))
-    with autocast(device):
+    with autocast(device), taps(backbone) if sub is not None else nullcontext() as got:
         feats = backbone(x)
     feats = feats.float()  # the losses and the head in float32
     n_r, n_f = len(y_r), len(y_r) + len(y_f)
@@ -107,8 +121,13 @@ def step_losses(base: Classifier, backbone: torch.nn.Module, groups, retained: t
                              w_f, cfg.prototypes.w_r, cfg.prototypes.bound,
                              cfg.prototypes.kl_direction)
         loss = loss + pro
+    orth = torch.zeros((), device=device)
+    if sub is not None:
+        lf, lr = forward_losses(got["out"], n_r, n_f, sub)
+        orth = cfg.fg_oriu.w_forget * lf + cfg.fg_oriu.w_retain * lr
+        loss = loss + orth
     return {"loss": loss, "ce_r": ce_r, "ce_f": ce_f, "ce_o": ce_o, "structure": structure,
-            "pro": pro}
+            "pro": pro, "orth": orth}
 
 
 def forget_classes(
@@ -148,6 +167,11 @@ def forget_classes(
         protos = request_prototypes(model, train_f, train_r, model.num_classes, device,
                                     cfg.prototypes, cfg.shots is not None, cfg.seed).to(device)
 
+    sub: Subspaces | None = None
+    if cfg.fg_oriu.enabled:
+        sub = subspaces(model, train_f, train_r, train_o, cfg.fg_oriu.energy,
+                        cfg.fg_oriu.max_images, device, cfg.seed).to(device)
+
     # seeded right before the LoRA init, so the draw does not depend on what ran before
     # (whether the prototypes were passed in or computed above, how many evaluations ran)
     torch.manual_seed(cfg.seed)
@@ -166,7 +190,7 @@ def forget_classes(
     load_o = (None if train_o is None
               else _cycle(seeded_loader(train_o, cfg.earlier_batch_size, cfg.seed + 2,
                                         device=device)))
-    backbone = compiled(base.backbone)
+    backbone = base.backbone if sub is not None else compiled(base.backbone)
     steps_per_epoch = max(len(load_r), cfg.min_steps_per_epoch)
     if cfg.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -183,14 +207,20 @@ def forget_classes(
         alpha = cfg.alpha if epoch >= cfg.alpha_warmup_epochs else 0.0
         # summed on the device and read once per epoch: no host sync inside the step loop
         sums = {k: torch.zeros((), dtype=torch.float64, device=device)
-                for k in ("loss", "ce_r", "ce_f", "ce_o", "structure", "pro")}
+                for k in ("loss", "ce_r", "ce_f", "ce_o", "structure", "pro", "orth")}
         for _ in range(steps_per_epoch):
             earlier_batch = next(load_o) if load_o is not None else None
             losses = step_losses(base, backbone, groups, next(load_r), next(load_f), earlier_batch,
-                                 protos, cfg, alpha, w_f, device)
+                                 protos, cfg, alpha, w_f, device, sub)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
+            project = sub is not None and cfg.fg_oriu.project_gradients
+            if project:
+                project_gradients(peft_model, sub)
+                before = lora_a_weights(peft_model)
             opt.step()
+            if project:
+                project_step(peft_model, before, sub)
             step += 1
             sched.step_update(step)
             if cfg.ema_update == "step":
@@ -234,7 +264,7 @@ def forget_classes(
         val_before=val_before, train_seconds=time.perf_counter() - t0,
         trainable_params=trainable, total_params=total,
         adapter_bytes=adapter_bytes(adapter_dir), model_bytes=model_bytes(model),
-        history=history,
+        history=history, subspace_dims=sub.dims() if sub is not None else None,
     )
 
 

@@ -58,7 +58,7 @@ def library_demo(
         out = adapters / f"adapter-{i}"
         before = evaluate(model, sp["test"], idx, earlier, device=dev, class_names=info.class_names)
         fr = forget_classes(model, sp["train"], sp["val"], idx,
-                            cfg.forget.for_request(shots, r.method), out, dev,
+                            cfg.forget.for_request(shots, r.method, i - 1), out, dev,
                             earlier=earlier)
         m = evaluate(fr.model, sp["test"], idx, earlier, acc_f_before=before.acc_f, device=dev,
                      class_names=info.class_names)

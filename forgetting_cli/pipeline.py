@@ -136,8 +136,9 @@ def request_add(
     classes: Annotated[list[str] | None, typer.Argument(help="classes to forget")] = None,
     shots: Annotated[int | None, typer.Option(help="k images per class (GS-LoRA++ few-shot)")] = None,
     method: Annotated[str, typer.Option(
-        help="gs-lora, gs-lora++, or a baseline: finetune (retained data only), neggrad "
-             "(NegGrad+: gradient ascent on the forgotten images)")] = "gs-lora++",
+        help="gs-lora, gs-lora++, fg-oriu (feature-gradient orthogonality), or a baseline: "
+             "finetune (retained data only), neggrad (NegGrad+: gradient ascent on the "
+             "forgotten images)")] = "gs-lora++",
     reason: str = "",
     requester: str = "cli",
     file: Annotated[Path | None, typer.Option(help="a YAML/JSON request file instead")] = None,

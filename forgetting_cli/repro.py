@@ -107,13 +107,13 @@ def forget(params: Params = Path("params.yaml"), out: Out = Path("data/repro")) 
     shutil.rmtree(tmp_root, ignore_errors=True)  # this stage's own scratch
     tmp_root.mkdir(parents=True)
     forgotten: list[str] = []  # by the model the next request builds on
-    parent_step = 0
+    parent_step, depth = 0, 0  # depth: the adapters below the model the next step builds on
     steps, curves = [], []
     for i, r in enumerate(cfg.requests, 1):
         forget_idx = validate_request(names, r.classes, forgotten)
         earlier = [names.index(n) for n in forgotten]
         res = forget_classes(model, sp["train"], sp["val"], forget_idx,
-                             cfg.forget.for_request(r.shots, r.method), tmp_root / f"step-{i}",
+                             cfg.forget.for_request(r.shots, r.method, depth), tmp_root / f"step-{i}",
                              dev, earlier=earlier, adapter_meta={"step": i})
         metrics = compare(model, res.model, sp["test"], forget_idx, earlier, dev, tuple(names))
         gate = gate_verdict(metrics, cfg.gates, forgotten + r.classes)
@@ -129,6 +129,7 @@ def forget(params: Params = Path("params.yaml"), out: Out = Path("data/repro")) 
                    f"{res.train_seconds:.0f}s, gate {gate or 'passed'}")
         if gate is None:
             model, forgotten, parent_step = res.model, forgotten + r.classes, i
+            depth += 1
     write_json_atomic(tmp_root / "steps.json", steps)
     if adapters.exists():  # this stage's own output: DVC removes it before a run anyway
         shutil.rmtree(adapters)

@@ -154,7 +154,7 @@ def stored_training(ws: Workspace, request_id: str) -> dict | None:
 @task(cache_policy=NO_CACHE)
 def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int],
                   earlier: list[int], shots: int | None, method: str,
-                  prototypes_path: str | None) -> dict:
+                  prototypes_path: str | None, index: int = 0) -> dict:
     """Train and store ``data/adapters/<request>`` with its training summary in one rename, so
     "already trained" is read from the DVC-tracked folder itself: a retried run keeps it
     (and its sha256, which may already be registered) even when the scratch dir is gone."""
@@ -165,7 +165,7 @@ def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int]
         return stored
     cfg = ws.config()
     dev = setup_runtime(cfg)
-    fcfg = cfg.forget.for_request(shots, method)
+    fcfg = cfg.forget.for_request(shots, method, index)
     model, _, _ = load_checkpoint(checkpoint)
     sp = workspace_splits(ws)
     protos = Prototypes.load(prototypes_path) if prototypes_path else None
@@ -179,7 +179,8 @@ def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int]
                "selected_weights": res.selected_weights, "train_seconds": res.train_seconds,
                "trainable_params": res.trainable_params, "total_params": res.total_params,
                "adapter_bytes": res.adapter_bytes, "model_bytes": res.model_bytes,
-               "val": res.val.as_dict(), "history": res.history}
+               "val": res.val.as_dict(), "history": res.history,
+               "subspace_dims": res.subspace_dims}
     write_json_atomic(staging / TRAINING_SUMMARY, summary)
     fsync_tree(staging)
     out.parent.mkdir(parents=True, exist_ok=True)

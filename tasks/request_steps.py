@@ -67,6 +67,8 @@ def start_request(root: str, request_id: str) -> dict:
             "earlier": [info.class_index(n) for n in earlier_names],
             "earlier_names": earlier_names, "classes": req.classes, "shots": req.shots,
             "method": req.method, "dataset_version": info.content_hash,
+            # the adapters below the parent: the request's place in the sequence
+            "index": len(registry.chain(c, parent)) - 1,
             "image_shape": list(input_shape(ws.config().model))}
 
 
@@ -98,6 +100,7 @@ def log_run(root: str, request_id: str, plan: dict, summary: dict,
                           "storing the parts of earlier versions")
     params = {"classes": json.dumps(plan["classes"]), "shots": plan["shots"],
               "method": plan["method"], "parent_version": plan["parent"],
+              "request_index": plan["index"],
               "dataset_version": plan["dataset_version"],
               **{f"forget.{k}": v for k, v in cfg.forget.model_dump().items()}}
     work = ws.work_dir(request_id)

@@ -150,6 +150,10 @@ def test_profile_authors_sets_every_deviation(tmp_path):
     assert (f.lora_alpha, f.weight_decay, f.ema_update, f.forget_margin, f.later_a_init,
             f.dropout, f.prototypes.kl_direction, f.prototypes.augment_views) == (
         1.0, 0.05, "epoch", True, "authors", 0.1, "proto_to_p", 4)
+    changed_pro = {k for k, v in authors.forget.prototypes.model_dump().items()
+                   if v != ours.forget.prototypes.model_dump()[k]}
+    assert changed_pro <= set(AUTHORS_PROFILE["forget"]["prototypes"])
+    assert changed_pro >= {"kl_direction", "augment_views", "w_f_per_request"}
     # one line in params.yaml, over values written out in full
     p = tmp_path / "params.yaml"
     p.write_text("profile: authors\nforget:\n  lora_alpha: 8.0\n  ema_update: step\n")
@@ -178,6 +182,22 @@ def _digits_model():
     torch.manual_seed(0)
     return create_model(ModelConfig(embed_dim=32, depth=2, num_heads=2, image_size=16,
                                     patch_size=4), 10)
+
+
+def test_per_request_beta_and_w_f_lists():
+    cfg = ForgetConfig(beta_per_request=[0.3, 0.4], prototypes={"w_f_per_request": [0.015, 0.06]})
+    picked = [(c.beta, c.prototypes.w_f, c.prototypes.w_f_fewshot) for c in
+              (cfg.for_request(None, index=i) for i in range(3))]
+    # the i-th request takes entry i, and the last one past the end; for k-shot requests too
+    assert picked == [(0.3, 0.015, 0.015), (0.4, 0.06, 0.06), (0.4, 0.06, 0.06)]
+    assert cfg.for_request(4, index=1).prototypes.w_f_fewshot == 0.06
+    plain = ForgetConfig()
+    assert plain.for_request(None, index=3).beta == plain.beta  # unset: one value for all
+    with pytest.raises(ValueError, match="index"):
+        cfg.for_request(None, index=-1)
+    authors = Config(profile="authors").forget
+    assert authors.beta_per_request == [0.3, 0.4, 0.28, 0.2]
+    assert authors.prototypes.w_f_per_request == [0.015, 0.06, 0.025, 0.012]
 
 
 def test_baselines_are_objectives_on_the_same_training():

@@ -45,7 +45,8 @@ def _set_params(ws, **sections) -> None:
 
 @pytest.fixture(scope="module")
 def processed(prefect_api, tmp_path_factory):
-    """req-0001 (digit_0, digit_1, full data) passes the gates; req-0002 (digit_7, 4 shots) is
+    """req-0001 (digit_0, digit_1, full data, FG-OrIU) passes the gates; req-0002 (digit_7,
+    4 shots, GS-LoRA++) is
     processed with ``max_class_drop: 0`` (the mean gates wide open), so the worst retained
     class it damages fails it. Afterwards the gates are open again and the retrain reference
     off, for the tests that queue more requests."""
@@ -61,7 +62,8 @@ def processed(prefect_api, tmp_path_factory):
     ws = Workspace.at(root)
     ingest_flow(str(root))
     assert pretrain_flow(str(root)) == 1
-    r1 = _cli("request", "add", "digit_0", "digit_1", "--reason", "asked", "--root", str(root))
+    r1 = _cli("request", "add", "digit_0", "digit_1", "--method", "fg-oriu", "--reason", "asked",
+              "--root", str(root))
     assert r1.exit_code == 0, r1.output
     out1 = process_requests_flow(str(root))
     _set_params(ws, gates={"max_class_drop": 0.0})
@@ -92,6 +94,9 @@ def test_requests_are_processed_in_order_registered_and_versioned(processed):
     assert st["model"] == "forgetting-vit" and st["tracking_uri"].startswith("sqlite:///")
     reqs = {r["id"]: r for r in st["requests"]}
     assert reqs["req-0001"]["acc_f"] <= 0.1 and reqs["req-0001"]["parent_version"] == 1
+    assert (reqs["req-0001"]["method"], reqs["req-0002"]["method"]) == ("fg-oriu", "gs-lora++")
+    summary = json.loads((ws.adapter_dir("req-0001") / "training.json").read_text())
+    assert len(summary["subspace_dims"]["fc1"]) == TINY["model"]["depth"]
     assert reqs["req-0002"]["parent_version"] == 2
     assert (st["production_version"], st["candidate_version"]) == (2, 3)
     # DVC: data, base model, adapters and ledger tracked, pushed, nothing dirty
