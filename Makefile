@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint lock bench bench-seq figures clean
+.PHONY: demo test test-fast lint lock bench bench-seq bench-methods tune figures clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,13 @@ bench: $(STAMP)
 
 bench-seq: $(STAMP)
 	$(PY) benchmarks/sequence.py
+
+# defaults are chosen on the validation split (about 50 min), then measured once on test
+tune: $(STAMP)
+	$(PY) benchmarks/tune.py --spaces full,4-shot,fg-oriu --seeds 3
+
+bench-methods: $(STAMP)
+	$(PY) benchmarks/sequence.py --methods gs-lora,gs-lora++,gs-lora++:4,fg-oriu,finetune,neggrad,retrain --seeds 3 --no-pipeline
 
 figures: $(STAMP)
 	$(PY) benchmarks/readme_figures.py --run

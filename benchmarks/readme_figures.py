@@ -285,8 +285,9 @@ def render_stack() -> str:
             f"({r['parallel_speedup']:.2f}x) on {r['cpus']} cores.\n")
 
 
-EVIDENCE_MODELS = (("gs-lora++", "GS-LoRA++"), ("retrain", "retrain"),
-                   ("original", "original"), ("head_only", "head-only"))
+LABELS = {"gs-lora++": "GS-LoRA++", "gs-lora": "GS-LoRA", "fg-oriu": "FG-OrIU",
+          "finetune": "fine-tune", "neggrad": "NegGrad+", "retrain": "retrain",
+          "original": "original", "head_only": "head-only"}
 
 
 def render_evidence() -> str:
@@ -295,23 +296,26 @@ def render_evidence() -> str:
 
     r = _load("evidence")
     last, n = r["steps"][-1], len(r["steps"])
-    head = "| attack | " + " | ".join(label for _, label in EVIDENCE_MODELS) + " | verdict |"
-    rows = [head, "|---" * (len(EVIDENCE_MODELS) + 2) + "|"]
+    methods = r.get("methods", ["gs-lora++"])
+    cols = [*methods, "retrain", "original", "head_only"]
+    first = methods[0]
+    head = ("| attack | " + " | ".join(LABELS[m] for m in cols) + " | "
+            + " | ".join(f"verdict ({LABELS[m]})" for m in methods) + " |")
+    rows = [head, "|---" * (len(cols) + len(methods) + 1) + "|"]
     for a, title in TITLES.items():
-        if a not in last["figures"]["gs-lora++"]["so_far"]:
+        if a not in last["figures"][first]["so_far"]:
             continue
-        metric = last["figures"]["gs-lora++"]["so_far"][a].get("metric")
+        metric = last["figures"][first]["so_far"][a].get("metric")
         rows.append(f"| {title}{f' ({metric})' if metric else ''} | "
-                    + " | ".join(figure_text(last["figures"][m]["so_far"].get(a))
-                                 for m, _ in EVIDENCE_MODELS)
-                    + f" | {last['verdicts']['gs-lora++']['so_far'][a].split(':')[0]} |")
-    counts = ["| attack (one step's class) | " + " | ".join(
-        label for m, label in EVIDENCE_MODELS if m != "retrain") + " |", "|---" * 4 + "|"]
+                    + " | ".join(figure_text(last["figures"][m]["so_far"].get(a)) for m in cols)
+                    + " | " + " | ".join(last["verdicts"][m]["so_far"][a].split(":")[0]
+                                         for m in methods) + " |")
+    counted = [m for m in cols if m != "retrain"]
+    counts = ["| attack (one step's class) | " + " | ".join(LABELS[m] for m in counted) + " |",
+              "|---" * (len(counted) + 1) + "|"]
     for a, title in TITLES.items():
         cells = []
-        for m, _ in EVIDENCE_MODELS:
-            if m == "retrain":
-                continue
+        for m in counted:
             v = r["summary"][m]["now"].get(a)
             cells.append("-" if v is None else f"{v['indistinguishable']} / {v['retains_more']}"
                          f" / {v['below']}")
@@ -319,7 +323,8 @@ def render_evidence() -> str:
     s = r["attack_seconds_per_model"]
     return (f"Measured by `{COMMANDS['evidence']}` (`benchmarks/results/evidence.json`; "
             f"{_on(r['machine'])}; the digits model of `params.yaml`, one class forgotten per "
-            f"step, GS-LoRA++ on full data; retrain reference: {r['retrain_seeds']} seeds per "
+            f"step, {' and '.join(LABELS[m] for m in methods)} on full data; retrain "
+            f"reference: {r['retrain_seeds']} seeds per "
             f"step, pooled; ± is twice the noise: images resampled, plus the spread between "
             f"retrain seeds for the retrain column and the verdict).\n\n"
             f"After {n} requests, on all {n} forgotten classes:\n\n" + "\n".join(rows)
@@ -327,7 +332,8 @@ def render_evidence() -> str:
             f"membership figure there is the AUC): steps whose verdict was indistinguishable / "
             f"retains more / below retrain, out of {n}:\n\n" + "\n".join(counts)
             + f"\n\nCost: {', '.join(f'{k} {v:.2f} s' for k, v in s.items())} per model; "
-            f"{r['attacks_seconds_per_request']:.1f} s per request for the three models; the "
+            f"{r['attacks_seconds_per_request']:.1f} s per request for the three models (parent, "
+            f"candidate, retrain); the "
             f"{r['reference_models']} membership reference models ({r['reference_epochs']} "
             f"epochs on half the images) {r['reference_models_seconds']:.0f} s once per "
             f"dataset version.\n")
@@ -379,7 +385,7 @@ def render_tune() -> str:
            f"{_on(r['machine'])}; {r['seeds']} base models, {r['steps']} one-class requests "
            f"each, **validation split**; mean over the base models, ± std of the last step's "
            "Acc_r):"]
-    for name, sp in r["spaces"].items():
+    for sp in r["spaces"].values():
         keys = list(sp["grid"])
         out += ["", f"`{sp['method']}` (Acc_f bar {100 * sp['acc_f_bar']:.0f} %, Acc_o bar "
                 f"{100 * sp['acc_o_bar']:.0f} %; class draws "
@@ -395,12 +401,9 @@ def render_tune() -> str:
                        f"| {100 * sc['acc_f_max']:.2f} | {100 * sc['acc_o_max']:.2f} "
                        f"| {sc['adapter_bytes'] / 1024:.1f} | {mark} |")
         if not sp["chosen_admissible"]:
-            out.append(f"
-No `{sp['method']}` setting met the bars; the chosen one exceeds "
+            out.append(f"\nNo `{sp['method']}` setting met the bars; the chosen one exceeds "
                        "them least.")
-    return "
-".join(out) + "
-"
+    return "\n".join(out) + "\n"
 
 
 RENDER = {"demo": render_demo, "repro": render_repro, "quality": render_quality,

@@ -104,7 +104,10 @@ class PrototypeConfig(_Strict):
     augment_views: int = Field(0, ge=0, description="k-shot requests: prototypes also over "
                                                     "this many RandAugment views per image")
     kl_direction: Literal["p_to_proto", "proto_to_p"] = Field(
-        "p_to_proto", description="KL(p || proto) (ours so far) or KL(proto || p) (authors)")
+        "p_to_proto", description="full-data requests: KL(p || proto) (ours) or "
+                                  "KL(proto || p) (authors)")
+    kl_direction_fewshot: Literal["p_to_proto", "proto_to_p"] = Field(
+        "p_to_proto", description="k-shot requests")
     # the authors' continual scripts give each task its own w_f (ForgetConfig.for_request)
     w_f_per_request: list[float] | None = Field(
         None, min_length=1, description="w_f of the i-th request of a sequence (the last past "
@@ -311,7 +314,8 @@ class WorkspaceConfig(_Strict):
 AUTHORS_PROFILE = {"forget": {
     "lora_alpha": 1.0, "weight_decay": 0.05, "ema_update": "epoch", "forget_margin": True,
     "later_a_init": "authors", "dropout": 0.1, "beta_per_request": [0.3, 0.4, 0.28, 0.2],
-    "prototypes": {"kl_direction": "proto_to_p", "w_r": 0.0, "augment_views": 4,
+    "prototypes": {"kl_direction": "proto_to_p", "kl_direction_fewshot": "proto_to_p",
+                   "w_r": 0.0, "augment_views": 4,
                    "w_f_per_request": [0.015, 0.06, 0.025, 0.012]}}}
 
 

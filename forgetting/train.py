@@ -116,10 +116,12 @@ def step_losses(base: Classifier, backbone: torch.nn.Module, groups, retained: t
         loss = loss + cfg.beta_earlier * bounded_forget_loss(ce_o, cfg.bound_earlier)
     pro = torch.zeros((), device=device)
     if protos is not None:
+        kl_direction = (cfg.prototypes.kl_direction if cfg.shots is None
+                        else cfg.prototypes.kl_direction_fewshot)
         v_r, v_f = (f_r, f_f) if protos.source == "embedding" else (logits_r, logits_f)
         pro = prototype_loss(v_f, protos.vectors[y_f], v_r, protos.vectors[y_r],
                              w_f, cfg.prototypes.w_r, cfg.prototypes.bound,
-                             cfg.prototypes.kl_direction)
+                             kl_direction)
         loss = loss + pro
     orth = torch.zeros((), device=device)
     if sub is not None:

@@ -154,6 +154,7 @@ def test_profile_authors_sets_every_deviation(tmp_path):
                    if v != ours.forget.prototypes.model_dump()[k]}
     assert changed_pro <= set(AUTHORS_PROFILE["forget"]["prototypes"])
     assert changed_pro >= {"kl_direction", "augment_views", "w_f_per_request"}
+    assert authors.forget.prototypes.kl_direction_fewshot == "proto_to_p"
     # one line in params.yaml, over values written out in full
     p = tmp_path / "params.yaml"
     p.write_text("profile: authors\nforget:\n  lora_alpha: 8.0\n  ema_update: step\n")
