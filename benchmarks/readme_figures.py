@@ -111,8 +111,9 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "stack": "python benchmarks/stack.py --json",
             "evidence": "python benchmarks/evidence.py --retrain-seeds 3 --json",
             "methods": "python benchmarks/sequence.py --methods gs-lora,gs-lora++,gs-lora++:4,"
-                       "fg-oriu,finetune,neggrad,retrain --seeds 3 --no-pipeline --json",
-            "tune": "python benchmarks/tune.py --spaces full,4-shot,fg-oriu --seeds 3 --json"}
+                       "fg-oriu,finetune,neggrad,retrain --seeds 3 --no-pipeline --config params.yaml --json",
+            "tune": "python benchmarks/tune.py --spaces full,4-shot,fg-oriu --seeds 3 --config params.yaml "
+                    "--json"}
 
 
 def _load(name: str) -> dict:
