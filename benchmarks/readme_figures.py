@@ -112,6 +112,8 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "evidence": "python benchmarks/evidence.py --retrain-seeds 3 --json",
             "methods": "python benchmarks/sequence.py --methods gs-lora,gs-lora++,gs-lora++:4,"
                        "fg-oriu,finetune,neggrad,retrain --seeds 3 --no-pipeline --config params.yaml --json",
+            "authors": "python benchmarks/sequence.py --methods gs-lora++@authors,"
+                       "gs-lora++:4@authors --seeds 3 --no-pipeline --config params.yaml --json",
             "tune": "python benchmarks/tune.py --spaces full,4-shot,fg-oriu --seeds 3 --config params.yaml "
                     "--json"}
 
@@ -380,6 +382,33 @@ def render_methods() -> str:
             + "\n\n" + "\n".join(f"- {c}" for c in checks) + "\n")
 
 
+def render_authors() -> str:
+    """Our defaults against ``profile: authors`` on the methods table's sequences."""
+    r, ours = _load("authors"), _load("methods")
+    assert r["orders"] == ours["orders"], "authors.json and methods.json: other sequences"
+    n = r["steps"]
+    rows = [f"| requests | Acc_r, step {n}: ours | authors' profile | ours − authors "
+            "| max Acc_f: ours | authors' | Acc_o, step " + str(n) + ": ours | authors' |",
+            "|---" * 8 + "|"]
+    for spec in r["methods"]:
+        mine = ours["table"][spec.removesuffix("@authors")]
+        theirs = r["table"][spec]
+        diffs = [a[-1]["acc_r"] - b[-1]["acc_r"] for a, b in zip(
+            ours["runs"][spec.removesuffix("@authors")], r["runs"][spec], strict=True)]
+        gap = {"mean": float(sum(diffs) / len(diffs)),
+               "std": float((sum((d - sum(diffs) / len(diffs)) ** 2 for d in diffs)
+                             / max(len(diffs) - 1, 1)) ** 0.5)}
+        label = "4-shot" if ":4" in spec else "full data"
+        rows.append(f"| {label} | {_ms(mine[-1]['acc_r'])} | {_ms(theirs[-1]['acc_r'])} "
+                    f"| {_ms(gap)} | {100 * max(s['acc_f']['mean'] for s in mine):.2f} "
+                    f"| {100 * max(s['acc_f']['mean'] for s in theirs):.2f} "
+                    f"| {_ms(mine[-1]['acc_o'])} | {_ms(theirs[-1]['acc_o'])} |")
+    return (f"Measured by `{COMMANDS['authors']}` (`benchmarks/results/authors.json`; "
+            f"{_on(r['machine'])}; the methods table's {r['seeds']} base models and "
+            f"sequences, test split; ours − authors is the mean ± std over the base models of "
+            f"the paired difference):\n\n" + "\n".join(rows) + "\n")
+
+
 def render_tune() -> str:
     r = _load("tune")
     out = [f"Measured by `{COMMANDS['tune']}` (`benchmarks/results/tune.json`; "
@@ -411,7 +440,7 @@ RENDER = {"demo": render_demo, "repro": render_repro, "quality": render_quality,
           "sequence": render_sequence, "latency": render_latency,
           "scale": lambda: render_quality("scale"), "throughput": render_throughput,
           "registry": render_registry, "stack": render_stack, "evidence": render_evidence,
-          "methods": render_methods, "tune": render_tune}
+          "methods": render_methods, "tune": render_tune, "authors": render_authors}
 
 
 def rendered(text: str) -> str:
