@@ -40,7 +40,7 @@ bench: $(STAMP)
 bench-seq: $(STAMP)
 	$(PY) benchmarks/sequence.py
 
-# defaults are chosen on the validation split (about 50 min), then measured once on test
+# defaults are chosen on the validation split (about 30 min on 2 cores), then measured once on test
 tune: $(STAMP)
 	$(PY) benchmarks/tune.py --spaces full,4-shot,fg-oriu --seeds 3
 
