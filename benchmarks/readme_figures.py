@@ -110,7 +110,7 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "scale": "python benchmarks/scale.py --json",
             "latency": "python benchmarks/cli_latency.py --root DEMO_FOLDER --json",
             "stack": "python benchmarks/stack.py --json",
-            "evidence": "python benchmarks/evidence.py --retrain-seeds 3 --json",
+            "evidence": "python benchmarks/evidence.py --retrain-seeds 3 --methods gs-lora++,fg-oriu --json",
             "methods": "python benchmarks/sequence.py --methods gs-lora,gs-lora++,gs-lora++:4,"
                        "fg-oriu,finetune,neggrad,retrain --seeds 3 --no-pipeline --config params.yaml --json",
             "authors": "python benchmarks/sequence.py --methods gs-lora++@authors,"
