@@ -154,13 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--retrain-seeds", type=int, default=2,
                     help="retrain references per step (2+: their spread joins the noise)")
-    ap.add_argument("--methods", default="gs-lora++", help="comma-separated (METHODS)")
+    ap.add_argument("--methods", default="gs-lora++", help="comma-separated (forgetting.methods)")
     args, cfg, device, _, splits = sequence_setup(ap, argv)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    from forgetting.config import METHODS
+    from forgetting.methods import names as method_names
 
-    if not methods or any(m not in METHODS for m in methods):
-        ap.error(f"--methods: choose from {', '.join(METHODS)}")
+    if not methods or any(m not in method_names() for m in methods):
+        ap.error(f"--methods: choose from {', '.join(method_names())}")
     base, _, _ = base_model(cfg, Path(args.cache), splits, device)
     result = {"device": str(device), "threads": torch.get_num_threads(),
               **run(cfg, splits, base, device, list(range(args.steps)), args.retrain_seeds,

@@ -165,13 +165,15 @@ def print_table(r: dict) -> None:
 
 def supported(specs: list[str]) -> list[str]:
     """The specs this build can run; a clear error for the others."""
-    from forgetting.config import METHODS
+    from forgetting.methods import names
 
-    bad = [s for s in specs if s != "retrain" and (parse(s)[0] not in METHODS or (
+    known = names()
+
+    bad = [s for s in specs if s != "retrain" and (parse(s)[0] not in known or (
         "@" in s and not s.endswith("@authors")))]
     if bad:
         raise SystemExit(f"unknown method(s) {', '.join(bad)}: choose from "
-                         f"{', '.join((*METHODS, 'retrain'))}; add :k for k shots, @authors for "
+                         f"{', '.join((*known, 'retrain'))}; add :k for k shots, @authors for "
                          "the authors' profile")
     return specs
 

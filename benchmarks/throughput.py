@@ -26,10 +26,12 @@ from forgetting.config import ForgetConfig, ModelConfig
 from forgetting.data import write_dataset
 from forgetting.datasets import ParquetImageDataset, splits
 from forgetting.lora import add_lora, lora_groups
+from forgetting.methods.gs_lora.objective import GSLoRA
+from forgetting.methods.objective import Setup
 from forgetting.model import create_model
 from forgetting.preprocess import eval_transform
 from forgetting.runtime import ACCEL, autocast, compiled, loader_options, to_device
-from forgetting.train import step_losses
+from forgetting.train import forward as request_forward
 
 VIT_S = ModelConfig(arch="vit_small_patch16_224", image_size=224, patch_size=16, in_chans=3,
                     depth=12, embed_dim=384, num_heads=6)
@@ -99,15 +101,15 @@ def measure(name: str, cfg: ModelConfig, ds: ParquetImageDataset, num_classes: i
     base = peft_model.get_base_model()
     groups = list(lora_groups(peft_model).values())
     opt = torch.optim.AdamW([p for g in groups for p in g], lr=1e-3)
-    backbone = compiled(base.backbone)
-    fcfg = ForgetConfig()
+    fcfg = ForgetConfig().for_request(None, "gs-lora")
+    objective = GSLoRA(Setup(model, None, [], [], [], [], fcfg, device))
     half = batch // 2  # as a request's step: retained and forgotten images in one batch
 
     def step():
-        losses = step_losses(base, backbone, groups, (x[:half], y[:half]),
-                             (x[half:], y[half:]), None, None, fcfg, fcfg.alpha, 0.0, device)
+        b = request_forward(base, (x[:half], y[:half]), (x[half:], y[half:]), None, fcfg.alpha, device)
+        loss = objective.terms(b).total()
         opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        loss.backward()
         opt.step()
 
     peft_model.train()

@@ -7,14 +7,18 @@ instead of silently falling back to a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, create_model, model_validator
 
+from . import methods
+from .schema import Strict as _Strict
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+# a method a request may name: one registered in forgetting/methods/ (checked, not listed
+# here, so a method added there needs nothing in this file)
+Method = Annotated[str, AfterValidator(methods.check_name),
+                   Field(json_schema_extra={"enum": list(methods.names())})]
 
 
 class DataConfig(_Strict):
@@ -27,6 +31,9 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.2, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     seed: int = 0
+    train_per_class: int | None = Field(
+        None, ge=1, description="keep a seeded draw of at most this many training images per "
+                                "class (a benchmark small enough to choose settings on)")
     row_group_size: int = Field(256, ge=16)
     # an import changes nothing silently: each lossy change must be allowed here (or by the
     # matching `forget ingest` flag, which records it here)
@@ -90,62 +97,12 @@ class TrainConfig(_Strict):
     color_jitter: float = Field(0.4, ge=0)
 
 
-class PrototypeConfig(_Strict):
-    """GS-LoRA++ prototype loss. ``w_r`` is 0 in every published script, so off by default."""
+class ForgetBase(_Strict):
+    """One erasure request's training, whatever its method. Defaults measured on the embedded
+    digits; each method's own options are a section of their own (``ForgetConfig``)."""
 
-    enabled: bool = True
-    source: Literal["embedding", "logits"] = "embedding"
-    w_f: float = Field(0.05, ge=0, description="full-data requests")
-    # chosen on the validation split (benchmarks/tune.py, results/tune.json: 4-shot, five
-    # requests, three base models): 0.1 kept Acc_r 91.6 % with Acc_f <= 0.9 %; 1.0 cost 6.5
-    # points of Acc_r at beta_earlier 0.1. (An earlier 1.0 had been read off the test split.)
-    w_f_fewshot: float = Field(0.1, ge=0, description="k-shot requests")
-    w_r: float = Field(0.0, ge=0)
-    bound: float = Field(18.0, ge=0)
-    # which KL: see forgetting/losses.py. The authors' code: proto_to_p. Ours on both, chosen
-    # on val (tune.json): at the chosen alpha, proto_to_p lost 1.5 points of Acc_r on full
-    # data and let 4-shot Acc_f reach 31 %
-    augment_views: int = Field(0, ge=0, description="k-shot requests: prototypes also over "
-                                                    "this many RandAugment views per image")
-    kl_direction: Literal["p_to_proto", "proto_to_p"] = Field(
-        "p_to_proto", description="full-data requests: KL(p || proto) (ours) or "
-                                  "KL(proto || p) (authors)")
-    # its own field, as w_f has, so the k-shot choice can be tuned without moving full data
-    kl_direction_fewshot: Literal["p_to_proto", "proto_to_p"] = Field(
-        "p_to_proto", description="k-shot requests")
-    # the authors' continual scripts give each task its own w_f (ForgetConfig.for_request)
-    w_f_per_request: list[float] | None = Field(
-        None, min_length=1, description="w_f of the i-th request of a sequence (the last past "
-                                        "the end), instead of w_f / w_f_fewshot")
-
-
-class FgOriuConfig(_Strict):
-    """FG-OrIU's terms (forgetting/fg_oriu.py); on for requests of method ``fg-oriu``.
-    Weights chosen on val (benchmarks/tune.py, results/tune.json): the authors' face script
-    has 0.1 and 0.01; w_retain 0.1 kept 1.9 points more Acc_r (0.01 let Acc_o reach 1.5 %),
-    and w_forget 1.0 wrecked the retained classes (Acc_r 31-45 % after five requests)."""
-
-    enabled: bool = Field(False, description="set by requests of method fg-oriu "
-                                             "(ForgetConfig.for_request), not by hand")
-    energy: float = Field(0.99, gt=0, le=1, description="share of the features' squared "
-                                                         "singular values a subspace keeps")
-    w_forget: float = Field(0.1, ge=0, description="nuclear norm of forgotten features in "
-                                                   "their old subspace")
-    w_retain: float = Field(0.1, ge=0, description="retained features outside theirs")
-    project_gradients: bool = Field(True, description="LoRA A updates orthogonal to the "
-                                                      "retained inputs of each layer")
-    max_images: int = Field(2048, ge=1, description="images per kind the subspaces are "
-                                                    "computed from (a seeded draw)")
-
-
-# what a request may name: GS-LoRA, GS-LoRA++, FG-OrIU and the two baselines
-# (ForgetConfig.for_request)
-Method = Literal["gs-lora", "gs-lora++", "fg-oriu", "finetune", "neggrad"]
-METHODS: tuple[str, ...] = ("gs-lora", "gs-lora++", "fg-oriu", "finetune", "neggrad")
-
-
-class ForgetConfig(_Strict):
-    """GS-LoRA(++) for one erasure request. Defaults measured on the embedded digits."""
+    method: Method = Field("gs-lora++", description="the method of a request that names "
+                                                    "none (forget request add --method)")
 
     rank: int = Field(8, ge=1)
     # PEFT scales B @ A by lora_alpha / rank: ours 8 / 8 = 1. The authors' loralib default is
@@ -169,20 +126,15 @@ class ForgetConfig(_Strict):
     bound: float | None = Field(
         15.0, gt=0, description="BND: forget loss stops once CE exceeds it; null: no bound, "
                                 "plain gradient ascent (the neggrad baseline)")
-    # Without it, a k-shot request's LoRA can revive classes earlier requests forgot (digits,
-    # 4 shots, 5 steps: Acc_o 46 % at step 3); the bounded term on their (k-shot) images keeps
-    # them out. beta_earlier 0.1 over 0.3 was chosen on val (tune.json); bound_earlier and
-    # earlier_batch_size were set in an earlier sweep that read the test split, and are not
-    # re-tuned: tune.py's grid leaves them out (they moved nothing in that sweep).
+    # keeps a k-shot LoRA from reviving classes forgotten before; 0.1 chosen on val
+    # (benchmarks/results/tune.json); bound_earlier and earlier_batch_size were never tuned
     beta_earlier: float = Field(
         0.1, ge=0, description="weight of the bounded forget loss on earlier-forgotten classes")
     bound_earlier: float = Field(
         10.0, gt=0, description="its BND: no push once their CE exceeds it")
     earlier_batch_size: int = Field(8, ge=1, description="earlier-forgotten images per step")
-    # With Adam a strong alpha from step 0 shrinks every A before B can learn (all groups die);
-    # one warm-up epoch lets the needed groups form, then alpha prunes the rest (measured).
-    # 0.1 over 0.5 chosen on val (tune.json): 2.2 points more Acc_r after five full-data
-    # requests, for a larger adapter
+    # chosen on val (benchmarks/results/tune.json); one warm-up epoch without it lets the
+    # groups a request needs form before it prunes the rest
     alpha: float = Field(0.1, ge=0, description="weight of the group-sparse loss")
     alpha_warmup_epochs: int = Field(1, ge=0)
     select_tolerance: float = Field(
@@ -202,51 +154,24 @@ class ForgetConfig(_Strict):
     later_a_init: Literal["peft", "authors"] = "peft"
     dropout: float | None = Field(None, ge=0, lt=1, description="ViT dropout while "
                                   "forgetting; null: the model's own (0 here); authors 0.1")
-    prototypes: PrototypeConfig = PrototypeConfig()
-    fg_oriu: FgOriuConfig = FgOriuConfig()
     seed: int = 0
 
-    def for_request(self, shots: int | None, method: str = "gs-lora++", index: int = 0
-                    ) -> ForgetConfig:
-        """This config for one request: its k-shot setting, its method (``METHODS``) and its
-        place in the sequence (``index``: 0 for the first request on the base model), which
-        picks from ``beta_per_request`` / ``prototypes.w_f_per_request`` when they are set.
-
-        The two baselines every unlearning paper reports run through the same LoRA training,
-        adapter format and epoch selection, so they differ from GS-LoRA in the objective only:
-        ``finetune`` trains on the retained images alone (no forget term, no group sparsity);
-        ``neggrad`` (NegGrad+) adds plain gradient ascent on the forgotten images, CE_r - beta
-        * CE_f, with no bound. Neither gets the earlier-forgotten guard or prototypes.
-        ``fg-oriu`` is GS-LoRA's objective (no prototypes) plus FG-OrIU's feature terms and
-        gradient projection (``fg_oriu``)."""
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        cfg = self.model_copy(update={"shots": shots})
+    def for_request(self, shots: int | None, method: str | None = None, index: int = 0):
+        """This config for one request: its k-shot setting, its method (one of
+        ``forgetting.methods``; ``self.method`` when None) and its place in the sequence
+        (``index``: 0 for the first request on the base model), which picks from
+        ``beta_per_request`` and from the method's own per-request lists."""
+        spec = methods.spec(method or self.method)
+        cfg = self.model_copy(update={"shots": shots, "method": spec.name})
         if self.beta_per_request:
-            cfg = cfg.model_copy(update={"beta": _nth(self.beta_per_request, index)})
-        if self.prototypes.w_f_per_request:
-            w = _nth(self.prototypes.w_f_per_request, index)
-            cfg = cfg.model_copy(update={"prototypes": cfg.prototypes.model_copy(
-                update={"w_f": w, "w_f_fewshot": w})})
-        if method != "gs-lora++":
-            cfg = cfg.model_copy(update={"prototypes": cfg.prototypes.model_copy(
-                update={"enabled": False})})
-        if method == "fg-oriu":
-            cfg = cfg.model_copy(update={"fg_oriu": cfg.fg_oriu.model_copy(
-                update={"enabled": True})})
-        if method in ("finetune", "neggrad"):
-            cfg = cfg.model_copy(update={"alpha": 0.0, "beta_earlier": 0.0})
-        if method == "finetune":
-            cfg = cfg.model_copy(update={"beta": 0.0})
-        if method == "neggrad":
-            cfg = cfg.model_copy(update={"bound": None})
-        return cfg
+            cfg = cfg.model_copy(update={"beta": methods.nth(self.beta_per_request, index)})
+        return spec.for_request(cfg, index) if spec.for_request else cfg
 
 
-def _nth(values: list[float], index: int) -> float:
-    if index < 0:
-        raise ValueError(f"request index must be >= 0, got {index}")
-    return values[min(index, len(values) - 1)]
+# the common options plus one section per registered method with options of its own
+# (forget.prototypes for GS-LoRA++, forget.fg_oriu for FG-OrIU)
+ForgetConfig = create_model("ForgetConfig", __base__=ForgetBase, __module__=__name__,
+                            **methods.options_fields())
 
 
 class GateConfig(_Strict):

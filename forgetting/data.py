@@ -94,6 +94,16 @@ def _stratified_splits(labels: np.ndarray, val: float, test: float, seed: int) -
     return split
 
 
+def _train_subset(labels: np.ndarray, split: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Rows to keep: every held-out row, and a seeded draw of ``n`` training rows per class."""
+    rng = np.random.default_rng(seed + 1)  # another stream than the split's
+    keep = split != "train"
+    for c in np.unique(labels):
+        idx = np.flatnonzero((labels == c) & (split == "train"))
+        keep[rng.permutation(idx)[:n]] = True
+    return keep
+
+
 def write_dataset(
     path: str | Path,
     images: Iterable[np.ndarray],
@@ -106,8 +116,11 @@ def write_dataset(
     test_fraction: float = 0.2,
     seed: int = 0,
     row_group_size: int = 256,
+    train_per_class: int | None = None,
 ) -> DatasetInfo:
-    """Write uint8 HxW or HxWxC images to Parquet atomically (temp file, then rename)."""
+    """Write uint8 HxW or HxWxC images to Parquet atomically (temp file, then rename).
+    ``train_per_class``: keep a seeded draw of at most that many training images per class
+    and leave the others out (validation and test splits are kept whole)."""
     for name in class_names:
         check_class_name(name)
     if len(set(class_names)) != len(class_names):
@@ -140,6 +153,10 @@ def write_dataset(
     bad = set(split_arr) - set(SPLITS)
     if bad:
         raise DataError(f"unknown split names {sorted(bad)}; allowed: {SPLITS}")
+    if train_per_class is not None:
+        keep = _train_subset(labels_np, split_arr, train_per_class, seed)
+        encoded, labels_np, split_arr = ([encoded[i] for i in np.flatnonzero(keep)],
+                                         labels_np[keep], split_arr[keep])
     digests = [hashlib.sha256(b).hexdigest() for b in encoded]
     content = hashlib.sha256()
     for d, lab, s in zip(digests, labels_np.tolist(), split_arr, strict=True):
@@ -412,7 +429,7 @@ def import_source(source: str, path: str | Path, data: DataConfig, channels: int
     """The one dispatch from a source: ``sklearn-digits`` (bundled, or its descriptor file),
     a ``.parquet`` file made by this package, or an ImageFolder directory."""
     kw = dict(val_fraction=data.val_fraction, test_fraction=data.test_fraction, seed=data.seed,
-              row_group_size=data.row_group_size)
+              row_group_size=data.row_group_size, train_per_class=data.train_per_class)
     if builtin_source(source) == "sklearn-digits":
         info = import_sklearn_digits(path, data.image_size, **kw)
         rep = ImportReport(per_class={})
@@ -425,6 +442,9 @@ def import_source(source: str, path: str | Path, data: DataConfig, channels: int
         rep.notes.append("built-in Fashion-MNIST (Debian dataset-fashion-mnist) at its 28x28 "
                          "source resolution; its own test set is the test split")
     elif source.endswith(".parquet"):
+        if data.train_per_class is not None:
+            raise DataError("data.train_per_class applies to images being imported; a .parquet "
+                            "source is copied as it is: unset it")
         info, rep = import_parquet(source, path, data.row_group_size), ImportReport()
     else:
         return import_image_folder(source, path, data.image_size, channels=channels,

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import ConcatDataset
 
-from .config import PrototypeConfig
 from .evaluate import collect_outputs
+from .methods.gs_lora_pp import PrototypeConfig
 
 
 @dataclass

@@ -129,16 +129,21 @@ def pretrain(root: Root = Path("."),
     typer.echo(f"production model: v{version}")
 
 
+def _method_specs():
+    from forgetting.methods import specs
+
+    return specs()
+
+
 request_app = typer.Typer(help="Erasure requests.", no_args_is_help=True)
 
 
 def request_add(
     classes: Annotated[list[str] | None, typer.Argument(help="classes to forget")] = None,
     shots: Annotated[int | None, typer.Option(help="k images per class (GS-LoRA++ few-shot)")] = None,
-    method: Annotated[str, typer.Option(
-        help="gs-lora, gs-lora++, fg-oriu (feature-gradient orthogonality), or a baseline: "
-             "finetune (retained data only), neggrad (NegGrad+: gradient ascent on the "
-             "forgotten images)")] = "gs-lora++",
+    method: Annotated[str | None, typer.Option(
+        help="one of: " + "; ".join(f"{s.name} ({s.summary})" for s in _method_specs())
+             + ". Default: forget.method in params.yaml")] = None,
     reason: str = "",
     requester: str = "cli",
     file: Annotated[Path | None, typer.Option(help="a YAML/JSON request file instead")] = None,
@@ -160,6 +165,8 @@ def request_add(
         else:
             spec = RequestSpec(classes=classes or [], shots=shots, method=method, reason=reason,
                                requester=requester)
+        if spec.method is None:  # the workspace's default method, recorded with the request
+            spec.method = ws.config().forget.method
     except ValidationError as e:
         fields = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'request'}: {err['msg']}"
                            for err in e.errors())

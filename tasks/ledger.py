@@ -32,7 +32,7 @@ class RequestSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     classes: list[str] = Field(min_length=1)
     shots: int | None = Field(None, ge=1)
-    method: Method = "gs-lora++"
+    method: Method | None = Field(None, description="none: the workspace's forget.method")
     reason: str = Field("", max_length=2000)
     requester: str = Field("unknown", max_length=200)
 

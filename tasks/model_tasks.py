@@ -179,8 +179,8 @@ def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int]
                "selected_weights": res.selected_weights, "train_seconds": res.train_seconds,
                "trainable_params": res.trainable_params, "total_params": res.total_params,
                "adapter_bytes": res.adapter_bytes, "model_bytes": res.model_bytes,
-               "val": res.val.as_dict(), "history": res.history,
-               "subspace_dims": res.subspace_dims}
+               "val": res.val.as_dict(), "history": res.history, "method": fcfg.method,
+               **res.method_record}
     write_json_atomic(staging / TRAINING_SUMMARY, summary)
     fsync_tree(staging)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,8 @@ def start_request(root: str, request_id: str) -> dict:
     return {"status": "running", "parent": parent, "forget": forget,
             "earlier": [info.class_index(n) for n in earlier_names],
             "earlier_names": earlier_names, "classes": req.classes, "shots": req.shots,
-            "method": req.method, "dataset_version": info.content_hash,
+            "method": req.method or ws.config().forget.method,
+            "dataset_version": info.content_hash,
             # the adapters below the parent: the request's place in the sequence
             "index": len(registry.chain(c, parent)) - 1,
             "image_shape": list(input_shape(ws.config().model))}

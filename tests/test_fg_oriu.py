@@ -1,4 +1,4 @@
-"""FG-OrIU (forgetting/fg_oriu.py): subspaces, the two feature terms and the gradient projection
+"""FG-OrIU (forgetting/methods/fg_oriu/): subspaces, the two feature terms and the gradient projection
 on fixed tensors, then one request on the session's digits model."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from forgetting.config import ForgetConfig, ModelConfig
-from forgetting.fg_oriu import Subspaces, bases, forward_losses, project_gradients, taps
 from forgetting.lora import add_lora
+from forgetting.methods.fg_oriu.objective import Subspaces, bases, forward_losses, project_gradients
+from forgetting.methods.objective import taps
 from forgetting.model import create_model
 
 E = torch.eye(4)
@@ -78,19 +79,18 @@ def test_taps_and_gradient_projection():
 def test_fg_oriu_request_forgets_and_keeps_lora_a_off_the_retained_inputs(digits, base_model,
                                                                           tmp_path):
     from forgetting.datasets import request_data
-    from forgetting.fg_oriu import subspaces
+    from forgetting.methods.fg_oriu.objective import subspaces
     from forgetting.train import forget_classes
 
     model, _ = base_model
     cpu = torch.device("cpu")
     cfg = ForgetConfig(epochs=2, min_steps_per_epoch=4).for_request(None, "fg-oriu")
-    assert cfg.fg_oriu.enabled and not cfg.prototypes.enabled
-    assert not ForgetConfig().for_request(None, "gs-lora++").fg_oriu.enabled
+    assert cfg.method == "fg-oriu" and ForgetConfig().for_request(None).method == "gs-lora++"
     res = forget_classes(model, digits["train"], digits["val"], [3], cfg, tmp_path / "a", cpu,
                          progress=False)
     assert res.val.acc_f <= 0.05 < res.val_before.acc_f
     assert res.val.acc_r >= res.val_before.acc_r - 0.10
-    dims = res.subspace_dims
+    dims = res.method_record["subspace_dims"]
     assert set(dims) == {"forget", "retain", "fc1", "fc2"} and len(dims["fc1"]) == model.depth
     assert all(0 < d <= 128 for d in dims["retain"])
     assert "orth" in res.history[0] and res.history[0]["orth"] > 0

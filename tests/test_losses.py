@@ -1,6 +1,7 @@
 import torch
 
-from forgetting.losses import bounded_forget_loss, group_sparse_loss, kl_to_prototype, prototype_loss
+from forgetting.methods.gs_lora.objective import bounded_forget_loss, group_sparse_loss
+from forgetting.methods.gs_lora_pp.objective import kl_to_prototype, prototype_loss
 
 
 def test_group_sparse_loss_is_sum_of_group_l2_norms():

@@ -14,9 +14,11 @@ from timm.utils import ModelEmaV3
 from forgetting.config import AUTHORS_PROFILE, Config, ForgetConfig, ModelConfig, load_config
 from forgetting.evaluate import h_mean, metrics_from_predictions
 from forgetting.lora import add_lora
-from forgetting.losses import kl_to_prototype, prototype_loss
+from forgetting.methods.gs_lora.objective import GSLoRA, bounded_forget_loss
+from forgetting.methods.gs_lora_pp.objective import kl_to_prototype, prototype_loss
+from forgetting.methods.objective import Setup
 from forgetting.model import create_model
-from forgetting.train import init_lora_a, set_dropout, step_losses, update_ema
+from forgetting.train import forward, init_lora_a, set_dropout, update_ema
 
 V = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
 P = torch.tensor([[0.0, 1.0, 0.0], [1.0, -1.0, 2.0]])
@@ -61,6 +63,11 @@ def _tiny(head: str = "cosface"):
     return create_model(cfg, 3)
 
 
+def _objective(cls, model, cfg):
+    """An objective without a request's data: for its terms on a fixed batch."""
+    return cls(Setup(model, None, [2], [0, 1], [], [], cfg, torch.device("cpu")))
+
+
 def test_forget_ce_with_and_without_the_margin():
     model = _tiny()
     peft = add_lora(model, 2, 2.0)
@@ -73,9 +80,9 @@ def test_forget_ce_with_and_without_the_margin():
     plain = F.cross_entropy(8.0 * cos, y[2:])
     margin = F.cross_entropy(8.0 * (cos - 0.3 * F.one_hot(y[2:], 3)), y[2:])
     for flag, want in ((False, plain), (True, margin)):
-        cfg = ForgetConfig(forget_margin=flag, prototypes={"enabled": False})
-        got = step_losses(base, base.backbone, [], *batch, None, None, cfg, 0.0, 0.0,
-                          torch.device("cpu"))["ce_f"]
+        cfg = ForgetConfig(forget_margin=flag)
+        b = forward(base, *batch, None, 0.0, torch.device("cpu"))
+        got = _objective(GSLoRA, base, cfg).terms(b).watch["ce_f"]
         assert float(got.detach()) == pytest.approx(float(want), rel=1e-4), flag
     # the margin lowers the true class's score, so the forgotten CE is higher with it and the
     # bounded term ReLU(BND - CE) switches off sooner: BND means another CE in each setting
@@ -163,8 +170,8 @@ def test_profile_authors_sets_every_deviation(tmp_path):
 
 
 def test_fewshot_prototypes_over_randaugment_views(digits):
-    from forgetting.config import PrototypeConfig
     from forgetting.datasets import k_shot
+    from forgetting.methods.gs_lora_pp import PrototypeConfig
     from forgetting.prototypes import request_prototypes
 
     model, cpu = _digits_model(), torch.device("cpu")
@@ -201,17 +208,30 @@ def test_per_request_beta_and_w_f_lists():
     assert authors.prototypes.w_f_per_request == [0.015, 0.06, 0.025, 0.012]
 
 
-def test_baselines_are_objectives_on_the_same_training():
-    from forgetting.losses import bounded_forget_loss
+def test_each_method_is_its_objective_on_the_same_training():
+    """The baselines differ from GS-LoRA in the loss only: fine-tuning has the retained CE
+    alone, NegGrad+ subtracts the forgotten CE without a bound, GS-LoRA bounds it and adds
+    group sparsity; every method reads the same batch."""
+    from forgetting.methods import spec
 
-    base = ForgetConfig()
-    ft, ng = base.for_request(None, "finetune"), base.for_request(4, "neggrad")
-    assert (ft.beta, ft.alpha, ft.beta_earlier, ft.prototypes.enabled) == (0.0, 0.0, 0.0, False)
-    assert (ng.beta, ng.alpha, ng.bound, ng.prototypes.enabled, ng.shots) == (
-        base.beta, 0.0, None, False, 4)
-    assert base.for_request(None, "gs-lora++").prototypes.enabled
+    model = _tiny("linear")
+    peft = add_lora(model, 2, 2.0)
+    base = peft.get_base_model()
+    x, y = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 0, 2, 2, 1])
+    b = forward(base, (x[:3], y[:3]), (x[3:5], y[3:5]), (x[5:], y[5:]), 0.5, torch.device("cpu"))
+    cfg = ForgetConfig()
+    got = {m: _objective(spec(m).load(), base, cfg.for_request(None, m)).terms(b)
+           for m in ("gs-lora", "finetune", "neggrad")}
+    ce_r, ce_f = got["finetune"].loss["ce_r"], got["finetune"].watch["ce_f"]
+    assert list(got["finetune"].loss) == ["ce_r"]
+    assert float(got["neggrad"].total()) == pytest.approx(float(ce_r - cfg.beta * ce_f))
+    gs = got["gs-lora"]
+    assert list(gs.loss) == ["ce_r", "forget", "sparsity", "earlier"]
+    assert float(gs.loss["forget"]) == pytest.approx(cfg.beta * max(cfg.bound - float(ce_f), 0))
+    assert float(gs.loss["sparsity"]) == pytest.approx(0.5 * float(gs.watch["structure"]))
+    assert spec("gs-lora").load().uses_earlier(cfg) and not spec("neggrad").load().uses_earlier(cfg)
     ce = torch.tensor(20.0)
     assert float(bounded_forget_loss(ce, 15.0)) == 0.0  # past the bound: off
     assert float(bounded_forget_loss(ce, None)) == -20.0  # NegGrad+: never off
     with pytest.raises(ValueError, match="unknown method"):
-        base.for_request(None, "scrub")
+        cfg.for_request(None, "scrub")

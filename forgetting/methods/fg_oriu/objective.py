@@ -28,15 +28,15 @@ differ, deliberately:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .lora import block_of
+from ...lora import block_of
+from ..gs_lora.objective import GSLoRA
+from ..objective import Batch, Setup, Terms, taps
 
 
 @dataclass
@@ -80,34 +80,6 @@ def bases(rep: torch.Tensor, energy: float, prior: torch.Tensor | None = None) -
     if prior is not None and k:  # re-orthonormalise: the residual's SVD drifts in float32
         out = torch.linalg.qr(out).Q
     return out[:, :rep.shape[1]]
-
-
-def _token(x: torch.Tensor, prefix: int) -> torch.Tensor:
-    """The CLS token of (batch, tokens, dim); the token mean for a model without one."""
-    return x[:, 0] if prefix > 0 else x.mean(dim=1)
-
-
-@contextmanager
-def taps(backbone: torch.nn.Module, inputs: bool = False) -> Iterator[dict[str, list]]:
-    """Forward hooks on a timm ViT: each block's output token (``"out"``) and, with ``inputs``,
-    each FFN layer's input token (``"fc1"``, ``"fc2"``), in block order, for one forward."""
-    got: dict[str, list] = {"out": [], "fc1": [], "fc2": []}
-    prefix = getattr(backbone, "num_prefix_tokens", 1)
-    handles = []
-    for block in backbone.blocks:
-        handles.append(block.register_forward_hook(
-            lambda _m, _a, out: got["out"].append(_token(out, prefix))))
-        if inputs:
-            for fc in ("fc1", "fc2"):
-                layer = getattr(block.mlp, fc)
-                # PEFT wraps the Linear; its own forward still receives the layer's input
-                handles.append(layer.register_forward_pre_hook(
-                    lambda _m, args, fc=fc: got[fc].append(_token(args[0], prefix))))
-    try:
-        yield got
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()
@@ -199,3 +171,37 @@ def project_step(model: torch.nn.Module, before: list[torch.Tensor], sub: Subspa
     subspace; projecting the step makes the orthogonality the method relies on exact."""
     for (p, basis), old in zip(_lora_a(model, sub), before, strict=True):
         p.copy_(old + _off(p - old, basis))
+
+
+class FGOrIU(GSLoRA):
+    """GS-LoRA's terms plus ``w_forget * L_forget + w_retain * L_retain`` on the blocks'
+    outputs, and the LoRA A updates projected off the retained inputs of their layers."""
+
+    taps = True
+
+    def __init__(self, setup: Setup) -> None:
+        super().__init__(setup)
+        oc = self.cfg.fg_oriu
+        self.sub = subspaces(setup.model, setup.data.forget, setup.data.retained,
+                             setup.data.earlier, oc.energy, oc.max_images, setup.device,
+                             self.cfg.seed).to(setup.device)
+        self._before: list[torch.Tensor] = []
+
+    def terms(self, b: Batch) -> Terms:
+        t = super().terms(b)
+        lf, lr = forward_losses(b.taps["out"], b.n_r, b.n_f, self.sub)
+        oc = self.cfg.fg_oriu
+        t.loss["orth"] = oc.w_forget * lf + oc.w_retain * lr
+        return t
+
+    def before_step(self, peft_model: torch.nn.Module) -> None:
+        if self.cfg.fg_oriu.project_gradients:
+            project_gradients(peft_model, self.sub)
+            self._before = lora_a_weights(peft_model)
+
+    def after_step(self, peft_model: torch.nn.Module) -> None:
+        if self.cfg.fg_oriu.project_gradients:
+            project_step(peft_model, self._before, self.sub)
+
+    def record(self) -> dict:
+        return {"subspace_dims": self.sub.dims()}
