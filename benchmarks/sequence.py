@@ -130,19 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shots", type=int, default=4, help="k of the k-shot variant")
     ap.add_argument("--no-pipeline", action="store_true", help="skip the pipeline overhead run")
-    ap.add_argument("--methods", help="compare methods instead (benchmarks/methods.py), e.g. "
-                                      "gs-lora,gs-lora++,gs-lora++:4,finetune,neggrad,retrain")
-    ap.add_argument("--seeds", type=int, default=3, help="with --methods: fresh base models")
     args, cfg, device, data, splits = sequence_setup(ap, argv)
     names = splits["train"].info.class_names
-    if args.methods:
-        import methods
-
-        result = {"device": str(device), "threads": torch.get_num_threads(),
-                  **methods.run(args, cfg, splits, device)}
-        if args.json:
-            print(json.dumps(result))
-        return result
     steps = list(range(args.steps))
     model, ckpt, _ = base_model(cfg, Path(args.cache), splits, device)
     with tempfile.TemporaryDirectory() as work:

@@ -1,26 +1,27 @@
-"""Choose the forgetting defaults on the validation split: a small grid, over several base models
-and class choices, never the test split.
+"""Choose the forgetting defaults on the validation split of two datasets at once, with the
+evidence attacks in the rule; never the test split.
 
-    python benchmarks/tune.py [--spaces full,4-shot] [--seeds 3] [--steps 5] [--json]
+    python benchmarks/tune.py [--spaces embedding,4-shot] [--steps 5] [--json]
+        [--configs params.yaml,benchmarks/configs/fashion-mnist-small.yaml] [--seeds 5,3]
 
-Spaces run in the order given, each on top of the settings the ones before it chose (the
-4-shot space trains with the full-data space's alpha). Seed s pretrains a base model with
-``pretrain.seed = s`` (the cached bases of the methods table) and draws the classes to forget
-with seed 100 + s, so no tuning sequence is a test-table sequence. Every setting of a space
-forgets one class per step for ``--steps`` steps on every seed; each step is measured on the
-**validation** split. A setting is *admissible* when, in the mean over seeds, Acc_f stays
-within the space's bar at every step and Acc_o within 1 %; the chosen one is the admissible
-setting with the highest mean Acc_r after the last step (within 0.1 point of it: the smaller
-adapter). Each finished sequence is cached in ``--cache``, so an
-interrupted run resumes. ``params.yaml`` cites the result
-(``benchmarks/results/tune.json``); the test split is then measured once, by
-``sequence.py --methods``.
+Each config is a bench (``benchmarks/runs.py``): the digits of ``params.yaml`` over 5 base
+models and class orders, Fashion-MNIST over 3. Spaces run in the order given, each on top of
+the settings the ones before it chose. Every setting of a space forgets one class per step for
+``--steps`` steps on every seed of every bench, each step measured on the **validation**
+split, beside the retrain reference of that seed and step. On each bench, a setting is
+*admissible* when, in the mean over seeds, Acc_f stays within the space's bar and Acc_o within
+1 % at every step, and, with ``evidence`` in the space, neither k-NN identification nor the
+linear probe "retains more than retrain" at any step (the paired gap over seeds beyond twice
+its standard error: ``runs.evidence_verdict``). A setting must be admissible on every bench;
+among those, the one with the smallest mean shortfall of Acc_r against retrain (over benches
+and steps) is chosen, and within 0.1 point of it the smaller adapter. ``params.yaml`` cites
+``benchmarks/results/tune.json``; the test split is then measured once, by ``methods.py``.
+Sequences and references are cached (``--cache``), so an interrupted run resumes.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import sys
@@ -28,30 +29,53 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import base_model, sequence_setup
-from methods import run_method
+from runs import PROBES, Bench, evidence_verdict, load, method_rows, reference_rows
 
 from forgetting.config import deep_merge
 
-# space: (method spec, Acc_f bar, grid of forget.* keys). The keys are the ones that moved
-# Acc_r or Acc_f in earlier sweeps; the rest keep their defaults.
-SPACES: dict[str, tuple[str, float, dict[str, list]]] = {
-    "full": ("gs-lora++", 0.01, {"alpha": [0.5, 0.1],
-                                 "prototypes.kl_direction": ["p_to_proto", "proto_to_p"]}),
-    # alpha left out: at 4 shots every group is kept either way (methods table)
-    "4-shot": ("gs-lora++:4", 0.05, {"prototypes.kl_direction_fewshot": ["p_to_proto",
-                                                                         "proto_to_p"],
-                                     "prototypes.w_f_fewshot": [0.1, 1.0],
-                                     "beta_earlier": [0.1, 0.3]}),
-    # the authors' two coefficients; beta (shared with GS-LoRA) stays: without the forget CE
-    # (their face script) w_forget 0.1 left val Acc_f at 62 % (an earlier run of this grid)
-    "fg-oriu": ("fg-oriu", 0.01, {"fg_oriu.w_forget": [0.1, 1.0],
-                                  "fg_oriu.w_retain": [0.01, 0.1]}),
+RESULT = Path(__file__).resolve().parent / "results" / "tune.json"
+
+
+# space: (method, shots, Acc_f bar, the evidence probes in the rule, grid of forget.* keys:
+# a dict (every combination) or a list of settings)
+SPACES: dict[str, tuple[str, int | None, float, bool, dict | list]] = {
+    # the embedding terms (forgetting/methods/embedding.py) on full-data requests; the
+    # candidates and weights are the ones a digits-only exploration left standing
+    "embedding": ("gs-lora++", None, 0.01, True, [
+        {"embedding.relabel": 0.0, "embedding.uniformity": 0.0, "embedding.keep_retained": 0.0,
+         "earlier_batch_size": 8},
+        {"embedding.relabel": 1.0, "embedding.uniformity": 1.0, "embedding.keep_retained": 1.0,
+         "earlier_batch_size": 32},
+        {"embedding.relabel": 1.0, "embedding.uniformity": 2.0, "embedding.keep_retained": 1.0,
+         "earlier_batch_size": 32},
+        {"embedding.relabel": 1.0, "embedding.uniformity": 2.0, "embedding.keep_retained": 0.0,
+         "earlier_batch_size": 32},
+        {"embedding.relabel": 1.0, "embedding.uniformity": 4.0, "embedding.keep_retained": 1.0,
+         "earlier_batch_size": 32},
+    ]),
+    # k-shot requests (forget.fewshot overrides): what keeps the retained classes with 4
+    # images each, with the embedding terms at weights of their own
+    "4-shot": ("gs-lora++", 4, 0.05, True, [
+        {"fewshot.embedding.relabel": 0.0, "fewshot.embedding.uniformity": 0.0,
+         "fewshot.embedding.keep_retained": 4.0},
+        {"fewshot.embedding.uniformity": 0.5, "fewshot.embedding.keep_retained": 4.0},
+        {"fewshot.embedding.uniformity": 1.0, "fewshot.embedding.keep_retained": 4.0},
+        {"fewshot.embedding.uniformity": 1.0, "fewshot.embedding.keep_retained": 4.0,
+         "fewshot.lr": 0.003},
+    ]),
+    # earlier spaces (digits only, before the embedding terms): kept runnable
+    "full": ("gs-lora++", None, 0.01, False, {"alpha": [0.5, 0.1],
+                                              "prototypes.kl_direction": ["p_to_proto",
+                                                                          "proto_to_p"]}),
+    "fg-oriu": ("fg-oriu", None, 0.01, False, {"fg_oriu.w_forget": [0.1, 1.0],
+                                               "fg_oriu.w_retain": [0.01, 0.1]}),
 }
 MAX_ACC_O = 0.01
 
 
-def settings(grid: dict[str, list]) -> list[dict[str, object]]:
+def settings(grid: dict | list) -> list[dict[str, object]]:
+    if isinstance(grid, list):
+        return [dict(s) for s in grid]
     keys = list(grid)
     return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*grid.values())]
 
@@ -72,93 +96,136 @@ def with_forget(cfg, flat: dict[str, object]):
     return cfg.model_copy(update={"forget": type(cfg.forget).model_validate(forget)})
 
 
-def score(runs: list[list[dict]], bar: float) -> dict:
-    """Mean over seeds per step; admissible under the bars; the figure the choice ranks by."""
+def score(runs: list[list[dict]], bar: float, refs: list[list[dict]] | None = None,
+          evidence: bool = False) -> dict:
+    """Mean over seeds per step; Acc_r against retrain (with ``refs``); the evidence verdicts
+    per step; admissible under the bars."""
     steps = len(runs[0])
     # Acc_o is None at the first step (nothing forgotten before it): 0 there
     mean = {k: [float(np.mean([r[i][k] or 0.0 for r in runs])) for i in range(steps)]
             for k in ("acc_f", "acc_r", "acc_o", "adapter_bytes")}
     final = [r[-1]["acc_r"] for r in runs]
-    return {"acc_f_max": max(mean["acc_f"]), "acc_o_max": max(mean["acc_o"]),
-            "acc_r_final": float(np.mean(final)), "acc_r_final_std": float(np.std(final, ddof=1))
-            if len(final) > 1 else 0.0, "acc_r_mean": float(np.mean(mean["acc_r"])),
-            "adapter_bytes": float(np.mean(mean["adapter_bytes"])),
-            "admissible": max(mean["acc_f"]) <= bar and max(mean["acc_o"]) <= MAX_ACC_O,
-            "per_step": mean}
+    out = {"acc_f_max": max(mean["acc_f"]), "acc_o_max": max(mean["acc_o"]),
+           "acc_r_final": float(np.mean(final)),
+           "acc_r_final_std": float(np.std(final, ddof=1)) if len(final) > 1 else 0.0,
+           "acc_r_mean": float(np.mean(mean["acc_r"])),
+           "adapter_bytes": float(np.mean(mean["adapter_bytes"])), "per_step": mean}
+    ok = out["acc_f_max"] <= bar and out["acc_o_max"] <= MAX_ACC_O
+    if refs is not None:
+        gap = [mean["acc_r"][i] - float(np.mean([r[i]["acc_r"] for r in refs]))
+               for i in range(steps)]
+        out.update(acc_r_gap=gap, acc_r_gap_mean=float(np.mean(gap)),
+                   acc_r_gap_worst=float(min(gap)))
+    if evidence and refs is not None:
+        out["evidence"] = {a: [evidence_verdict(runs, refs, i + 1, a) for i in range(steps)]
+                           for a in PROBES}
+        ok = ok and not any(v["verdict"] == "retains more"
+                            for per in out["evidence"].values() for v in per)
+    out["admissible"] = ok
+    return out
+
+
+def rank_key(row: dict) -> float:
+    """What the choice maximises: the mean Acc_r gap to retrain over benches (the final Acc_r
+    where no reference was measured)."""
+    per = row["per_bench"].values() if "per_bench" in row else [row["score"]]
+    return float(np.mean([s.get("acc_r_gap_mean", s["acc_r_final"]) for s in per]))
 
 
 def choose(rows: list[dict]) -> dict:
     ok = [r for r in rows if r["score"]["admissible"]]
-    if not ok:  # none meets the bars: the least excess, said so in the output
-        return min(rows, key=lambda r: r["score"]["acc_f_max"] + r["score"]["acc_o_max"])
-    top = max(r["score"]["acc_r_final"] for r in ok)
-    near = [r for r in ok if r["score"]["acc_r_final"] >= top - 0.001]
-    return min(near, key=lambda r: (r["score"]["adapter_bytes"], -r["score"]["acc_r_final"]))
+    if not ok:  # none meets the bars: the fewest evidence failures, then the least excess
+        return min(rows, key=lambda r: (r["score"].get("retains_more", 0),
+                                        r["score"]["acc_f_max"] + r["score"]["acc_o_max"],
+                                        -rank_key(r)))
+    top = max(rank_key(r) for r in ok)
+    near = [r for r in ok if rank_key(r) >= top - 0.001]
+    return min(near, key=lambda r: (r["score"]["adapter_bytes"], -rank_key(r)))
 
 
-def cached_run(cache: Path, cfg, flat: dict, spec: str, base, splits, order: list[int],
-               device, seed: int) -> list[dict]:
-    """One sequence, kept in the cache under everything it depends on: an interrupted tune
-    picks up where it stopped (one setting is minutes of CPU)."""
-    tcfg = with_forget(cfg, flat)
-    key = hashlib.sha256(json.dumps([tcfg.model_dump(mode="json"), spec, order, seed],
-                                    sort_keys=True).encode()).hexdigest()[:16]
-    path = cache / "tune" / f"{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    rows = run_method(tcfg, spec, base, splits, order, device, seed, None, split="val")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows))
-    return rows
+def _combined(per_bench: dict[str, dict]) -> dict:
+    """One score over benches: admissible on all, the worst bars, the mean adapter size."""
+    vals = list(per_bench.values())
+    return {"admissible": all(s["admissible"] for s in vals),
+            "retains_more": sum(v["verdict"] == "retains more" for s in vals
+                                for per in s.get("evidence", {}).values() for v in per),
+            "acc_f_max": max(s["acc_f_max"] for s in vals),
+            "acc_o_max": max(s["acc_o_max"] for s in vals),
+            "acc_r_final": float(np.mean([s["acc_r_final"] for s in vals])),
+            "adapter_bytes": float(np.mean([s["adapter_bytes"] for s in vals]))}
 
 
-def tune(cfg, splits, device, cache: Path, space: str, seeds: int, steps: int,
+def tune(benches: list[Bench], seeds: list[int], space: str, steps: int,
          applied: dict[str, object]) -> dict:
-    """One space's grid on ``cfg`` with ``applied`` (the earlier spaces' choices) set."""
-    cfg = with_forget(cfg, applied)
-    spec, bar, grid = SPACES[space]
-    names = splits["train"].info.class_names
-    bases, orders = [], []
-    for seed in range(seeds):
-        scfg = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"seed": seed})})
-        bases.append(base_model(scfg, cache, splits, device)[0])
-        orders.append([int(c) for c in
-                       np.random.default_rng(100 + seed).permutation(len(names))[:steps]])
+    """One space's grid on every bench with ``applied`` (the earlier spaces' choices) set."""
+    method, shots, bar, evidence, grid = SPACES[space]
+    plan = []
+    for bench, n in zip(benches, seeds, strict=True):
+        orders = [bench.order(s, steps) for s in range(n)]
+        refs = [reference_rows(bench, s, orders[s], "val") for s in range(n)]
+        plan.append((bench, n, orders, refs))
     rows = []
     for flat in settings(grid):
-        runs = [cached_run(cache, cfg, flat, spec, bases[s], splits, orders[s], device, s)
-                for s in range(seeds)]
-        row = {"setting": flat, "score": score(runs, bar)}
+        per_bench = {}
+        for bench, n, orders, refs in plan:
+            fcfg = with_forget(bench.cfg, {**applied, **flat}).forget
+            runs = [method_rows(bench, fcfg, method, shots, s, orders[s], "val")
+                    for s in range(n)]
+            per_bench[bench.name] = score(runs, bar, refs, evidence)
+        row = {"setting": flat, "per_bench": per_bench, "score": _combined(per_bench)}
         rows.append(row)
-        sc = row["score"]
-        print(f"{space} {flat}: val Acc_r {100 * sc['acc_r_final']:.2f}±"
-              f"{100 * sc['acc_r_final_std']:.2f} after {steps}, Acc_f max "
-              f"{100 * sc['acc_f_max']:.2f}, Acc_o max {100 * sc['acc_o_max']:.2f}"
-              f"{'' if sc['admissible'] else '  (over the bars)'}", flush=True)
+        print_row(space, row, steps)
     best = choose(rows)
     print(f"{space}: chosen {best['setting']}"
-          f"{'' if best['score']['admissible'] else ' (no setting met the bars)'}")
-    return {"method": spec, "acc_f_bar": bar, "acc_o_bar": MAX_ACC_O, "grid": grid,
-            "on_top_of": applied,
-            "orders": [[names[c] for c in o] for o in orders], "rows": rows,
-            "chosen": best["setting"], "chosen_admissible": best["score"]["admissible"]}
+          f"{'' if best['score']['admissible'] else ' (no setting met the bars)'}", flush=True)
+    return {"method": method, "shots": shots, "acc_f_bar": bar, "acc_o_bar": MAX_ACC_O,
+            "evidence_rule": evidence, "grid": grid, "on_top_of": applied,
+            "benches": {b.name: {"seeds": n, "orders": [[b.names[c] for c in o] for o in orders]}
+                        for b, n, orders, _ in plan},
+            "rows": rows, "chosen": best["setting"],
+            "chosen_admissible": best["score"]["admissible"]}
+
+
+def print_row(space: str, row: dict, steps: int) -> None:
+    print(f"{space} {row['setting']}{'' if row['score']['admissible'] else '  (over the bars)'}",
+          flush=True)
+    for name, sc in row["per_bench"].items():
+        ev = sc.get("evidence", {})
+        last = {a: v[-1] for a, v in ev.items()}
+        evs = " ".join(f"{a} {v['method']:.2f}/{v['retrain']:.2f} {v['verdict']}"
+                       for a, v in last.items())
+        gaps = " ".join(f"{100 * g:+.1f}" for g in sc.get("acc_r_gap", []))
+        print(f"  {name}: val Acc_r {100 * sc['acc_r_final']:.2f} after {steps} (vs retrain "
+              f"per step {gaps}), Acc_f max {100 * sc['acc_f_max']:.2f}, Acc_o max "
+              f"{100 * sc['acc_o_max']:.2f}; step {steps}: {evs}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spaces", default="full,4-shot", help=f"of {', '.join(SPACES)}")
-    ap.add_argument("--seeds", type=int, default=3, help="base models and class choices")
-    args, cfg, device, _, splits = sequence_setup(ap, argv)
+    ap.add_argument("--spaces", default="embedding,4-shot", help=f"of {', '.join(SPACES)}")
+    ap.add_argument("--configs", default="params.yaml,benchmarks/configs/fashion-mnist-small.yaml",
+                    help="one bench per config")
+    ap.add_argument("--seeds", default="5,3", help="base models and class orders per config")
+    ap.add_argument("--steps", type=int, default=5, help="requests in a row (one class each)")
+    ap.add_argument("--cache", default=".forgetting/bench-cache")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--json", action="store_true", help="last line: one JSON object")
+    args = ap.parse_args(argv)
     spaces = [s.strip() for s in args.spaces.split(",") if s.strip()]
     bad = [s for s in spaces if s not in SPACES]
     if bad:
         ap.error(f"unknown space(s) {', '.join(bad)}: choose from {', '.join(SPACES)}")
-    result = {"device": str(device), "threads": torch.get_num_threads(), "seeds": args.seeds,
-              "steps": args.steps, "split": "val", "spaces": {}}
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if len(seeds) != len(configs):
+        ap.error("--seeds needs one count per config")
+    benches = [load(c, args.cache, args.device) for c in configs]
+    result = {"device": str(benches[0].device), "threads": torch.get_num_threads(),
+              "configs": configs, "seeds": seeds, "steps": args.steps, "split": "val",
+              "spaces": {}}
     applied: dict[str, object] = {}
     for s in spaces:
-        result["spaces"][s] = tune(cfg, splits, device, Path(args.cache), s, args.seeds,
-                                   args.steps, dict(applied))
+        result["spaces"][s] = tune(benches, seeds, s, args.steps, dict(applied))
         applied.update(result["spaces"][s]["chosen"])
     result["chosen"] = applied
     print(f"defaults chosen on val: {applied}")

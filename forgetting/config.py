@@ -97,6 +97,24 @@ class TrainConfig(_Strict):
     color_jitter: float = Field(0.4, ge=0)
 
 
+class EmbeddingConfig(_Strict):
+    """Forgetting that reaches the embedding (forgetting/methods/embedding.py), for every
+    method but the baselines; weights chosen on val with the evidence attacks in the rule
+    (benchmarks/results/tune.json)."""
+
+    relabel: float = Field(0.0, ge=0, description="CE of forgotten images toward the retained "
+                                                  "class the parent ranks highest")
+    uniformity: float = Field(0.0, ge=0, description="spread of each forgotten class's "
+                                                     "embeddings")
+    temperature: float = Field(2.0, gt=0, description="t of the uniformity loss")
+    keep_retained: float = Field(0.0, ge=0, description="retained images' embeddings held to "
+                                                        "the parent's (cosine distillation)")
+
+    @property
+    def active(self) -> bool:
+        return self.relabel > 0 or self.uniformity > 0 or self.keep_retained > 0
+
+
 class ForgetBase(_Strict):
     """One erasure request's training, whatever its method. Defaults measured on the embedded
     digits; each method's own options are a section of their own (``ForgetConfig``)."""
@@ -154,7 +172,29 @@ class ForgetBase(_Strict):
     later_a_init: Literal["peft", "authors"] = "peft"
     dropout: float | None = Field(None, ge=0, lt=1, description="ViT dropout while "
                                   "forgetting; null: the model's own (0 here); authors 0.1")
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    # k images per class make another problem (the retained classes rest on k images each):
+    # its settings are chosen on val apart (benchmarks/results/tune.json, 4-shot space)
+    fewshot: dict = Field(default_factory=dict, description="k-shot requests: forget.* keys "
+                                                            "that override the ones above")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_fewshot(self):
+        if self.fewshot:
+            if {"fewshot", "shots"} & set(self.fewshot):
+                raise ValueError("forget.fewshot cannot set fewshot or shots")
+            try:  # its keys and values must make a valid config
+                self._with_fewshot()
+            except ValidationError as e:
+                raise ValueError("fewshot: " + "; ".join(
+                    f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+                ) from None
+        return self
+
+    def _with_fewshot(self):
+        return type(self).model_validate(deep_merge(self.model_dump(exclude={"fewshot"}),
+                                                    self.fewshot))
 
     def for_request(self, shots: int | None, method: str | None = None, index: int = 0):
         """This config for one request: its k-shot setting, its method (one of
@@ -162,7 +202,8 @@ class ForgetBase(_Strict):
         (``index``: 0 for the first request on the base model), which picks from
         ``beta_per_request`` and from the method's own per-request lists."""
         spec = methods.spec(method or self.method)
-        cfg = self.model_copy(update={"shots": shots, "method": spec.name})
+        cfg = self._with_fewshot() if shots is not None and self.fewshot else self
+        cfg = cfg.model_copy(update={"shots": shots, "method": spec.name})
         if self.beta_per_request:
             cfg = cfg.model_copy(update={"beta": methods.nth(self.beta_per_request, index)})
         return spec.for_request(cfg, index) if spec.for_request else cfg

@@ -192,7 +192,7 @@ def train_epoch(run: Run, epoch: int) -> dict:
     sums: dict[str, torch.Tensor] = {}
     for _ in range(run.steps_per_epoch):
         batch = forward(run.base, *next(run.batches), alpha, run.device, objective.taps)
-        terms = objective.terms(batch)
+        terms = objective.step_terms(batch)
         loss = terms.total()
         run.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -105,18 +105,34 @@ class Objective:
     sparse: ClassVar[bool] = False
     # needs each block's output for its loss (hooks run on the eager, uncompiled backbone)
     taps: ClassVar[bool] = False
+    # takes the embedding terms (forget.embedding, forgetting/methods/embedding.py) when they
+    # are on; off for the baselines, which are defined by their loss alone
+    embedding_terms: ClassVar[bool] = True
 
     def __init__(self, setup: Setup) -> None:
+        from .embedding import EmbeddingForgetting
+
         self.setup, self.cfg = setup, setup.cfg
+        self.embedding = (EmbeddingForgetting(setup)
+                          if self.embedding_terms and setup.cfg.embedding.active else None)
 
     @classmethod
     def uses_earlier(cls, cfg: ForgetConfig) -> bool:
-        """Trains on images of classes forgotten by earlier requests (the guard against
-        reviving them): they are drawn, and their loader built, only then."""
-        return False
+        """Trains on images of classes forgotten by earlier requests (the embedding terms keep
+        them out of the embedding; GS-LoRA's guard keeps them from reviving): they are drawn,
+        and their loader built, only then."""
+        return cls.embedding_terms and cfg.embedding.active
 
     def terms(self, b: Batch) -> Terms:
+        """The method's own terms."""
         raise NotImplementedError
+
+    def step_terms(self, b: Batch) -> Terms:
+        """What the trainer sums: the method's terms, then the embedding terms."""
+        t = self.terms(b)
+        if self.embedding is not None:
+            t.loss.update(self.embedding.terms(b))
+        return t
 
     def before_step(self, peft_model: torch.nn.Module) -> None:
         """After backward, before the optimiser steps: gradients may be changed here."""

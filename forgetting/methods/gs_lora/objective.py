@@ -37,7 +37,7 @@ class GSLoRA(Objective):
 
     @classmethod
     def uses_earlier(cls, cfg) -> bool:
-        return cfg.beta_earlier > 0
+        return cfg.beta_earlier > 0 or super().uses_earlier(cfg)
 
     def ce_forgotten(self, b: Batch) -> torch.Tensor:
         """With a margin head, the forgotten CE with its margin (authors) or without (ours)."""
