@@ -15,6 +15,16 @@ from forgetting.model import load_checkpoint, save_checkpoint
 from forgetting.pretrain import pretrain
 from forgetting.runtime import setup_runtime
 
+# fields added after results were cached, left out of cache keys while at their default, so
+# the models cached before them stay valid
+LATER_FIELDS = {"timm_kwargs"}
+
+
+def unchanged(m) -> set[str]:
+    """``exclude=`` for a config's cache key: its later fields still at their default."""
+    return {f for f in LATER_FIELDS if f in type(m).model_fields
+            and getattr(m, f) == type(m).model_fields[f].get_default(call_default_factory=True)}
+
 
 def dataset(cfg: Config, cache: Path) -> tuple[Path, dict[str, ParquetImageDataset]]:
     """``data.source`` imported once (cached by source and split settings), through the
@@ -30,7 +40,8 @@ def dataset(cfg: Config, cache: Path) -> tuple[Path, dict[str, ParquetImageDatas
 
 def base_model(cfg: Config, cache: Path, splits, device: torch.device):
     """(model, checkpoint path, seconds spent pretraining: 0 when cached)."""
-    key = hashlib.sha256((cfg.model.model_dump_json() + cfg.pretrain.model_dump_json()
+    key = hashlib.sha256((cfg.model.model_dump_json(exclude=unchanged(cfg.model))
+                          + cfg.pretrain.model_dump_json()
                           + cfg.data.model_dump_json() + f"{cfg.threads}{cfg.deterministic}"
                           ).encode()).hexdigest()[:16]
     path = cache / f"base-{key}.safetensors"

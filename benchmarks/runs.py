@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import base_model, dataset
+from common import base_model, dataset, unchanged
 
 from forgetting.config import Config, load_config
 from forgetting.evaluate import evaluate
@@ -70,7 +70,8 @@ class Bench:
     def key(self, *parts) -> str:
         """A cache key over this bench's data, model and pretraining config and ``parts``."""
         blob = json.dumps([self.cfg.data.model_dump(mode="json"),
-                           self.cfg.model.model_dump(mode="json"),
+                           self.cfg.model.model_dump(mode="json",
+                                                     exclude=unchanged(self.cfg.model)),
                            self.cfg.pretrain.model_dump(mode="json"), self.cfg.threads,
                            self.cfg.deterministic, *parts], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

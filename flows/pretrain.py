@@ -20,9 +20,11 @@ from tasks.workspace import Workspace
 @flow(name="pretrain", log_prints=True)
 def pretrain_flow(root: str, checkpoint: str | None = None, arch: str | None = None,
                   class_names_file: str | None = None, margin: str = "cosface",
-                  num_heads: int | None = None) -> int:
-    """``checkpoint``: a pre-trained model to use instead of pretraining one (``arch``,
-    ``class_names_file``, ``margin``: see ``tasks.model_tasks.import_base``)."""
+                  num_heads: int | None = None, global_pool: str | None = None,
+                  model_args: dict | None = None, min_val_accuracy: float | None = None,
+                  accept: bool = False) -> int:
+    """``checkpoint``: a pre-trained model to use instead of pretraining one (the other
+    arguments: see ``tasks.model_tasks.import_base``)."""
     ws = Workspace.at(root)
     log = get_run_logger()
     with run_lock(ws, "pretraining"):
@@ -34,7 +36,8 @@ def pretrain_flow(root: str, checkpoint: str | None = None, arch: str | None = N
         res: dict = {}
         if registry.version_for_request(c, "base") is None:
             if checkpoint is not None:
-                import_base(root, checkpoint, arch, class_names_file, margin, num_heads)
+                import_base(root, checkpoint, arch, class_names_file, margin, num_heads,
+                            global_pool, model_args, min_val_accuracy, accept)
             elif not ws.base_checkpoint.exists():  # else: a crashed run wrote it already
                 res = pretrain_base(root)
             track(root, ["data/models"], "base model", extra=["params.yaml"])

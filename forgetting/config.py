@@ -7,7 +7,7 @@ instead of silently falling back to a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, create_model, model_validator
@@ -56,7 +56,11 @@ class ModelConfig(_Strict):
     head: Literal["linear", "cosface", "arcface"] = "linear"
     head_scale: float = Field(16.0, gt=0, description="s of the cosine heads")
     head_margin: float = Field(0.2, ge=0, description="m of the margin heads (training only)")
-    global_pool: Literal["token", "avg"] = "token"
+    global_pool: Literal["token", "avg", "avgmax", "max", "map", ""] = "token"
+    # what else timm's VisionTransformer takes (class_token, reg_tokens, no_embed_class,
+    # pre_norm, fc_norm, qkv_bias, qk_norm, init_values, act_layer, ...): the import of a
+    # user's model records here what its weights, its config file or the flags said
+    timm_kwargs: dict[str, Any] = Field(default_factory=dict)
     # preprocessing (forgetting/preprocess.py): null takes the arch's timm pretrained_cfg
     mean: list[float] | None = None
     std: list[float] | None = None

@@ -110,6 +110,16 @@ def metrics_from_predictions(pred: np.ndarray, labels: np.ndarray, forget: Itera
     )
 
 
+def class_accuracy(model: nn.Module, ds, device: torch.device, class_names: tuple[str, ...]
+                   ) -> tuple[float, dict[str, float]]:
+    """Top-1 accuracy over every image of ``ds``, and per class (a base model's check)."""
+    out = collect_outputs(model, ds, device)
+    pred, labels = out["logits"].argmax(-1).numpy(), out["labels"].numpy()
+    per = {class_names[c]: a for c in sorted(set(labels.tolist()))
+           if (a := accuracy(pred, labels, [c])) is not None}
+    return float((pred == labels).mean()) if len(labels) else 0.0, per
+
+
 def compare(before_model: nn.Module, after_model: nn.Module, ds, forget: Iterable[int],
             earlier: Iterable[int], device: torch.device, class_names: tuple[str, ...]) -> dict:
     """A request's effect on one split: the after-model's metrics, and the before-model's

@@ -67,7 +67,7 @@ class Classifier(nn.Module):
             cfg.arch, pretrained=False, num_classes=0, img_size=cfg.image_size,
             patch_size=cfg.patch_size, in_chans=cfg.in_chans, depth=cfg.depth,
             embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-            global_pool=cfg.global_pool,
+            global_pool=cfg.global_pool, **cfg.timm_kwargs,
         )
         dim = self.backbone.num_features
         self.head: nn.Module = (
@@ -154,6 +154,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         if isinstance(obj.get("arch"), str):
             facts["arch"] = obj["arch"]
+        if isinstance(obj.get("args"), argparse.Namespace):  # timm train.py's settings
+            facts["args"] = vars(obj["args"])
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")

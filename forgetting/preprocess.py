@@ -91,3 +91,37 @@ def train_transform(cfg: ModelConfig, train: TrainConfig, stored_size: int) -> I
         input_size=dc["input_size"], is_training=True, interpolation=dc["interpolation"],
         mean=dc["mean"], std=dc["std"], hflip=train.hflip, scale=(train.scale_min, 1.0),
         color_jitter=jitter))
+
+
+def describe_preprocessing(cfg: ModelConfig, stored_size: int) -> dict:
+    """What happens to a stored image before the model sees it, and where each value comes
+    from (params.yaml, the arch's timm pretrained_cfg, timm's default): shown at import, in
+    ``forget status --json`` and in the MLflow model's metadata."""
+    import math
+
+    arch = arch_defaults(cfg.arch)
+    dc = data_config(cfg)
+
+    def source(k: str) -> str:
+        if getattr(cfg, k) is not None:
+            return "params.yaml"
+        return f"{cfg.arch}'s timm pretrained_cfg" if k in arch else "timm's default"
+
+    out = {k: {"value": list(dc[k]) if isinstance(dc[k], tuple) else dc[k], "source": source(k)}
+           for k in ("mean", "std", "interpolation", "crop_pct")}
+    size = cfg.image_size
+    if stored_size == size:
+        out["steps"] = [f"scale to [0, 1], normalise by mean and std: images are stored at the "
+                        f"model's {size}x{size}, so nothing is resized or cropped "
+                        "(crop_pct is not used)"]
+        return out
+    scaled = math.floor(size / dc["crop_pct"])
+    steps = [f"resize the shorter side {stored_size} -> {scaled} ({dc['interpolation']})"]
+    if scaled > size:
+        lost = 1 - (size / scaled) ** 2
+        steps.append(f"centre-crop {size}x{size}: {lost:.0%} of the resized image's pixels are "
+                     f"cut off (crop_pct {dc['crop_pct']}; model.crop_pct: 1.0 in params.yaml "
+                     "resizes without cropping)")
+    steps.append("scale to [0, 1], normalise by mean and std")
+    out["steps"] = steps
+    return out

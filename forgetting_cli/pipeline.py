@@ -113,19 +113,40 @@ def pretrain(root: Root = Path("."),
              margin: Annotated[str, typer.Option(
                  help="kind of a bias-free (face) head: cosface or arcface")] = "cosface",
              num_heads: Annotated[int | None, typer.Option(
-                 help="attention heads of --checkpoint (weights do not tell; default: the "
-                      "arch's, or width/64 for another width)")] = None,
+                 help="attention heads of --checkpoint (no weights tell: needed unless its "
+                      "config.json or train.py args say, or it has its arch's own shape)")
+             ] = None,
+             global_pool: Annotated[str | None, typer.Option(
+                 help="token pooling of --checkpoint (token, avg, ...; as --num-heads)")] = None,
+             model_arg: Annotated[list[str] | None, typer.Option(
+                 help="KEY=VALUE: any other argument of timm's VisionTransformer the "
+                      "checkpoint was built with (VALUE read as JSON; repeat the flag)")] = None,
+             min_val_accuracy: Annotated[float | None, typer.Option(
+                 help="refuse an imported model under this validation accuracy (default: "
+                      "twice chance)")] = None,
+             accept: Annotated[bool, typer.Option(
+                 "--accept", help="import a model under --min-val-accuracy anyway")] = False,
              ) -> None:
-    """Pretrain and register a base model (only when none is in production)."""
+    """Pretrain and register a base model (only when none is in production), or import
+    your own with --checkpoint: every setting it is built with is printed with its source."""
     ws = _ws(root)
     if margin not in ("cosface", "arcface"):
         raise typer.BadParameter(f"--margin must be cosface or arcface, not {margin!r}")
+    args = {}
+    for item in model_arg or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--model-arg {item!r}: write KEY=VALUE")
+        try:
+            args[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            args[key] = raw  # a bare word: a string (e.g. act_layer=gelu_tanh)
     _prefect()
     from flows.pretrain import pretrain_flow
 
     version = pretrain_flow(str(ws.root), str(checkpoint.resolve()) if checkpoint else None,
                             arch, str(classes.resolve()) if classes else None, margin,
-                            num_heads)
+                            num_heads, global_pool, args or None, min_val_accuracy, accept)
     typer.echo(f"production model: v{version}")
 
 
@@ -232,8 +253,11 @@ def status_dict(ws) -> dict:
     from tasks.requests import ledger
 
     reg = reader(ws)
+    report = ws.base_checkpoint.parent / "base.json"  # tasks.model_tasks.BASE_REPORT
     return {
         "model": ws.model_name, "tracking_uri": ws.tracking_uri,
+        # the base model: where it came from, its val accuracy, its preprocessing
+        "base": json.loads(report.read_text()) if report.is_file() else None,
         "production_version": reg.alias_version("production"),
         "candidate_version": reg.alias_version("candidate"),
         "requests": [{"id": r.id, "classes": r.classes, "status": r.status,
@@ -267,6 +291,10 @@ def status(root: Root = Path("."), as_json: Annotated[bool, typer.Option("--json
     typer.echo(f"model {st['model']}: production "
                f"{'v' + str(prod) if prod else 'none yet (run `forget pretrain`)'} "
                f"(tracking {st['tracking_uri']})")
+    if base := st["base"]:
+        typer.echo(f"base model (v1): {base['origin']}, val accuracy {base['val_acc']:.3f} "
+                   f"on {base['val_images']} images; preprocessing: "
+                   f"{'; '.join(base['preprocessing']['steps'])}")
     for r in st["requests"]:
         m = "" if r["acc_f"] is None else (f" Acc_f {r['acc_f']:.3f} Acc_r {r['acc_r']:.3f} "
                                            f"H {r['h_mean']:.3f}")

@@ -15,7 +15,7 @@ from torch.utils.data import ConcatDataset
 from forgetting.config import ModelConfig
 from forgetting.data import DatasetInfo, read_info
 from forgetting.datasets import ParquetImageDataset, request_data, splits
-from forgetting.evaluate import compare, evaluate
+from forgetting.evaluate import class_accuracy, compare, evaluate
 from forgetting.files import fsync_tree, replace_durably, write_json_atomic
 from forgetting.lora import apply_adapter, apply_chain
 from forgetting.mia import membership_inference
@@ -27,7 +27,7 @@ from forgetting.model import (
     load_checkpoint,
     save_checkpoint,
 )
-from forgetting.preprocess import data_config, input_shape
+from forgetting.preprocess import data_config, describe_preprocessing, input_shape
 from forgetting.pretrain import pretrain, retrain_baseline
 from forgetting.prototypes import Prototypes, request_prototypes
 from forgetting.runtime import setup_runtime
@@ -59,22 +59,41 @@ def pretrain_base(root: str) -> dict:
                    dev)
     sha = save_checkpoint(res.model, ws.base_checkpoint, sp["train"].info.class_names,
                           extra={"dataset_version": sp["train"].info.content_hash})
+    acc, per_class = class_accuracy(res.model, sp["val"], dev, sp["train"].info.class_names)
+    write_json_atomic(base_report_path(ws), {
+        "origin": "pretrained here", "val_acc": acc, "val_class_acc": per_class,
+        "val_images": len(sp["val"]), "import": None,
+        "preprocessing": describe_preprocessing(cfg.model, sp["train"].info.image_size)})
     get_run_logger().info(f"pretrained in {res.seconds:.0f}s, val accuracy {res.val_acc:.3f}")
     return {"sha256": sha, "val_acc": res.val_acc, "seconds": res.seconds,
             "best_epoch": res.best_epoch}
 
 
+BASE_REPORT = "base.json"  # beside the base checkpoint: its val accuracy and preprocessing
+
+
+def base_report_path(ws: Workspace):
+    return ws.base_checkpoint.parent / BASE_REPORT
+
+
 @task(cache_policy=NO_CACHE)
 def import_base(root: str, checkpoint: str, arch: str | None = None,
                 class_names_file: str | None = None, margin: str = "cosface",
-                num_heads: int | None = None) -> dict:
+                num_heads: int | None = None, global_pool: str | None = None,
+                model_args: dict | None = None, min_val_accuracy: float | None = None,
+                accept: bool = False) -> dict:
     """Use a user's pre-trained model as the base: one of our checkpoints, or a plain timm
-    state dict (safetensors, weights-only ``.pt``, timm ``train.py`` checkpoint) whose shape
-    is read from its weights. Its model config is written to params.yaml, so the retrain
-    reference and ``dvc repro`` build the same network; its classes must be the dataset's."""
+    state dict (safetensors, weights-only ``.pt``, timm ``train.py`` checkpoint) whose
+    settings come from its weights, its own config, the flags or its architecture, each
+    named (``forgetting.timm_checkpoint``). It must then classify the validation split above
+    ``min_val_accuracy`` (default: twice chance) unless ``accept``. Its model config is
+    written to params.yaml, so the retrain reference and ``dvc repro`` build the same
+    network; its classes must be the dataset's."""
     ws = Workspace.at(root)
     info = dataset_info(ws)
     names = list(info.class_names)
+    log = get_run_logger()
+    report = None
     if is_our_checkpoint(checkpoint):
         model, got, _ = load_checkpoint(checkpoint)
         if got != names:
@@ -83,23 +102,45 @@ def import_base(root: str, checkpoint: str, arch: str | None = None,
                 f"{names[:5]}... ({len(got)} vs {len(names)} classes)")
     else:
         order = read_class_names(class_names_file) if class_names_file else None
-        model = import_timm(checkpoint, names, arch, order, margin, num_heads,
-                            ws.config().model)
+        model, report = import_timm(checkpoint, names, arch, order, margin, num_heads,
+                                    ws.config().model, global_pool, model_args)
+        for line in report.lines():
+            log.info(line)
     if model.cfg.in_chans != info.channels:
         raise CheckpointError(
             f"the model takes {model.cfg.in_chans}-channel images, the dataset holds "
             f"{info.channels}-channel ones: ingest again with model.in_chans "
             f"{model.cfg.in_chans} in params.yaml")
+    cfg = ws.config()
+    dev = setup_runtime(cfg)
+    val = splits(ws.dataset, model.cfg)["val"]
+    acc, per_class = class_accuracy(model.to(dev), val, dev, tuple(names))
+    bar = min_val_accuracy if min_val_accuracy is not None else 2 / len(names)
+    shown = ", ".join(f"{c} {a:.3f}" for c, a in per_class.items())
+    log.info(f"validation accuracy of the imported model: {acc:.4f} ({len(val)} images); "
+             f"per class: {shown}")
+    if acc < bar and not accept:
+        why = ("--min-val-accuracy" if min_val_accuracy is not None
+               else f"twice chance for {len(names)} classes")
+        raise CheckpointError(
+            f"the imported model classifies the validation split at {acc:.1%} ({len(val)} "
+            f"images), under {bar:.1%} ({why}): its settings or class order are likely "
+            "wrong (see the settings above); --accept imports it anyway")
     cfg, params = ws.params_with({"model": model.cfg.model_dump(mode="json")})
     sha = save_checkpoint(model, ws.base_checkpoint, names,
                           extra={"dataset_version": info.content_hash,
                                  "imported_from": Path(checkpoint).name})
+    write_json_atomic(base_report_path(ws), {
+        "origin": f"imported from {Path(checkpoint).name}", "val_acc": acc,
+        "val_class_acc": per_class, "val_images": len(val), "min_val_accuracy": bar,
+        "accepted_below": acc < bar, "import": report.as_dict() if report else None,
+        "preprocessing": describe_preprocessing(model.cfg, info.image_size)})
     ws.write_params(params)
-    get_run_logger().info(f"imported base model from {checkpoint}: timm {cfg.model.arch}, "
-                          f"{cfg.model.depth} blocks, width {cfg.model.embed_dim}, "
-                          f"{cfg.model.image_size} px, {cfg.model.head} head; model config "
-                          "written to params.yaml")
-    return {"sha256": sha}
+    log.info(f"imported base model from {checkpoint}: timm {cfg.model.arch}, "
+             f"{cfg.model.depth} blocks, width {cfg.model.embed_dim}, "
+             f"{cfg.model.image_size} px, {cfg.model.head} head; model config written to "
+             "params.yaml")
+    return {"sha256": sha, "val_acc": acc}
 
 
 def model_for_version(ws: Workspace, version: int) -> tuple[Classifier, list[str]]:
@@ -261,10 +302,17 @@ def register_base(root: str, pretrained: dict) -> int:
     tags = {"checkpoint": ws.rel(ws.base_checkpoint),
             "checkpoint_sha256": file_sha256(ws.base_checkpoint),
             "dataset_version": info.content_hash, "forgotten": "[]"}
+    report = base_report_path(ws)
+    base = json.loads(report.read_text()) if report.is_file() else {}
+    metrics = {k: v for k, v in pretrained.items() if isinstance(v, float)}
+    if base:  # its val accuracy, overall and per class (what `forget status` shows too)
+        metrics["val_acc"] = base["val_acc"]
+        metrics.update({f"val_class_acc/{k}": v for k, v in base["val_class_acc"].items()})
+    kind = "import" if base.get("import") or "imported" in base.get("origin", "") else "pretrain"
     run_id = registry.log_request_run(
-        ws, "base", {"kind": "pretrain", **cfg.pretrain.model_dump()},
-        {k: v for k, v in pretrained.items() if isinstance(v, float)}, [], ws.base_checkpoint,
-        tags["checkpoint_sha256"], [], input_shape(cfg.model), model_metadata(cfg.model))
+        ws, "base", {"kind": kind, **cfg.pretrain.model_dump()}, metrics,
+        [report] if base else [], ws.base_checkpoint, tags["checkpoint_sha256"], [],
+        input_shape(cfg.model), model_metadata(cfg.model))
     return registry.register(ws, "base", run_id, ws.base_checkpoint, tags)
 
 

@@ -37,8 +37,10 @@ def _save(model: torch.nn.Module, path, how: str) -> None:
     elif how == "torch.save":
         torch.save(state, path)
     else:  # what timm's train.py writes: args as an argparse.Namespace, arch by name
+        args = argparse.Namespace(lr=0.1, model="vit_tiny_patch16_224", gp=None,
+                                  model_kwargs={"img_size": 32, "patch_size": 8, "depth": 2})
         torch.save({"epoch": 9, "arch": "vit_tiny_patch16_224", "state_dict": state,
-                    "args": argparse.Namespace(lr=0.1, model="vit_tiny_patch16_224")}, path)
+                    "args": args}, path)
 
 
 @pytest.mark.parametrize("how", ["safetensors", "torch.save", "train.py"])
@@ -47,7 +49,13 @@ def test_a_plain_timm_checkpoint_imports_with_its_own_architecture(tmp_path, how
     path = tmp_path / ("m.safetensors" if how == "safetensors" else "m.pth")
     _save(timm_model, path, how)
     arch = None if how == "train.py" else "vit_tiny_patch16_224"  # train.py names its arch
-    model = import_timm(path, NAMES, arch)
+    # the weights do not tell the heads: train.py's args build the arch's own 3
+    heads = None if how == "train.py" else 3
+    model, report = import_timm(path, NAMES, arch, num_heads=heads)
+    assert report.settings["num_heads"]["source"] == (
+        "vit_tiny_patch16_224's own, as train.py args builds it" if how == "train.py"
+        else "--num-heads")
+    assert report.check["agree"] and report.check["compared"] == "logits"
     cfg = model.cfg
     assert (cfg.depth, cfg.embed_dim, cfg.num_heads, cfg.patch_size, cfg.image_size,
             cfg.in_chans, cfg.head) == (2, 192, 3, 8, 32, 3, "linear")
@@ -56,20 +64,88 @@ def test_a_plain_timm_checkpoint_imports_with_its_own_architecture(tmp_path, how
         assert torch.allclose(model(x), timm_model(x), atol=1e-5)
 
 
+def _narrow() -> torch.nn.Module:
+    """A timm ViT trained outside the project at a width its arch does not have: 96 wide,
+    3 heads (vit_tiny is 192 wide), 28 px grey images."""
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5,
+                             img_size=28, patch_size=4, in_chans=1, depth=4, embed_dim=96,
+                             num_heads=3).eval()
+
+
+TIMM_CONFIG = {"architecture": "vit_tiny_patch16_224", "num_classes": 5,
+               "model_args": {"img_size": 28, "patch_size": 4, "in_chans": 1, "depth": 4,
+                              "embed_dim": 96, "num_heads": 3},
+               "pretrained_cfg": {"mean": [0.286], "std": [0.353], "interpolation": "bilinear",
+                                  "crop_pct": 1.0}}
+HF_CONFIG = {"model_type": "vit", "hidden_size": 96, "num_hidden_layers": 4,
+             "num_attention_heads": 3, "intermediate_size": 384, "image_size": 28,
+             "patch_size": 4, "num_channels": 1, "qkv_bias": True, "hidden_act": "gelu",
+             "id2label": {str(i): n for i, n in enumerate(NAMES)}}
+
+
+def test_heads_the_weights_do_not_tell_come_from_a_file_or_a_flag_never_a_guess(tmp_path):
+    timm_model = _narrow()
+    path = tmp_path / "model.safetensors"
+    save_file(timm_model.state_dict(), path)
+    with pytest.raises(CheckpointError, match="attention heads.*pass --num-heads"):
+        import_timm(path, NAMES, "vit_tiny_patch16_224")
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        want = timm_model(x)
+    model, report = import_timm(path, NAMES, "vit_tiny_patch16_224", num_heads=3)
+    assert report.settings["num_heads"] == {"value": 3, "source": "--num-heads"}
+    assert "no file states it" in report.settings["global_pool"]["source"]
+    assert report.preprocessing["mean"]["source"].endswith("timm pretrained_cfg")
+    for layout, name in ((TIMM_CONFIG, "config.json"), (HF_CONFIG, "model.json")):
+        (tmp_path / "config.json").unlink(missing_ok=True)
+        (tmp_path / "model.json").unlink(missing_ok=True)
+        (tmp_path / name).write_text(json.dumps(layout))
+        # Hugging Face's layout does not name a timm arch: --arch does
+        arch = "vit_tiny_patch16_224" if layout is HF_CONFIG else None
+        model, report = import_timm(path, NAMES, arch)
+        assert model.cfg.num_heads == 3 and report.settings["num_heads"]["source"] == name
+        with torch.no_grad():
+            assert torch.allclose(model(x), want, atol=1e-5)
+    # timm's layout carries the preprocessing the model was trained with
+    (tmp_path / "model.json").unlink()
+    (tmp_path / "config.json").write_text(json.dumps(TIMM_CONFIG))
+    model, report = import_timm(path, NAMES)
+    assert report.preprocessing["mean"] == {"value": [0.286], "source": "config.json"}
+    assert model.cfg.interpolation == "bilinear" and model.cfg.crop_pct == 1.0
+
+
+def test_the_outputs_check_refuses_a_flag_that_changes_the_model_against_its_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file(_narrow().state_dict(), path)
+    (tmp_path / "config.json").write_text(json.dumps(TIMM_CONFIG))
+    _, report = import_timm(path, NAMES, global_pool="token")  # as the file says: fine
+    assert report.check["agree"] and report.check["reference"] == "config.json"
+    with pytest.raises(CheckpointError, match="global_pool as passed differs from config.json"):
+        import_timm(path, NAMES, global_pool="avg")
+    with pytest.raises(CheckpointError, match="not an argument of timm's VisionTransformer"):
+        import_timm(path, NAMES, model_args={"heads": 3})
+    (tmp_path / "config.json").write_text(json.dumps(
+        {**TIMM_CONFIG, "model_args": {**TIMM_CONFIG["model_args"], "depth": 6}}))
+    with pytest.raises(CheckpointError, match="config.json says depth 6, the weights 4"):
+        import_timm(path, NAMES)
+
+
 def test_head_rows_are_put_in_the_dataset_order_and_classes_must_match(tmp_path):
     timm_model = _plain_timm()
     save_file(timm_model.state_dict(), tmp_path / "m.safetensors")
     (tmp_path / "classes.txt").write_text("e\nd\nc\nb\na\n")
     order = read_class_names(tmp_path / "classes.txt")
-    model = import_timm(tmp_path / "m.safetensors", NAMES, "vit_tiny_patch16_224", order)
+    model, _ = import_timm(tmp_path / "m.safetensors", NAMES, "vit_tiny_patch16_224", order,
+                           num_heads=3)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(x), timm_model(x).flip(-1), atol=1e-5)
     with pytest.raises(CheckpointError, match=r"only in the checkpoint \['z'\]"):
         import_timm(tmp_path / "m.safetensors", NAMES, "vit_tiny_patch16_224",
-                    ["z", "d", "c", "b", "a"])
+                    ["z", "d", "c", "b", "a"], num_heads=3)
     with pytest.raises(CheckpointError, match="5 head rows but 4 class names in the dataset"):
-        import_timm(tmp_path / "m.safetensors", NAMES[:4], "vit_tiny_patch16_224")
+        import_timm(tmp_path / "m.safetensors", NAMES[:4], "vit_tiny_patch16_224", num_heads=3)
 
 
 def test_a_checkpoint_that_does_not_fit_names_the_keys_and_shapes(tmp_path):
@@ -79,7 +155,7 @@ def test_a_checkpoint_that_does_not_fit_names_the_keys_and_shapes(tmp_path):
     state["dist_token"] = torch.zeros(1, 1, 192)
     save_file(state, tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError) as e:
-        import_timm(tmp_path / "bad.safetensors", NAMES, "vit_tiny_patch16_224")
+        import_timm(tmp_path / "bad.safetensors", NAMES, "vit_tiny_patch16_224", num_heads=3)
     msg = str(e.value)
     assert "missing: backbone.blocks.1.mlp.fc2.bias" in msg
     assert "unexpected: backbone.dist_token" in msg
@@ -99,9 +175,9 @@ def test_a_bias_free_face_head_becomes_a_margin_head(tmp_path):
     state = timm_model.state_dict()
     state.pop("head.bias")
     save_file(state, tmp_path / "face.safetensors")
-    model = import_timm(tmp_path / "face.safetensors", NAMES, "vit_tiny_patch16_224",
-                        margin="arcface")
-    assert model.cfg.head == "arcface"
+    model, report = import_timm(tmp_path / "face.safetensors", NAMES, "vit_tiny_patch16_224",
+                                margin="arcface", num_heads=3)
+    assert model.cfg.head == "arcface" and report.check["compared"].startswith("embeddings")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         feats = torch.nn.functional.normalize(timm_model.forward_head(
@@ -164,12 +240,36 @@ def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path
     cli = CliRunner()
     assert cli.invoke(app, ["init", "--root", str(root)]).exit_code == 0
     ingest_flow(str(root))
+    # an untrained model of the same shape classifies at chance: refused, nothing registered
+    params = (root / "params.yaml").read_text()
+    torch.manual_seed(1)
+    untrained = {k: torch.randn_like(v) * 0.02 for k, v in _as_plain_timm(base_model[0]).items()}
+    save_file(untrained, tmp_path / "untrained.safetensors")
+    res = cli.invoke(app, ["pretrain", "--checkpoint", str(tmp_path / "untrained.safetensors"),
+                           "--arch", "vit_tiny_patch16_224", "--num-heads", "4",
+                           "--root", str(root)])
+    assert res.exit_code == 2 and "under 20.0% (twice chance for 10 classes)" in res.output, \
+        res.output
+    assert "--accept imports it anyway" in res.output
+    assert (root / "params.yaml").read_text() == params
+    assert json.loads(cli.invoke(app, ["status", "--json", "--root", str(root)]).output)[
+        "production_version"] is None
     save_file(_as_plain_timm(base_model[0]), tmp_path / "plain.safetensors")
     res = cli.invoke(app, ["pretrain", "--checkpoint", str(tmp_path / "plain.safetensors"),
                            "--arch", "vit_tiny_patch16_224", "--num-heads", "4",
                            "--root", str(root)])
     assert res.exit_code == 0, res.output
     ws = Workspace.at(root)
+    status = json.loads(cli.invoke(app, ["status", "--json", "--root", str(root)]).output)
+    base = status["base"]
+    assert base["val_acc"] > 0.8 and set(base["val_class_acc"]) == {f"digit_{i}" for i in
+                                                                    range(10)}
+    assert base["import"]["settings"]["num_heads"] == {"value": 4, "source": "--num-heads"}
+    assert "nothing is resized or cropped" in base["preprocessing"]["steps"][0]
+    c = registry.client(ws)
+    run = c.get_run(c.get_model_version(c.model_name, "1").run_id)
+    assert run.data.metrics["val_acc"] == pytest.approx(base["val_acc"])
+    assert run.data.metrics["val_class_acc/digit_3"] == base["val_class_acc"]["digit_3"]
     assert ws.config().model.arch == "vit_tiny_patch16_224"
     assert ws.config().model.depth == 4 and ws.config().model.embed_dim == 64
     assert cli.invoke(app, ["request", "add", "digit_3", "--root", str(root)]).exit_code == 0
@@ -184,7 +284,6 @@ def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path
         want = chained(x).argmax(-1).tolist()
         base = base_model[0].cpu().eval()(x).argmax(-1).tolist()
     assert base[:8].count(3) >= 6 and want[:8].count(3) <= 2, (base, want)  # digit_3 forgotten
-    c = registry.client(ws)
     tags = registry.version_tags(c, version)
     assert tags["parent_version"] == "1" and tags["part_uri"].endswith("/artifacts/req-0001")
     assert tags["merged_uri"]  # it became production: one standalone export
