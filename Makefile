@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint lock bench bench-seq bench-methods tune figures clean
+.PHONY: demo test test-fast lint lock bench bench-seq bench-methods tune figures gpu-check clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -46,6 +46,10 @@ tune: $(STAMP)
 
 bench-methods: $(STAMP)
 	$(PY) benchmarks/sequence.py --methods gs-lora,gs-lora++,gs-lora++:4,fg-oriu,finetune,neggrad,retrain --seeds 3 --no-pipeline
+
+# on a machine with a GPU: CUDA tests, ViT-B/16 throughput, one request end to end (< 8 min)
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 figures: $(STAMP)
 	$(PY) benchmarks/readme_figures.py --run

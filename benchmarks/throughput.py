@@ -7,6 +7,12 @@ normalise), as a user's ImageFolder would be. On a CPU the ViT-S runs a few batc
 
     python benchmarks/throughput.py                       # both models, this machine's device
     python benchmarks/throughput.py --models vit_s --batches 20 --batch-size 128 --device cuda
+    python benchmarks/throughput.py --sampler             # shuffles over data 6x the cache
+
+``--sampler`` loads a synthetic 224 px RGB dataset whose decoded images are 6x the row-group
+cache (the cache made small, so the dataset stays small) with today's uniform shuffle and
+with the block shuffle (``forgetting.datasets.BlockShuffleSampler``): images per second and
+row groups decoded per image, for the same number of batches.
 """
 
 from __future__ import annotations
@@ -37,16 +43,52 @@ VIT_S = ModelConfig(arch="vit_small_patch16_224", image_size=224, patch_size=16,
                     depth=12, embed_dim=384, num_heads=6)
 
 
-def synthetic_rgb(cache: Path, n: int = 512, size: int = 256, classes: int = 100) -> Path:
+def synthetic_rgb(cache: Path, n: int = 512, size: int = 256, classes: int = 100,
+                  row_group_size: int = 256) -> Path:
     """Smooth random RGB images (PNG-compressible like photos, unlike noise), cached."""
-    path = cache / f"synthetic-rgb-{n}-{size}.parquet"
+    path = cache / f"synthetic-rgb-{n}-{size}-{row_group_size}.parquet"
     if not path.exists():
         rng = np.random.default_rng(0)
         low = rng.integers(0, 255, (n, 8, 8, 3)).astype(np.uint8)
         imgs = low.repeat(size // 8, 1).repeat(size // 8, 2)
         write_dataset(path, imgs, np.arange(n) % classes, [f"c{i:03d}" for i in range(classes)],
-                      source="synthetic", val_fraction=0.01, test_fraction=0.01)
+                      source="synthetic", val_fraction=0.01, test_fraction=0.01,
+                      row_group_size=row_group_size)
     return path
+
+
+def sampler_throughput(cache: Path, batch: int, batches: int, cache_mb: int = 64,
+                       times: float = 6.0) -> dict:
+    """Uniform against block shuffle on a dataset ``times`` the row-group cache, at 224 px."""
+    from forgetting.datasets import BlockShuffleSampler, block_window
+
+    per_image = 3 * 224 * 224
+    n = int(times * (cache_mb << 20) / per_image) + 1
+    path = synthetic_rgb(cache, n=n, size=224, row_group_size=32)
+    out = {"images": n, "cache_mb": cache_mb, "batch": batch, "batches": batches}
+    for name in ("uniform", "block"):
+        ds = ParquetImageDataset(path, "train", cache_bytes=cache_mb << 20,
+                                 transform=eval_transform(VIT_S, 224))
+        out["decoded_over_cache"] = round(ds.decoded_bytes() / ds.cache_limit, 1)
+        if name == "uniform":
+            loader = DataLoader(ds, batch_size=batch, shuffle=True,
+                                generator=torch.Generator().manual_seed(0))
+        else:
+            out["window_row_groups"] = block_window(ds)
+            loader = DataLoader(ds, batch_size=batch,
+                                sampler=BlockShuffleSampler(ds, block_window(ds), 0))
+        it = iter(loader)
+        next(it)  # the first batch fills the cache either way
+        ds._cache.misses = 0
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        seconds = time.perf_counter() - t0
+        out[name] = {"img_s": round(batch * batches / seconds, 1),
+                     "row_groups_decoded_per_image": round(ds._cache.misses / (batch * batches),
+                                                           3)}
+    out["speedup"] = round(out["block"]["img_s"] / out["uniform"]["img_s"], 1)
+    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -133,9 +175,22 @@ def main() -> None:
                     help="timed batches (default: 20 on CUDA; 20 digits / 3 ViT-S on CPU)")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="default: 256 digits; 64 ViT-S on CUDA, 16 on CPU")
+    ap.add_argument("--sampler", action="store_true",
+                    help="only the uniform against the block shuffle, on data 6x the cache")
     args = ap.parse_args()
     cfg, device = setup(args)
     cache = Path(args.cache)
+    if args.sampler:
+        r = sampler_throughput(cache, args.batch_size or 64, args.batches or 10)
+        print(f"{r['images']} images at 224 px, decoded {r['decoded_over_cache']}x the "
+              f"{r['cache_mb']} MiB cache, {r['batches']} batches of {r['batch']}: uniform "
+              f"shuffle {r['uniform']['img_s']} img/s ({r['uniform']['row_groups_decoded_per_image']}"
+              f" row groups decoded per image), block shuffle {r['block']['img_s']} img/s "
+              f"({r['block']['row_groups_decoded_per_image']}; window "
+              f"{r['window_row_groups']} row groups): {r['speedup']}x")
+        if args.json:
+            print(json.dumps({"sampler": r, "threads": torch.get_num_threads()}))
+        return
     cuda = device.type == "cuda"
     rows = []
     for name in args.models:

@@ -15,7 +15,7 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 
 from .config import ModelConfig, TrainConfig
-from .datasets import ParquetImageDataset
+from .datasets import BlockShuffleSampler, ParquetImageDataset, block_window
 from .evaluate import accuracy, collect_outputs
 from .model import Classifier, create_model
 from .preprocess import train_transform
@@ -25,10 +25,18 @@ from .runtime import autocast, compiled, loader_options, to_device
 
 def seeded_loader(ds, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False,
                   device: torch.device | None = None) -> DataLoader:
+    """A seeded loader; over a dataset bigger than its row-group cache the shuffle is the
+    block shuffle (``BlockShuffleSampler``), which decodes each row group about once an
+    epoch instead of for almost every batch (smaller datasets keep the uniform shuffle, and
+    their runs stay bit for bit what they were)."""
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=min(batch_size, max(len(ds), 1)), shuffle=shuffle,
-                      generator=g, drop_last=drop_last,
-                      **(loader_options(device) if device is not None else {}))
+    opts = loader_options(device) if device is not None else {}
+    batch = min(batch_size, max(len(ds), 1))
+    if shuffle and isinstance(ds, ParquetImageDataset) and ds.decoded_bytes() > ds.cache_limit:
+        sampler = BlockShuffleSampler(ds, block_window(ds), seed)
+        return DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=drop_last, **opts)
+    return DataLoader(ds, batch_size=batch, shuffle=shuffle, generator=g, drop_last=drop_last,
+                      **opts)
 
 
 @dataclass

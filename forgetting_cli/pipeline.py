@@ -68,9 +68,10 @@ def init(root: Root = Path(".")) -> None:
 
 
 def ingest(root: Root = Path("."),
-           source: Annotated[str, typer.Option(
+           source: Annotated[str | None, typer.Option(
                help="sklearn-digits, fashion-mnist (Debian's dataset-fashion-mnist), an "
-                    "ImageFolder directory or a .parquet file")] = "sklearn-digits",
+                    "ImageFolder directory or a .parquet file (default: data.source in "
+                    "params.yaml)")] = None,
            resize: Annotated[bool, typer.Option(
                "--resize", help="scale images of another size to data.image_size")] = False,
            channels: Annotated[bool, typer.Option(
@@ -84,6 +85,7 @@ def ingest(root: Root = Path("."),
     ws = _ws(root)
     from forgetting.data import BUILTIN
 
+    source = source or ws.config().data.source
     if source not in BUILTIN and Path(source).exists():
         source = str(Path(source).resolve())  # params.yaml must not depend on the cwd
     allow = {k: True for k, v in (("resize", resize), ("convert_channels", channels),

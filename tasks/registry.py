@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import mlflow
-import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, Schema
+from mlflow.types.schema import Array
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from .registry_reader import ServiceUnavailable
@@ -97,11 +97,14 @@ def find_run(c: Registry, exp_id: str, request_id: str) -> str | None:
 
 
 def signature(image_shape: tuple[int, ...]) -> ModelSignature:
-    """Images in (the model's preprocessed input), one row per image out."""
+    """One row per image out. No input schema: the model takes raw images (base64 PNG/JPEG
+    strings, uint8 arrays of any size) as well as preprocessed float32 tensors of
+    ``image_shape`` (``tasks.mlflow_model``), which one MLflow schema cannot say."""
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *image_shape))]),
+        inputs=None,
         outputs=Schema([ColSpec("string", "class"), ColSpec("long", "class_index"),
-                        ColSpec("float", "probability")]))
+                        ColSpec("float", "probability"),
+                        ColSpec(Array("float"), "probabilities")]))
 
 
 def log_request_run(ws: Workspace, request_id: str, params: dict, metrics: dict,

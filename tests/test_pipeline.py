@@ -8,7 +8,9 @@ workspace puts back what it changed, so no test depends on another one having ru
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import json
 import os
 import shlex
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 from forgetting_cli.main import app
@@ -244,15 +247,31 @@ def test_production_model_loads_in_one_line_and_serves_over_http(processed, tmp_
     mlflow_cli = os.path.join(os.path.dirname(sys.executable), "mlflow")
     cmd = [mlflow_cli, "models", "serve", "-m", "models:/forgetting-vit@production",
            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    # what a client holds: the images themselves, as PNG files
+    pngs = []
+    for i in range(6):
+        buf = io.BytesIO()
+        Image.fromarray(test.image_uint8(i)[0].numpy()).save(buf, format="PNG")
+        pngs.append(base64.b64encode(buf.getvalue()).decode())
+
+    def post(payload: dict) -> list[dict]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                     data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
+
     with server_process(cmd, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env=env,
                         timeout=240):
-        body = json.dumps({"inputs": x.numpy().tolist()}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
-        answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
-    preds = answer["predictions"]
+        preds = post({"inputs": x.numpy().tolist()})  # preprocessed tensors
+        from_png = post({"inputs": {"image": pngs}})  # the README's call
+        from_array = post({"inputs": test.image_uint8(0)[0].numpy().tolist()})  # uint8 H x W
     assert [p["class_index"] for p in preds] == want
     assert all(p["class"].startswith("digit_") and 0 < p["probability"] <= 1 for p in preds)
+    for got in (from_png, from_array):
+        for g, p in zip(got, preds, strict=False):
+            assert g["class"] == p["class"] and g["class_index"] == p["class_index"]
+            assert g["probabilities"] == pytest.approx(p["probabilities"], abs=1e-6)
+    assert len(from_png) == 6 and len(from_array) == 1
 
 
 def test_promote_and_rollback_move_production(processed):
