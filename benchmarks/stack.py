@@ -54,10 +54,10 @@ def child_requests(n: int, on_stack: bool) -> dict:
 
     init(root)
     if on_stack:  # as `forget stack attach` (the parent made the git repository)
-        from tasks import team
+        from tasks import shared
 
         e = os.environ
-        team.attach(ws, f"{e['FORGET_GIT_URL']}/bench.git", f"s3://{e['FORGET_S3_BUCKET']}/dvc/bench",
+        shared.attach(ws, f"{e['FORGET_GIT_URL']}/bench.git", f"s3://{e['FORGET_S3_BUCKET']}/dvc/bench",
                     e["MLFLOW_S3_ENDPOINT_URL"], e["AWS_ACCESS_KEY_ID"], e["AWS_SECRET_ACCESS_KEY"])
     from flows.ingest import ingest_flow
     from flows.pretrain import pretrain_flow
@@ -69,11 +69,12 @@ def child_requests(n: int, on_stack: bool) -> dict:
     specs = [RequestSpec(classes=[c], requester="benchmark") for c in CLASSES[:n]]
     t0 = time.perf_counter()
     if on_stack:
-        from tasks import team
+        from flows.deploy import deploy
+        from tasks.submissions import submit
 
-        team.deploy(ws, "benchmark")  # no worker: this process runs the flow (below)
+        deploy(ws, "benchmark")  # no worker: this process runs the flow (below)
         for s in specs:
-            team.submit(ws, s)
+            submit(ws, s)
     else:
         from tasks.requests import add_request
 

@@ -15,8 +15,9 @@ import os
 from prefect import flow, get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks import registry, team
+from tasks import registry
 from tasks.faults import crash_point
+from tasks.git import attached
 from tasks.ledger import OPEN, StaleRequest
 from tasks.locks import run_lock
 from tasks.model_tasks import (
@@ -37,6 +38,7 @@ from tasks.request_steps import (
     start_request,
 )
 from tasks.requests import ledger
+from tasks.submissions import import_submissions
 from tasks.versioning import track
 from tasks.workspace import Workspace
 
@@ -128,8 +130,8 @@ def process_requests_flow(root: str) -> list[dict]:
     runners = TaskRunners()
     with run_lock(ws, "processing requests"), contextlib.closing(runners):
         recover(root)
-        if team.attached(ws.root) and os.environ.get("PREFECT_API_URL"):
-            team.import_submissions(ws)  # submitted through the stack's Prefect server
+        if attached(ws.root) and os.environ.get("PREFECT_API_URL"):
+            import_submissions(ws)  # submitted through the stack's Prefect server
         for req in led.pending():
             try:
                 out.append({"id": req.id, **process_request.with_options(

@@ -40,6 +40,7 @@ from .lora import (
     save_sparse_adapter,
     trainable_parameters,
 )
+from .methods.embedding import EmbeddingForgetting
 from .methods.objective import Batch, Objective, Setup, taps
 from .model import Classifier, model_bytes
 from .pretrain import seeded_loader
@@ -77,6 +78,7 @@ class Run:
     model: Classifier  # the parent, unchanged
     peft_model: torch.nn.Module
     objective: Objective
+    embedding: EmbeddingForgetting | None  # forget.embedding's terms, when on for the method
     opt: torch.optim.Optimizer
     sched: CosineLRScheduler
     batches: Iterator[tuple]  # (retained, forgotten, earlier or None) per step
@@ -131,8 +133,10 @@ def setup(model: Classifier, train_ds, val_ds, forget: Sequence[int], cfg: Forge
     model = model.to(device).eval()
     val_before = evaluate(model, val_ds, forget, earlier, missing, device=device,
                           class_names=train_ds.info.class_names)
-    objective = method(Setup(model, data, forget, retained, earlier, missing, cfg, device,
-                             prototypes))
+    request = Setup(model, data, forget, retained, earlier, missing, cfg, device, prototypes)
+    objective = method(request)
+    embedding = (EmbeddingForgetting(request) if method.embedding_terms and cfg.embedding.active
+                 else None)
 
     # seeded right before the LoRA init, so the draw does not depend on what ran before
     # (whether the prototypes were passed in or computed above, how many evaluations ran)
@@ -156,7 +160,8 @@ def setup(model: Classifier, train_ds, val_ds, forget: Sequence[int], cfg: Forge
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     sched = CosineLRScheduler(opt, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.min_lr,
                               t_in_epochs=False)
-    return Run(model, peft_model, objective, opt, sched, _batches(_cycle(load_r), load_f, load_o),
+    return Run(model, peft_model, objective, embedding, opt, sched,
+               _batches(_cycle(load_r), load_f, load_o),
                steps_per_epoch, val_ds, forget, earlier, missing, val_before, cfg, device, t0)
 
 
@@ -192,7 +197,9 @@ def train_epoch(run: Run, epoch: int) -> dict:
     sums: dict[str, torch.Tensor] = {}
     for _ in range(run.steps_per_epoch):
         batch = forward(run.base, *next(run.batches), alpha, run.device, objective.taps)
-        terms = objective.step_terms(batch)
+        terms = objective.terms(batch)
+        if run.embedding is not None:
+            terms.loss.update(run.embedding.terms(batch))
         loss = terms.total()
         run.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -196,15 +196,16 @@ def request_add(
         console.fail(f"invalid request: {fields}")
     except (yaml.YAMLError, OSError) as e:
         console.fail(str(e))
-    from tasks import team
+    from tasks import shared, submissions
+    from tasks.git import attached
 
-    if team.attached(ws.root):  # a shared workspace: submitted to its deployment
+    if attached(ws.root):  # a shared workspace: submitted to its deployment
         if not os.environ.get("PREFECT_API_URL"):
             console.fail("this workspace is shared through a stack: export its settings "
                          "(PREFECT_API_URL, ...) to submit requests")
-        team.sync(ws.root)  # check against the dataset, model and queue the workers see
+        shared.sync(ws.root)  # check against the dataset, model and queue the workers see
         _prefect()
-        run = team.submit(ws, spec)
+        run = submissions.submit(ws, spec)
         typer.echo(f"submitted {', '.join(spec.classes)} as flow run {run}; the worker that "
                    "runs next queues it (as the next req-id) and processes the queue in order")
         return
@@ -220,11 +221,11 @@ def request_cancel(
 ) -> None:
     """Take a pending request off the queue (one that keeps failing blocks later ones)."""
     ws = _ws(root)
-    from tasks import team
     from tasks.dvc import track_paths
+    from tasks.git import attached
     from tasks.requests import cancel_request
 
-    if team.attached(ws.root):
+    if attached(ws.root):
         console.fail("this workspace is shared through a stack: cancel the request's flow run "
                      "in Prefect before a worker queues it, or `forget rollback` after it ran")
 
@@ -281,10 +282,11 @@ def status(root: Root = Path("."), as_json: Annotated[bool, typer.Option("--json
            ) -> None:
     """Production model and every request with its state and metrics."""
     ws = _ws(root)
-    from tasks import team
+    from tasks import shared
+    from tasks.git import attached
 
-    if team.attached(ws.root):  # a shared workspace: the ledger as the workers left it
-        team.sync(ws.root, [ws.rel(ws.requests)])
+    if attached(ws.root):  # a shared workspace: the ledger as the workers left it
+        shared.sync(ws.root, [ws.rel(ws.requests)])
     st = status_dict(ws)
     if as_json:
         typer.echo(json.dumps(st))
@@ -456,10 +458,10 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from forgetting.model import CheckpointError
     from forgetting.report import ReportError
     from forgetting.requests import RequestError
+    from tasks.errors import StackSettingsMissing
     from tasks.ledger import StaleRequest
     from tasks.locks import Busy
     from tasks.registry_reader import ServiceUnavailable
-    from tasks.team import StackSettingsMissing
     from tasks.workspace import NotAWorkspace
 
     from .stack import StackError

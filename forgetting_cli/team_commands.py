@@ -1,6 +1,6 @@
 """Team stack commands: ``forget stack up | status | down | env | attach | deploy`` and
 ``forget worker``. The services are in ``stack.py``; what a shared workspace does is in
-``tasks.team``."""
+``tasks.shared``."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def attach(root: Root = Path("."), dir: StackDir = None,
     """Share a workspace through the stack: DVC remote on S3, git remote on the git server,
     every later commit pushed. Run it right after `forget init`, with the stack's exports."""
     ws = _ws(root)
-    from tasks import team
+    from tasks import shared
 
     e = _need("MLFLOW_S3_ENDPOINT_URL", "FORGET_S3_BUCKET", "AWS_ACCESS_KEY_ID",
               "AWS_SECRET_ACCESS_KEY")
@@ -99,7 +99,7 @@ def attach(root: Root = Path("."), dir: StackDir = None,
         st = _stack(dir)
         if st.settings_file.is_file():  # the stack runs here: make the repository
             st.create_repo(name)
-    team.attach(ws, git_url, f"s3://{e['FORGET_S3_BUCKET']}/dvc/{name}",
+    shared.attach(ws, git_url, f"s3://{e['FORGET_S3_BUCKET']}/dvc/{name}",
                 e["MLFLOW_S3_ENDPOINT_URL"], e["AWS_ACCESS_KEY_ID"], e["AWS_SECRET_ACCESS_KEY"])
     typer.echo(f"workspace {name!r} attached: git {git_url}, DVC s3://{e['FORGET_S3_BUCKET']}"
                f"/dvc/{name} (keys in .dvc/config.local only)")
@@ -113,14 +113,17 @@ def deploy(root: Root = Path("."),
                help="also run every N seconds (picks up anything left over)")] = None) -> None:
     """Deploy the workspace's request flow to a process work pool."""
     ws = _ws(root)
-    from tasks import team
+    from tasks.git import attached
+    from tasks.submissions import deployment_name
 
-    if not team.attached(ws.root):
+    if not attached(ws.root):
         console.fail("not attached to a stack: run `forget stack attach` first")
     _need("PREFECT_API_URL")
     _prefect()
-    team.deploy(ws, pool, device, interval)
-    typer.echo(f"deployed {team.deployment_name(ws.name)} to work pool {pool!r}"
+    from flows.deploy import deploy
+
+    deploy(ws, pool, device, interval)
+    typer.echo(f"deployed {deployment_name(ws.name)} to work pool {pool!r}"
                + (f" (device {device})" if device else "")
                + f"; start workers with `forget worker --pool {pool}`")
 
@@ -132,16 +135,19 @@ def worker(pool: Annotated[str, typer.Option(help="the work pool to serve")] = "
            limit: Annotated[int, typer.Option(help="flow runs at a time")] = 1) -> None:
     """A Prefect process worker (`prefect worker start`) whose flow runs clone workspaces
     from the git server into DIR and push their results back."""
-    from tasks import environment, team
+    from flows.deploy import HEARTBEAT_SECONDS
+    from tasks import environment
+    from tasks.git import WORKER_DIR
+    from tasks.shared import LOCK_URL
 
     d = dir.expanduser().resolve()
     d.mkdir(parents=True, exist_ok=True)
-    _need("PREFECT_API_URL", "MLFLOW_TRACKING_URI", team.LOCK_URL)
-    env = {**os.environ, team.WORKER_DIR: str(d)}
+    _need("PREFECT_API_URL", "MLFLOW_TRACKING_URI", LOCK_URL)
+    env = {**os.environ, WORKER_DIR: str(d)}
     env.setdefault("PREFECT_HOME", str(d / "prefect"))
     env.setdefault("DVC_SITE_CACHE_DIR", str(d / "dvc-site"))
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
-    env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(team.HEARTBEAT_SECONDS))
+    env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))
     for k, v in environment.OFFLINE.items():
         env.setdefault(k, v)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import yaml
 
+from .git import attached, push
+from .git import git as _git
+
 log = logging.getLogger("forgetting")
 
 
@@ -28,13 +31,6 @@ def _dvc(root: Path, *args: str) -> str:
     res = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed in {root}: {res.stderr.strip()[-800:]}")
-    return res.stdout
-
-
-def _git(root: Path, *args: str) -> str:
-    res = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed in {root}: {res.stderr.strip()[-400:]}")
     return res.stdout
 
 
@@ -80,8 +76,6 @@ def commit(root: Path, paths: list[str], message: str) -> None:
     if _git(root, "status", "--porcelain", "--", *paths).strip():
         _git(root, "-c", "user.name=forgetting-pipeline", "-c", "user.email=pipeline@localhost",
              "commit", "-q", "-m", message, "--", *paths)
-        from .team import attached, push
-
         if attached(Path(root)):  # a shared workspace: the commit goes to the remote at once
             push(Path(root))
 

@@ -8,7 +8,7 @@ a lock when its holder dies, even by SIGKILL).
   status updates; ``request cancel``; recovery's temp-file cleanup in ``data/requests``).
 
 A workspace shared through the team stack adds a third: the run lock also takes the stack's
-PostgreSQL advisory lock for the workspace's name (``tasks.team``), which holds across hosts.
+PostgreSQL advisory lock for the workspace's name (``tasks.shared``), which holds across hosts.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _acquire(lock: FileLock, waiting: str, level: int, timeout: float) -> None:
 @contextlib.contextmanager
 def run_lock(ws: Workspace, what: str, timeout: float = -1):
     """Hold the run lock; ``timeout`` seconds (-1: wait for as long as it takes). A workspace
-    shared through the team stack (``tasks.team``) also takes the stack's lock for its name,
+    shared through the team stack (``tasks.shared``) also takes the stack's lock for its name,
     across hosts, then syncs from the remote before the caller changes anything."""
     lock = _lock(ws.lock)
     try:
@@ -73,21 +73,23 @@ def run_lock(ws: Workspace, what: str, timeout: float = -1):
 
 @contextlib.contextmanager
 def _team_lock(ws: Workspace, what: str, timeout: float):
-    from . import team
+    from . import shared
+    from .errors import StackSettingsMissing
+    from .git import attached
 
-    if not team.attached(ws.root):
+    if not attached(ws.root):
         yield
         return
-    url = os.environ.get(team.LOCK_URL)
+    url = os.environ.get(shared.LOCK_URL)
     if not url:  # a file lock alone would not keep another host out
-        raise team.StackSettingsMissing(
+        raise StackSettingsMissing(
             f"{ws.root} is shared through a stack and {what} needs its run lock: export "
-            f"{team.LOCK_URL} and the stack's other client settings first "
+            f"{shared.LOCK_URL} and the stack's other client settings first "
             "(`set -a; . <stack dir>/client.env; set +a`)")
     name = f"run:{ws.name}"
     try:
-        with team.advisory_lock(url, name, what, timeout):
-            team.sync(ws.root)
+        with shared.advisory_lock(url, name, what, timeout):
+            shared.sync(ws.root)
             yield
     except TimeoutError:
         raise Busy(f"a run of workspace {ws.name!r} is in progress on another host (it holds "

@@ -23,7 +23,7 @@ from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import Array
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from .registry_reader import ServiceUnavailable
+from .errors import ServiceUnavailable
 from .workspace import Workspace
 
 T = TypeVar("T")

@@ -22,7 +22,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from .errors import ServiceUnavailable
 from .workspace import Workspace
+
+__all__ = ["ServiceUnavailable", "reader"]
 
 _SCHEMA = {"registered_model_aliases": {"alias", "version", "name"},
            "model_version_tags": {"key", "value", "name", "version"},
@@ -34,8 +37,6 @@ class RegistryUnreadable(RuntimeError):
     """The fast path cannot read this store; use MLflow's client."""
 
 
-class ServiceUnavailable(RuntimeError):
-    """The tracking server (or another service) did not answer after retries."""
 
 
 class SqliteReader:

@@ -104,8 +104,9 @@ def test_postgres_data_survives_down_and_up():
 def test_attach_keeps_dvc_keys_local_even_ones_that_look_like_options(tmp_path):
     """A generated secret may start with "-" (1 in 64 for token_urlsafe): it must not be read
     as an option, and it goes to DVC's --local config only, never a committed file."""
-    from tasks import team
+    from tasks import shared
     from tasks.dvc import init_repo
+    from tasks.git import attached
     from tasks.workspace import Workspace
 
     remote = tmp_path / "remote.git"
@@ -114,13 +115,13 @@ def test_attach_keeps_dvc_keys_local_even_ones_that_look_like_options(tmp_path):
     ws = Workspace.at(tmp_path / "ws")
     ws.root.mkdir()
     init_repo(ws.root, ws.dvc_remote)
-    team.attach(ws, str(remote), "s3://bucket/dvc/forgetting", "http://127.0.0.1:9",
+    shared.attach(ws, str(remote), "s3://bucket/dvc/forgetting", "http://127.0.0.1:9",
                 "AKEXAMPLE", "-looks-like-an-option")
     local = (ws.root / ".dvc" / "config.local").read_text()
     assert "secret_access_key = -looks-like-an-option" in local
     committed = (ws.root / ".dvc" / "config").read_text()
     assert "endpointurl = http://127.0.0.1:9" in committed and "looks-like" not in committed
-    assert team.attached(ws.root)
+    assert attached(ws.root)
     log = subprocess.run(["git", "log", "--oneline", "main"], cwd=remote, capture_output=True,
                          text=True, check=True).stdout
     assert "DVC remote: the team stack's S3" in log  # pushed

@@ -110,11 +110,7 @@ class Objective:
     embedding_terms: ClassVar[bool] = True
 
     def __init__(self, setup: Setup) -> None:
-        from .embedding import EmbeddingForgetting
-
         self.setup, self.cfg = setup, setup.cfg
-        self.embedding = (EmbeddingForgetting(setup)
-                          if self.embedding_terms and setup.cfg.embedding.active else None)
 
     @classmethod
     def uses_earlier(cls, cfg: ForgetConfig) -> bool:
@@ -124,15 +120,8 @@ class Objective:
         return cls.embedding_terms and cfg.embedding.active
 
     def terms(self, b: Batch) -> Terms:
-        """The method's own terms."""
+        """The method's own terms (the trainer adds the embedding terms after them)."""
         raise NotImplementedError
-
-    def step_terms(self, b: Batch) -> Terms:
-        """What the trainer sums: the method's terms, then the embedding terms."""
-        t = self.terms(b)
-        if self.embedding is not None:
-            t.loss.update(self.embedding.terms(b))
-        return t
 
     def before_step(self, peft_model: torch.nn.Module) -> None:
         """After backward, before the optimiser steps: gradients may be changed here."""

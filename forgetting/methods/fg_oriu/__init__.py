@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from ...schema import Strict
-from .. import MethodSpec
+from ..spec import MethodSpec
 
 
 class FgOriuConfig(Strict):

@@ -2,7 +2,7 @@
 reports. Same LoRA training, adapter format and epoch selection as GS-LoRA, so the two differ
 in the objective only."""
 
-from .. import MethodSpec
+from ..spec import MethodSpec
 
 SPEC = MethodSpec(
     name="finetune",

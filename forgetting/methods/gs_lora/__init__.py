@@ -3,7 +3,7 @@ group sparsity, so each request edits only the blocks it needs. Its knobs are th
 ``forget:`` options (beta, bound, alpha, the earlier-forgotten guard): it has no section of
 its own."""
 
-from .. import MethodSpec
+from ..spec import MethodSpec
 
 SPEC = MethodSpec(
     name="gs-lora",

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from ...schema import Strict
-from .. import MethodSpec, nth
+from ..spec import MethodSpec, nth
 
 
 class PrototypeConfig(Strict):

@@ -2,7 +2,7 @@
 retained CE, with no bound and no group sparsity: the baseline that shows what GS-LoRA's
 bound and sparsity add. Its weight is the common ``forget.beta``."""
 
-from .. import MethodSpec
+from ..spec import MethodSpec
 
 SPEC = MethodSpec(
     name="neggrad",

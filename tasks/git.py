@@ -1,0 +1,54 @@
+"""git in a workspace, and the settings that make it a clone of a shared one (``forget stack``):
+``forgetting.push`` (each commit goes to ``origin`` at once) and ``forgetting.worker`` (a
+worker's own clone, reset to the remote rather than merged)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+WORKER_DIR = "FORGET_WORKER_DIR"  # a worker's own folder, where it clones workspaces
+
+
+def git(root: Path, *args: str) -> str:
+    res = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed in {root}: {res.stderr.strip()[-400:]}")
+    return res.stdout
+
+
+def attached(root: Path) -> bool:
+    """The workspace pushes to a shared git remote (``forget stack attach`` or a worker's
+    clone)."""
+    res = subprocess.run(["git", "config", "--get", "forgetting.push"], cwd=root,
+                         capture_output=True, text=True)
+    return res.stdout.strip() == "true"
+
+
+def is_worker_clone(root: Path) -> bool:
+    res = subprocess.run(["git", "config", "--get", "forgetting.worker"], cwd=root,
+                         capture_output=True, text=True)
+    return res.stdout.strip() == "true"
+
+
+def push(root: Path) -> None:
+    """``git push`` the current branch to ``origin``'s main (called after each commit)."""
+    try:
+        git(root, "push", "-q", "origin", "HEAD:refs/heads/main")
+    except RuntimeError:  # someone pushed meanwhile (outside the lock): rebase once
+        git(root, "pull", "-q", "--rebase", "origin", "main")
+        git(root, "push", "-q", "origin", "HEAD:refs/heads/main")
+
+
+def checkout(repo_url: str, name: str) -> Path:
+    """A worker's own clone of workspace ``name`` (under ``$FORGET_WORKER_DIR``), made once."""
+    base = Path(os.environ.get(WORKER_DIR) or Path.cwd()).resolve()
+    root = base / "workspaces" / name
+    if not (root / ".git").exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "clone", "-q", repo_url, str(root)], check=True,
+                       capture_output=True, text=True)
+        for k in ("forgetting.push", "forgetting.worker"):
+            git(root, "config", k, "true")
+    return root
