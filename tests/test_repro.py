@@ -29,8 +29,13 @@ PARAMS = {**MICRO, "data": {"source": "data/sources/sklearn-digits.yaml"},
 
 
 def _run(cwd: Path, *cmd: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    """As a user runs it with the venv not activated: the project's bin folder is not on PATH
+    (the stage commands find the interpreter through scripts/python)."""
+    venv_bin = str(Path(sys.executable).parent)
+    path = ":".join(p for p in os.environ["PATH"].split(":") if p != venv_bin)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
+                         env={**env, "PATH": path})
     assert res.returncode == 0, f"{' '.join(cmd)}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     return res.stdout + res.stderr
 
@@ -41,9 +46,10 @@ def _dvc(cwd: Path, *args: str) -> str:
 
 def _repo(path: Path, params: dict) -> Path:
     path.mkdir()
-    for d in ("forgetting", "forgetting_cli", "tasks", "data/sources"):
+    for d in ("forgetting", "forgetting_cli", "tasks", "data/sources", "scripts"):
         shutil.copytree(REPO / d, path / d, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", path)
+    (path / ".venv").symlink_to(Path(sys.prefix))  # the venv `make` made, as in a clone
     write_params(path, params)
     _run(path, "git", "init", "-q")
     _dvc(path, "init", "-q")
