@@ -27,6 +27,8 @@ def fail(msg: str, code: int = 2) -> NoReturn:
 def setup(verbose_: bool) -> None:
     """Called once per command, before any work."""
     _state["verbose"] = verbose_
+    if not verbose_:
+        _quiet_libraries()
     log = logging.getLogger("forgetting")
     log.setLevel(logging.DEBUG if verbose_ else logging.INFO)
     log.propagate = False  # Prefect's root console handler would print every line twice
@@ -53,6 +55,18 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
+def _quiet_libraries() -> None:
+    """What the libraries print that a user of ``forget`` has no use for: MLflow's database
+    set-up lines, DVC's hints to stage files in git (each commit is made by the pipeline
+    itself); ``--verbose`` shows them."""
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when MLflow is imported
+    for name in ("mlflow", "alembic"):  # and if it was imported already
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
+
+
 def _terminate(signum, frame) -> NoReturn:
     # SystemExit unwinds like Ctrl-C: locks released, atexit handlers run (Prefect stops its
     # temporary server there); the default SIGTERM action would skip all of that
@@ -60,13 +74,21 @@ def _terminate(signum, frame) -> NoReturn:
 
 
 class _NoPrefectErrors(logging.Filter):
-    """On the console only: drop Prefect's error records about the exception (the traceback of
-    a failed task and flow, repeated); they still reach the flow run's logs in the UI."""
+    """On the console only (the flow run's logs in the UI keep everything): drop Prefect's
+    error records about the exception (the traceback of a failed task and flow, repeated),
+    and the engine's own line per task run ("Finished in state Completed()"): a request runs
+    a dozen tasks, and the console shows the flow's lines and the project's own."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if verbose():
             return True
-        return not (record.levelno >= logging.ERROR and record.name.startswith("prefect"))
+        if record.levelno >= logging.ERROR and record.name.startswith("prefect"):
+            return False
+        return not (record.name == "prefect.task_runs" and record.levelno < logging.WARNING
+                    and _PREFECT_DIR in record.pathname)
+
+
+_PREFECT_DIR = "/prefect/"  # where the engine's records come from (a task's own: tasks/)
 
 
 def quiet_prefect_errors() -> None:

@@ -23,6 +23,10 @@ OFFLINE = {
     # outside a flow run (a quick command) they are only printed
     "PREFECT_LOGGING_EXTRA_LOGGERS": "forgetting",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    # MLflow's per-download progress bars (every artifact of a lineage) on a console
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # Dask's connection lines (evidence.parallel's local cluster)
+    "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning",
 }
 
 
@@ -53,5 +57,7 @@ def shell_command(args: list[str], state: Path | None = None, cwd: Path | None =
     env.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
     env.pop("PREFECT_LOGGING_EXTRA_LOGGERS")
     env.pop("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")
+    env.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    env.pop("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED")
     line = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), tool(args[0]), *args[1:]])
     return f"cd {shlex.quote(str(cwd))} && {line}" if cwd else line

@@ -120,7 +120,10 @@ class ForgettingModel(PythonModel):
             out.append(eval_transform(cfg, h if h == w else -1)(t))
         return torch.stack(out)
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # the hint is one MLflow skips (it infers no schema from a DataFrame), which also keeps it
+    # from warning, in every process that loads the model, that predict has none; any input
+    # ``as_images`` reads is accepted (arrays, dicts, lists too)
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         got = as_images(model_input)
         x = torch.from_numpy(got) if isinstance(got, np.ndarray) else self.preprocess(got)
         with torch.inference_mode():

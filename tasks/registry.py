@@ -143,8 +143,7 @@ def log_request_run(ws: Workspace, request_id: str, params: dict, metrics: dict,
         key = CHECKPOINT if part.is_file() else ADAPTER
         with mlflow.start_run(run_id=rid), warnings.catch_warnings():
             # the signature is given, so no example is needed (one would load the lineage)
-            warnings.filterwarnings("ignore", "An input example was not provided")
-            warnings.filterwarnings("ignore", "Add type hints to the `predict` method")
+            warnings.filterwarnings("ignore", ".*An input example was not provided")
             mlflow.pyfunc.log_model(
                 name="model", python_model=str(MODEL_CODE), artifacts={key: str(part)},
                 model_config={"lineage": lineage, "sha256": part_sha256},
