@@ -7,9 +7,26 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Continual class forgetting (GS-LoRA / GS-LoRA++) for vision transformers.")
+
+class _InOrder(typer.core.TyperGroup):
+    """Commands listed in the order a user meets them (typer puts sub-groups last)."""
+
+    ORDER = ("demo", "init", "ingest", "pretrain", "request", "run", "status", "report",
+             "promote", "rollback", "purge", "serve", "stack", "worker", "repro",
+             "library-demo")
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else 99)
+
+
+# click's own help formatting: flags as flags, paragraphs rewrapped to the terminal
+app = typer.Typer(cls=_InOrder, add_completion=False, no_args_is_help=True,
+                  rich_markup_mode=None,
+                  help="Erase classes from a pre-trained vision transformer, one request after "
+                       "another (GS-LoRA, GS-LoRA++, FG-OrIU), with Prefect, MLflow and DVC.")
 
 
 @app.callback()
@@ -22,7 +39,6 @@ def _main(verbose: Annotated[bool, typer.Option(
     console.setup(verbose)
 
 
-@app.command("library-demo")
 def library_demo(
     workdir: Annotated[Path, typer.Option(help="where the demo writes its files")] = Path(
         ".forgetting/library-demo"),
@@ -73,12 +89,13 @@ def library_demo(
                    f"{fr.adapter_bytes / 1024:8.1f}KB{fr.train_seconds:6.0f}")
 
 
-from .pipeline import register_commands  # noqa: E402
-
-register_commands(app)
+from .pipeline import register_commands, short  # noqa: E402
 from .team_commands import register as register_team_commands  # noqa: E402
 
+# in the order a user meets them: set up, request, process, look, manage, share, internals
+register_commands(app)
 register_team_commands(app)
+app.command("library-demo", short_help=short(library_demo))(library_demo)
 
 if __name__ == "__main__":
     app()

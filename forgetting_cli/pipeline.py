@@ -496,13 +496,20 @@ def clear_errors(fn):
     return wrapper
 
 
+def short(fn) -> str:
+    """A command's line in the list: the first sentence of its docstring, whole."""
+    text = " ".join((fn.__doc__ or "").split())
+    return text.split(". ")[0].rstrip(".") + "."
+
+
 def register_commands(app: typer.Typer) -> None:
-    for fn in (init, ingest, pretrain, run, status, report, purge, promote, rollback, serve,
-               demo):
-        app.command()(clear_errors(fn))
-    request_app.command("add")(clear_errors(request_add))
-    request_app.command("cancel")(clear_errors(request_cancel))
+    for fn in (demo, init, ingest, pretrain):
+        app.command(short_help=short(fn))(clear_errors(fn))
+    request_app.command("add", short_help=short(request_add))(clear_errors(request_add))
+    request_app.command("cancel", short_help=short(request_cancel))(clear_errors(request_cancel))
     app.add_typer(request_app, name="request")
+    for fn in (run, status, report, promote, rollback, purge, serve):
+        app.command(short_help=short(fn))(clear_errors(fn))
     from .repro import app as repro_app
 
     app.add_typer(repro_app, name="repro")

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from . import console
-from .pipeline import Root, _prefect, _ws, clear_errors
+from .pipeline import Root, _prefect, _ws, clear_errors, short
 
 StackDir = Annotated[Path, typer.Option("--dir", envvar="FORGET_STACK_DIR",
                                         help="the stack's folder (data, logs, credentials)")]
@@ -159,6 +159,6 @@ def worker(pool: Annotated[str, typer.Option(help="the work pool to serve")] = "
 
 def register(app: typer.Typer) -> None:
     for fn in (up, status, down, env, attach, deploy):
-        stack_app.command()(clear_errors(fn))
+        stack_app.command(short_help=short(fn))(clear_errors(fn))
     app.add_typer(stack_app, name="stack")
-    app.command()(clear_errors(worker))
+    app.command(short_help=short(worker))(clear_errors(worker))
