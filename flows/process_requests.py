@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks import registry
+from tasks.contracts import StartFailed
 from tasks.faults import crash_point
 from tasks.git import attached
 from tasks.ledger import OPEN, StaleRequest
@@ -48,21 +49,21 @@ def process_request(root: str, request_id: str) -> dict:
     ws = Workspace.at(root)
     cfg = ws.config()
     plan = start_request(root, request_id)
-    if plan["status"] == "failed":
-        return plan
+    if isinstance(plan, StartFailed):
+        return plan.model_dump()
     crash_point("after-start")
-    forget, earlier = plan["forget"], plan["earlier"]
+    forget, earlier = plan.forget, plan.earlier
 
     # the retrain reference needs nothing from the forgetting run: it can train beside it
     retrain_job = (retrain_reference.submit(root, request_id, forget, earlier)
                    if cfg.evidence.retrain_baseline and cfg.evidence.parallel else None)
-    parent = materialize(root, plan["parent"], request_id)
-    protos = (prototypes(root, parent, request_id, forget, earlier, plan["shots"])
-              if plan["method"] == "gs-lora++" and cfg.forget.prototypes.enabled else None)
-    summary = train_adapter(root, parent, request_id, forget, earlier, plan["shots"],
-                            plan["method"], protos, plan["index"])
+    parent = materialize(root, plan.parent, request_id)
+    protos = (prototypes(root, parent, request_id, forget, earlier, plan.shots)
+              if plan.method == "gs-lora++" and cfg.forget.prototypes.enabled else None)
+    summary = train_adapter(root, parent, request_id, forget, earlier, plan.shots,
+                            plan.method, protos, plan.index)
     metrics = evaluate_request(root, parent, request_id, forget, earlier,
-                               summary["adapter_sha256"])
+                               summary.adapter_sha256)
     crash_point("after-train")
     retrain = (retrain_job.result() if retrain_job is not None
                else retrain_reference(root, request_id, forget, earlier)

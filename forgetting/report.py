@@ -1,9 +1,9 @@
 """A request's evidence as a report: Markdown and HTML, with the plots of ``forgetting.plots``.
 
-Input is one JSON-able dict (``report.json``, kept next to the report so it can be rendered
-again anywhere); keys are documented in ``write_report``. Both formats are rendered from the
-same list of sections so they never disagree. Rendering again reuses the stored plots, so
-``forget report`` does not load matplotlib.
+Input is one ``ReportData`` (``report.json``, kept next to the report so it can be rendered
+again anywhere, validated when read back). Both formats are rendered from the same list of
+sections so they never disagree. Rendering again reuses the stored plots, so ``forget report``
+does not load matplotlib.
 """
 
 from __future__ import annotations
@@ -15,6 +15,75 @@ import shutil
 from pathlib import Path
 
 from .files import fsync_path, fsync_tree, temp_sibling, write_atomic
+from .schema import Strict
+
+
+class ReportRequest(Strict):
+    id: str
+    classes: list[str]
+    shots: int | None = None
+    method: str | None = None
+    reason: str = ""
+    requester: str = ""
+    created_at: str | None = None
+
+
+class Scores(Strict):
+    acc_f: float | None = None
+    acc_r: float | None = None
+    acc_o: float | None = None
+    h_mean: float | None = None
+
+
+class ReportMetrics(Strict):
+    """Test-split scores of the parent, the candidate and the retrain reference."""
+
+    before: Scores
+    after: Scores
+    retrain: Scores | None = None
+
+
+class ClassScores(Strict):
+    before: float | None = None
+    after: float | None = None
+    retrain: float | None = None
+
+
+class Groups(Strict):
+    norms: dict[int, float]
+    kept: list[int]
+    threshold: float
+
+
+class Versions(Strict):
+    dataset_version: str | None = None
+    parent_version: int | None = None
+    model_version: int | None = None
+    adapter_sha256: str | None = None
+    adapter_bytes: int | None = None
+    adapter_path: str | None = None
+
+
+class ReportData(Strict):
+    """Everything a request's report shows. ``evidence``: per attack its name, title and, per
+    scope ("now", "so_far"), the three models' figures and the verdict, plus seconds
+    (``tasks.reports.evidence_section``); ``history``: the training epochs (``forget_classes``);
+    ``mia``: per model its auc, member_rate and attack_auc."""
+
+    request: ReportRequest
+    metrics: ReportMetrics
+    per_class: dict[str, ClassScores]
+    mia: dict[str, dict[str, float | None]] = {}
+    evidence: dict | None = None
+    groups: Groups
+    history: list[dict]
+    selected_epoch: int | None = None
+    versions: Versions
+    gate: str = "passed"
+    earlier: list[str] = []
+    train_seconds: float | None = None
+    retrain_seconds: float | None = None
+    purged_note: str | None = None
 
 PLOTS = ("group_norms.png", "per_class.png", "training.png")
 EVIDENCE_PLOTS = tuple(f"evidence_{a}.png" for a in ("membership", "linear_probe",
@@ -219,17 +288,10 @@ def _check_replaceable(out: Path) -> bool:
                       "written: choose a new or empty folder")
 
 
-def write_report(d: dict, out_dir: str | Path, plots_from: Path | None = None) -> Path:
-    """Render ``d`` to ``out_dir`` (report.md, report.html, report.json, PNGs: three, and
-    one per evidence attack).
-
-    Keys: ``request`` (id, classes, shots, method, reason, requester), ``metrics``
-    (before/after/retrain -> acc_f, acc_r, acc_o, h_mean), ``per_class`` (class -> before/
-    after/retrain), ``mia`` (model -> auc, member_rate), optional ``evidence`` (attacks: name,
-    title, and per scope the three models' figures and the verdict; seconds), ``groups``
-    (norms, kept, threshold), ``history`` (training epochs), ``selected_epoch``, ``versions``,
-    ``gate``, ``forgotten``, ``earlier``, ``train_seconds``, ``retrain_seconds``, optional
-    ``purged_note``.
+def write_report(data: ReportData | dict, out_dir: str | Path,
+                 plots_from: Path | None = None) -> Path:
+    """Render ``data`` (validated as ``ReportData``) to ``out_dir`` (report.md, report.html,
+    report.json, PNGs: three, and one per evidence attack).
 
     ``plots_from``: a report folder whose plots are copied instead of drawn again.
 
@@ -239,6 +301,7 @@ def write_report(d: dict, out_dir: str | Path, plots_from: Path | None = None) -
     """
     out = Path(out_dir)
     replace = _check_replaceable(out)
+    d = ReportData.model_validate(data).model_dump()
 
     def write(tmp: Path) -> None:
         tmp.mkdir(parents=True)
@@ -289,5 +352,5 @@ def write_report(d: dict, out_dir: str | Path, plots_from: Path | None = None) -
 def render_again(report_json: str | Path, out_dir: str | Path, **changes) -> Path:
     """Re-render a stored report (``forget report``), optionally with updated fields; the
     plots are copied from it (they do not depend on the fields that change)."""
-    d = json.loads(Path(report_json).read_text()) | changes
+    d = ReportData.model_validate_json(Path(report_json).read_text()).model_copy(update=changes)
     return write_report(d, out_dir, plots_from=Path(report_json).parent)

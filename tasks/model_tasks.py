@@ -35,6 +35,7 @@ from forgetting.timm_checkpoint import import_timm, read_class_names
 from forgetting.train import forget_classes
 
 from . import registry
+from .contracts import TrainingSummary
 from .evidence import measure_model
 from .workspace import Workspace
 
@@ -186,16 +187,16 @@ def prototypes(root: str, checkpoint: str, request_id: str, forget: list[int], e
     return str(out)
 
 
-def stored_training(ws: Workspace, request_id: str) -> dict | None:
+def stored_training(ws: Workspace, request_id: str) -> TrainingSummary | None:
     """The training summary of an adapter already stored for this request (a retried run)."""
     p = ws.adapter_dir(request_id) / TRAINING_SUMMARY
-    return json.loads(p.read_text()) if p.is_file() else None
+    return TrainingSummary.model_validate_json(p.read_text()) if p.is_file() else None
 
 
 @task(cache_policy=NO_CACHE)
 def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int],
                   earlier: list[int], shots: int | None, method: str,
-                  prototypes_path: str | None, index: int = 0) -> dict:
+                  prototypes_path: str | None, index: int = 0) -> TrainingSummary:
     """Train and store ``data/adapters/<request>`` with its training summary in one rename, so
     "already trained" is read from the DVC-tracked folder itself: a retried run keeps it
     (and its sha256, which may already be registered) even when the scratch dir is gone."""
@@ -215,14 +216,14 @@ def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int]
     res = forget_classes(model, sp["train"], sp["val"], forget, fcfg, staging, dev,
                          earlier=earlier, adapter_meta={"request_id": request_id},
                          prototypes=protos)
-    summary = {"adapter_sha256": res.adapter_sha256, "kept_groups": res.kept_groups,
-               "group_norms": res.group_norms, "selected_epoch": res.selected_epoch,
-               "selected_weights": res.selected_weights, "train_seconds": res.train_seconds,
-               "trainable_params": res.trainable_params, "total_params": res.total_params,
-               "adapter_bytes": res.adapter_bytes, "model_bytes": res.model_bytes,
-               "val": res.val.as_dict(), "history": res.history, "method": fcfg.method,
-               **res.method_record}
-    write_json_atomic(staging / TRAINING_SUMMARY, summary)
+    summary = TrainingSummary(
+        adapter_sha256=res.adapter_sha256, kept_groups=res.kept_groups,
+        group_norms=res.group_norms, selected_epoch=res.selected_epoch,
+        selected_weights=res.selected_weights, train_seconds=res.train_seconds,
+        trainable_params=res.trainable_params, total_params=res.total_params,
+        adapter_bytes=res.adapter_bytes, model_bytes=res.model_bytes, val=res.val.as_dict(),
+        history=res.history, method=fcfg.method, **res.method_record)
+    write_json_atomic(staging / TRAINING_SUMMARY, summary.model_dump(mode="json"))
     fsync_tree(staging)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():  # a folder without the summary: an adapter folder of an older version

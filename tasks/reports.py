@@ -4,10 +4,9 @@
 
 from __future__ import annotations
 
-import json
+from forgetting.report import ReportData, sections, to_markdown
 
-from forgetting.report import sections, to_markdown
-
+from .contracts import TrainingSummary
 from .evidence import evidence_verdicts
 from .ledger import Request
 from .requests import ledger
@@ -16,9 +15,9 @@ from .workspace import Workspace
 KEYS = ("acc_f", "acc_r", "acc_o", "h_mean")
 
 
-def report_data(ws: Workspace, req: Request, summary: dict, metrics: dict,
+def report_data(ws: Workspace, req: Request, summary: TrainingSummary, metrics: dict,
                 retrain: dict | None, model_version: int | None, gate: str | None,
-                earlier: list[str]) -> dict:
+                earlier: list[str]) -> ReportData:
     per_class = {n: {"before": metrics["before_per_class"].get(n),
                      "after": metrics["per_class"].get(n),
                      "retrain": (retrain or {}).get("per_class", {}).get(n)}
@@ -27,24 +26,24 @@ def report_data(ws: Workspace, req: Request, summary: dict, metrics: dict,
            for label, src, p in (("original", metrics, "before_"), ("after forgetting", metrics, ""),
                                  ("retrain from scratch", retrain or {}, ""))
            if src.get(f"{p}mia_member_rate") is not None}
-    return {
+    return ReportData.model_validate({
         "request": req.model_dump(include={"id", "classes", "shots", "method", "reason",
                                            "requester", "created_at"}),
         "metrics": {"before": {k: metrics.get(f"before_{k}") for k in KEYS},
                     "after": {k: metrics.get(k) for k in KEYS},
                     "retrain": {k: retrain.get(k) for k in KEYS} if retrain else None},
         "per_class": per_class, "mia": mia, "evidence": evidence_section(metrics, retrain),
-        "groups": {"norms": summary["group_norms"], "kept": summary["kept_groups"],
+        "groups": {"norms": summary.group_norms, "kept": summary.kept_groups,
                    "threshold": ws.config().forget.group_threshold},
-        "history": summary["history"], "selected_epoch": summary["selected_epoch"],
+        "history": summary.history, "selected_epoch": summary.selected_epoch,
         "versions": {"dataset_version": req.dataset_version, "parent_version": req.parent_version,
-                     "model_version": model_version, "adapter_sha256": summary["adapter_sha256"],
-                     "adapter_bytes": summary["adapter_bytes"],
+                     "model_version": model_version, "adapter_sha256": summary.adapter_sha256,
+                     "adapter_bytes": summary.adapter_bytes,
                      "adapter_path": ws.rel(ws.adapter_dir(req.id))},
         "gate": gate or "passed", "earlier": earlier,
         "retrain_seconds": (retrain or {}).get("seconds"),
-        "train_seconds": summary["train_seconds"],
-    }
+        "train_seconds": summary.train_seconds,
+    })
 
 
 def evidence_section(metrics: dict, retrain: dict | None) -> dict | None:
@@ -74,16 +73,13 @@ def evidence_section(metrics: dict, retrain: dict | None) -> dict | None:
     return {"attacks": attacks, "seconds": seconds}
 
 
-def markdown_summary(data: dict) -> str:
+def markdown_summary(data: ReportData) -> str:
     """The report without its images (a Prefect artifact cannot show local files)."""
+    data = data.model_dump()
     secs = [s for s in sections(data) if not (isinstance(s[2], str) and s[2].endswith(".png"))]
     title = f"Erasure request {data['request']['id']}: {', '.join(data['request']['classes'])}"
     return to_markdown(title, secs) + ("\nPlots: the MLflow run's `report/` artifacts and "
                                        f"`data/reports/{data['request']['id']}/`.")
-
-
-def load_report_data(ws: Workspace, request_id: str) -> dict:
-    return json.loads((ws.report_dir(request_id) / "report.json").read_text())
 
 
 def purge_note(ws: Workspace, classes: list[str]) -> str | None:

@@ -19,6 +19,7 @@ from forgetting.report import write_report
 from forgetting.requests import RequestError, validate_request
 
 from . import registry
+from .contracts import RequestPlan, StartFailed, TrainingSummary
 from .evidence import evidence_gate, flat_figures
 from .faults import crash_point
 from .ledger import OPEN
@@ -33,7 +34,7 @@ AUDIT_METRICS = ("acc_f", "acc_r", "acc_o", "h_mean", "before_acc_f", "before_ac
 
 
 @task(cache_policy=NO_CACHE)
-def start_request(root: str, request_id: str) -> dict:
+def start_request(root: str, request_id: str) -> RequestPlan | StartFailed:
     """Mark the request running and fix what it builds on. The parent version and the dataset
     version are pinned at the first attempt: a retry builds on the same model and data, and a
     dataset that changed in between is an error, not a silent mix."""
@@ -60,20 +61,19 @@ def start_request(root: str, request_id: str) -> dict:
     except RequestError as e:
         led.update(request_id, expect=OPEN, status="failed", error=str(e))
         get_run_logger().error(f"{request_id} failed validation: {e}")
-        return {"status": "failed", "error": str(e)}
+        return StartFailed(error=str(e))
     led.update(request_id, expect=OPEN, status="running", attempts=req.attempts + 1,
                parent_version=parent, dataset_version=info.content_hash)
-    return {"status": "running", "parent": parent, "forget": forget,
-            "earlier": [info.class_index(n) for n in earlier_names],
-            "earlier_names": earlier_names, "classes": req.classes, "shots": req.shots,
-            "method": req.method or ws.config().forget.method,
-            "dataset_version": info.content_hash,
-            # the adapters below the parent: the request's place in the sequence
-            "index": len(registry.chain(c, parent)) - 1,
-            "image_shape": list(input_shape(ws.config().model))}
+    return RequestPlan(parent=parent, forget=forget,
+                       earlier=[info.class_index(n) for n in earlier_names],
+                       earlier_names=earlier_names, classes=req.classes, shots=req.shots,
+                       method=req.method or ws.config().forget.method,
+                       dataset_version=info.content_hash,
+                       index=len(registry.chain(c, parent)) - 1,
+                       image_shape=list(input_shape(ws.config().model)))
 
 
-def _flat_metrics(metrics: dict, retrain: dict | None, summary: dict) -> dict:
+def _flat_metrics(metrics: dict, retrain: dict | None, summary: TrainingSummary) -> dict:
     flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     flat.update({f"class_acc/{k}": v for k, v in metrics["per_class"].items()})
     flat.update({f"retrain_{k}": v for k, v in (retrain or {}).items()
@@ -82,13 +82,13 @@ def _flat_metrics(metrics: dict, retrain: dict | None, summary: dict) -> dict:
     for who, prefix in (("original", "before_"), ("after", "")):
         flat.update(flat_figures(ev.get(who), prefix))
     flat.update(flat_figures((retrain or {}).get("evidence"), "retrain_"))
-    flat.update(groups_kept=len(summary["kept_groups"]), adapter_bytes=summary["adapter_bytes"],
-                train_seconds=summary["train_seconds"])
+    flat.update(groups_kept=len(summary.kept_groups), adapter_bytes=summary.adapter_bytes,
+                train_seconds=summary.train_seconds)
     return flat
 
 
 @task(cache_policy=NO_CACHE)
-def log_run(root: str, request_id: str, plan: dict, summary: dict,
+def log_run(root: str, request_id: str, plan: RequestPlan, summary: TrainingSummary,
             metrics: dict, retrain: dict | None) -> str:
     """The request's one finished MLflow run: params, metrics, and its model: the adapter with
     its lineage (re-used if a crashed attempt already finished it; an unfinished one is
@@ -97,36 +97,35 @@ def log_run(root: str, request_id: str, plan: dict, summary: dict,
     cfg = ws.config()
     adapter = ws.adapter_dir(request_id)
     c = registry.client(ws)
-    registry.with_backoff(lambda: backfill_parts(ws, plan["parent"]),  # older versions
+    registry.with_backoff(lambda: backfill_parts(ws, plan.parent),  # older versions
                           "storing the parts of earlier versions")
-    params = {"classes": json.dumps(plan["classes"]), "shots": plan["shots"],
-              "method": plan["method"], "parent_version": plan["parent"],
-              "request_index": plan["index"],
-              "dataset_version": plan["dataset_version"],
+    params = {"classes": json.dumps(plan.classes), "shots": plan.shots,
+              "method": plan.method, "parent_version": plan.parent,
+              "request_index": plan.index, "dataset_version": plan.dataset_version,
               **{f"forget.{k}": v for k, v in cfg.forget.model_dump().items()}}
     work = ws.work_dir(request_id)
     return registry.with_backoff(lambda: registry.log_request_run(
         ws, request_id, params, _flat_metrics(metrics, retrain, summary),
-        [work / "metrics.json"], adapter, summary["adapter_sha256"],
-        registry.lineage(c, plan["parent"]), tuple(plan["image_shape"]),
+        [work / "metrics.json"], adapter, summary.adapter_sha256,
+        registry.lineage(c, plan.parent), tuple(plan.image_shape),
         model_metadata(cfg.model), on_started=lambda: crash_point("in-log-run")),
         "logging the run")
 
 
 @task(cache_policy=NO_CACHE)
-def register_version(root: str, request_id: str, run_id: str, plan: dict, summary: dict) -> int:
+def register_version(root: str, request_id: str, run_id: str, plan: RequestPlan,
+                     summary: TrainingSummary) -> int:
     ws = Workspace.at(root)
-    tags = {"parent_version": plan["parent"], "adapter": ws.rel(ws.adapter_dir(request_id)),
-            "adapter_sha256": summary["adapter_sha256"],
-            "dataset_version": plan["dataset_version"],
-            "forgotten": json.dumps(plan["earlier_names"] + plan["classes"])}
+    tags = {"parent_version": plan.parent, "adapter": ws.rel(ws.adapter_dir(request_id)),
+            "adapter_sha256": summary.adapter_sha256, "dataset_version": plan.dataset_version,
+            "forgotten": json.dumps(plan.gone)}
     return registry.with_backoff(lambda: registry.register(ws, request_id, run_id,
                                                            ws.adapter_dir(request_id), tags),
                                  "registering the model")
 
 
 @task(cache_policy=NO_CACHE)
-def apply_gates(root: str, request_id: str, version: int, plan: dict, metrics: dict,
+def apply_gates(root: str, request_id: str, version: int, plan: RequestPlan, metrics: dict,
                 retrain: dict | None = None) -> str | None:
     """``candidate`` follows the newest version; ``production`` moves only if the gates pass
     (the metric gates, and the evidence gates when ``gates.evidence`` names attacks) and
@@ -134,12 +133,12 @@ def apply_gates(root: str, request_id: str, version: int, plan: dict, metrics: d
     ws = Workspace.at(root)
     c = registry.client(ws)
     gates = ws.config().gates
-    reasons = [r for r in (gate_verdict(metrics, gates, plan["earlier_names"] + plan["classes"]),
+    reasons = [r for r in (gate_verdict(metrics, gates, plan.gone),
                            evidence_gate(metrics, retrain, gates.evidence)) if r]
     gate = "; ".join(reasons) or None
     prod = registry.alias_version(c, "production")
-    if gate is None and prod not in (plan["parent"], version):  # moved outside this pipeline
-        gate = (f"production moved from v{plan['parent']} to v{prod} while {request_id} ran; "
+    if gate is None and prod not in (plan.parent, version):  # moved outside this pipeline
+        gate = (f"production moved from v{plan.parent} to v{prod} while {request_id} ran; "
                 "not promoted (promote it by hand if it should replace that version)")
     registry.with_backoff(lambda: registry.set_alias(c, "candidate", version,
                                                      f"request {request_id}"), "moving candidate")
@@ -152,27 +151,29 @@ def apply_gates(root: str, request_id: str, version: int, plan: dict, metrics: d
 
 
 @task(cache_policy=NO_CACHE)
-def finish_request(root: str, request_id: str, version: int, run_id: str, summary: dict,
+def finish_request(root: str, request_id: str, version: int, run_id: str,
+                   summary: TrainingSummary,
                    metrics: dict, retrain: dict | None, gate: str | None) -> str:
     """The ledger entry says done (or failed_gate) with the audit metrics."""
     status = "done" if gate is None else "failed_gate"
     ledger(Workspace.at(root)).update(
         request_id, expect=OPEN, status=status, error=None, model_version=version,
-        mlflow_run_id=run_id, adapter_sha256=summary["adapter_sha256"], gate=gate or "passed",
+        mlflow_run_id=run_id, adapter_sha256=summary.adapter_sha256, gate=gate or "passed",
         metrics={k: v for k, v in metrics.items() if k in AUDIT_METRICS}
         | {f"retrain_{k}": retrain.get(k) for k in ("acc_r", "mia_auc", "seconds") if retrain})
     return status
 
 
 @task(cache_policy=NO_CACHE)
-def publish_report(root: str, request_id: str, plan: dict, version: int, run_id: str,
-                   summary: dict, metrics: dict, retrain: dict | None, gate: str | None) -> str:
+def publish_report(root: str, request_id: str, plan: RequestPlan, version: int, run_id: str,
+                   summary: TrainingSummary, metrics: dict, retrain: dict | None,
+                   gate: str | None) -> str:
     """Write ``data/reports/<request>/``, log it to the MLflow run, show it in Prefect."""
     ws = Workspace.at(root)
     req = ledger(ws).get(request_id)
-    data = report_data(ws, req, summary, metrics, retrain, version, gate, plan["earlier_names"])
-    if note := purge_note(ws, plan["earlier_names"]):  # Acc_o of purged classes: last measured
-        data["purged_note"] = note
+    data = report_data(ws, req, summary, metrics, retrain, version, gate, plan.earlier_names)
+    if note := purge_note(ws, plan.earlier_names):  # Acc_o of purged classes: last measured
+        data = data.model_copy(update={"purged_note": note})
     out = write_report(data, ws.report_dir(request_id)).parent
     c = registry.client(ws)
     registry.with_backoff(lambda: c.log_artifacts(run_id, str(out), "report"),

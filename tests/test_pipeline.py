@@ -98,8 +98,12 @@ def test_requests_are_processed_in_order_registered_and_versioned(processed):
     reqs = {r["id"]: r for r in st["requests"]}
     assert reqs["req-0001"]["acc_f"] <= 0.1 and reqs["req-0001"]["parent_version"] == 1
     assert (reqs["req-0001"]["method"], reqs["req-0002"]["method"]) == ("fg-oriu", "gs-lora++")
-    summary = json.loads((ws.adapter_dir("req-0001") / "training.json").read_text())
-    assert len(summary["subspace_dims"]["fc1"]) == TINY["model"]["depth"]
+    from tasks.contracts import TrainingSummary
+
+    summary = TrainingSummary.model_validate_json(
+        (ws.adapter_dir("req-0001") / "training.json").read_text())
+    assert len(summary.subspace_dims["fc1"]) == TINY["model"]["depth"]
+    assert summary.method == "fg-oriu" and summary.kept_groups
     assert reqs["req-0002"]["parent_version"] == 2
     assert (st["production_version"], st["candidate_version"]) == (2, 3)
     # DVC: data, base model, adapters and ledger tracked, pushed, nothing dirty
