@@ -1,4 +1,5 @@
-"""The README's measured figures, generated from recorded results so they cannot go stale.
+"""The measured figures of the README and docs/, generated from recorded results so they
+cannot go stale.
 
     python benchmarks/readme_figures.py --run      # run every benchmark, record, render
     python benchmarks/readme_figures.py            # render README from benchmarks/results/
@@ -32,6 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 README = REPO / "README.md"
+
+
+def pages() -> list[Path]:
+    """The README and every page under docs/: where figures blocks may stand."""
+    return [README, *sorted((REPO / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(<!-- figures:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)",
                    re.S)
 
@@ -115,6 +121,7 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
                        "fg-oriu,finetune,neggrad,retrain --seeds 3 --no-pipeline --config params.yaml --json",
             "authors": "python benchmarks/sequence.py --methods gs-lora++@authors,"
                        "gs-lora++:4@authors --seeds 3 --no-pipeline --config params.yaml --json",
+            "import": "python benchmarks/import_check.py --json",
             "tune": "python benchmarks/tune.py --spaces full,4-shot,fg-oriu --seeds 3 --config params.yaml "
                     "--json"}
 
@@ -437,11 +444,70 @@ def render_tune() -> str:
     return "\n".join(out) + "\n"
 
 
+def _recorded(name: str) -> bool:
+    return (RESULTS / f"{name}.json").is_file()
+
+
+def render_import() -> str:
+    if not _recorded("import"):
+        return f"Not recorded yet: `{COMMANDS['import']}`.\n"
+    r = _load("import")
+    c = r["cases"]
+    args = ", ".join(f"{k}={v}" for k, v in r["user_model"].items() if k != "arch")
+    lines = [f"Measured by `{COMMANDS['import']}` (`benchmarks/results/import.json`; "
+             f"{_on(r['machine'])}): a plain timm `{r['user_model']['arch']}` ({args}) trained "
+             f"outside the project on Fashion-MNIST, saved with `safetensors`; its user's own "
+             f"evaluation with timm on the workspace's validation images: "
+             f"{100 * r['user_val_acc']:.2f} %.", ""]
+    for name, case in c.items():
+        if case.get("status_val_acc") is not None:
+            lines.append(f"- `forget pretrain --checkpoint ...` with {name}: imported, validation "
+                         f"accuracy {100 * case['status_val_acc']:.2f} % "
+                         f"({case['gap_points']:+.2f} points against the user's own).")
+        else:
+            err = (case.get("error") or "").strip().splitlines()
+            lines.append(f"- with {name}: refused (exit {case['exit']}): "
+                         f"`{err[-1][:300] if err else ''}`")
+    return "\n".join(lines) + "\n"
+
+
+def render_gpu() -> str:
+    if not _recorded("gpu"):
+        return ("No GPU was lent to the sessions that wrote this: `make gpu-check` has not run "
+                "on one yet, and no figure here is a GPU's. Its `--tiny` twin runs in the test "
+                "suite on the CPU.\n")
+    r = _load("gpu")
+    tp = r.get("throughput", {})
+    lines = [f"Measured by `make gpu-check` (`benchmarks/results/gpu.json`; "
+             f"{tp.get('device_name', r['device'])}, torch {r['torch']}, "
+             f"{r['machine']['date'][:10]}): failed parts: {', '.join(r['failed']) or 'none'}.",
+             "", "| ViT-B/16 224 px, bf16 | forward img/s | GS-LoRA step img/s | of bf16 peak "
+                 "(forward, step) |", "|---|---|---|---|"]
+    for key in ("eager", "compiled"):
+        row = tp.get(key) or {}
+        if "forward" in row:
+            f, st = row["forward"], row["gs_lora_step"]
+            share = (f"{100 * f['of_peak']:.1f} %, {100 * st['of_peak']:.1f} %"
+                     if f.get("of_peak") else "-")
+            lines.append(f"| {key} | {f['img_s']:,.0f} | {st['img_s']:,.0f} | {share} |")
+        else:
+            lines.append(f"| {key} | {row.get('error', '-')} | | |")
+    req = r.get("request", {})
+    if req.get("steps"):
+        lines.append("")
+        lines.append(f"One request end to end: {req['status']} (Acc_f {req['acc_f']:.3f}, "
+                     f"Acc_r {req['acc_r']:.3f}); "
+                     + ", ".join(f"`forget {s['command']}` {s['seconds']} s"
+                                 for s in req["steps"]) + ".")
+    return "\n".join(lines) + "\n"
+
+
 RENDER = {"demo": render_demo, "repro": render_repro, "quality": render_quality,
           "sequence": render_sequence, "latency": render_latency,
           "scale": lambda: render_quality("scale"), "throughput": render_throughput,
           "registry": render_registry, "stack": render_stack, "evidence": render_evidence,
-          "methods": render_methods, "tune": render_tune, "authors": render_authors}
+          "methods": render_methods, "tune": render_tune, "authors": render_authors,
+          "import": render_import, "gpu": render_gpu}
 
 
 def rendered(text: str) -> str:
@@ -467,15 +533,20 @@ def main(argv: list[str] | None = None) -> int:
         record_demo()
     elif args.only:
         record(args.only, COMMANDS[args.only].split()[1:])
-    text = README.read_text()
-    new = rendered(text)
-    if args.check:
-        if new != text:
-            print("README.md figures differ from benchmarks/results: run "
-                  "`python benchmarks/readme_figures.py`", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(new)
+    stale = []
+    for page in pages():
+        text = page.read_text()
+        new = rendered(text)
+        if new == text:
+            continue
+        if args.check:
+            stale.append(str(page.relative_to(REPO)))
+        else:
+            page.write_text(new)
+    if stale:
+        print(f"figures of {', '.join(stale)} differ from benchmarks/results: run "
+              "`python benchmarks/readme_figures.py`", file=sys.stderr)
+        return 1
     return 0
 
 

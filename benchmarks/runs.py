@@ -165,9 +165,11 @@ def reference_rows(bench: Bench, seed: int, order: list[int], split: str,
 
 
 def method_rows(bench: Bench, forget_cfg, method: str, shots: int | None, seed: int,
-                order: list[int], split: str, attacks: tuple[str, ...] = PROBES) -> list[dict]:
+                order: list[int], split: str, attacks: tuple[str, ...] = PROBES,
+                tag: str | None = None) -> list[dict]:
     """One method's sequence with ``forget_cfg`` (a ``ForgetConfig``), measured on ``split``:
-    request i builds on the model request i-1 left."""
+    request i builds on the model request i-1 left. ``tag``: what else tells this run apart
+    in the cache (code swapped in by a benchmark)."""
     def compute():
         model, earlier, rows = bench.base(seed), [], []
         with tempfile.TemporaryDirectory() as work:
@@ -187,7 +189,7 @@ def method_rows(bench: Bench, forget_cfg, method: str, shots: int | None, seed: 
                 model, earlier = res.model, earlier + [c]
         return rows
     key = bench.key("method", forget_cfg.model_dump(mode="json"), method, shots, seed, order,
-                    split, attacks)
+                    split, attacks, *([tag] if tag else []))
     return _cached(bench, key, compute)
 
 
