@@ -48,8 +48,12 @@ def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                            capture_output=True, text=True).stdout.strip() or None
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=REPO, capture_output=True, text=True).stdout.strip())
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(),
+            "python": platform.python_version(), "commit": commit, "dirty": dirty,
             "date": datetime.now(UTC).isoformat(timespec="minutes")}
 
 
@@ -135,7 +139,9 @@ def _pct(x) -> str:
 
 
 def _on(m: dict) -> str:
-    return f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date'][:10]}"
+    at = f", commit {m['commit']}{' + changes' if m.get('dirty') else ''}" if m.get("commit") \
+        else ""
+    return f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date'][:10]}{at}"
 
 
 def render_demo() -> str:

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(r))
         return r
 
-    from forgetting_cli.stack import Stack, free_port_base, read_env_file
+    from forgetting_stack import Stack, free_port_base, read_env_file
 
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING", "FORGET_"))}

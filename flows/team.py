@@ -1,4 +1,4 @@
-"""The flow a worker runs for a workspace shared through the team stack (``tasks.team``).
+"""The flow a worker runs for a workspace shared through the team stack (``tasks.shared``).
 
 Deployed per workspace (``forget stack deploy``) to a process work pool; a worker on any host
 runs it in its own clone of the workspace repository. A flow run submitted with a request
@@ -13,16 +13,18 @@ import logging
 from prefect import flow
 
 from flows.process_requests import process_requests_flow
-from tasks import environment, team
+from tasks import environment
+from tasks.git import checkout
+from tasks.submissions import FLOW_NAME
 
 
-@flow(name=team.FLOW_NAME, log_prints=True)
+@flow(name=FLOW_NAME, log_prints=True)
 def team_requests_flow(repo: str, name: str, submit: dict | None = None) -> list[dict]:
     """``repo``: the workspace's git URL; ``name``: its ``workspace.name``; ``submit``: the
     request this flow run carries (read back by whichever run queues it, in order)."""
     # the library's progress lines ("waiting for the run in progress on another host", what
     # was queued, pushed) into the flow run's logs, as `forget` shows them on a terminal
     logging.getLogger("forgetting").setLevel(logging.INFO)
-    root = team.checkout(repo, name)
+    root = checkout(repo, name)
     environment.apply(root / ".forgetting")
     return process_requests_flow(str(root))

@@ -458,13 +458,12 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from forgetting.model import CheckpointError
     from forgetting.report import ReportError
     from forgetting.requests import RequestError
+    from forgetting_stack import StackError
     from tasks.errors import StackSettingsMissing
     from tasks.ledger import StaleRequest
     from tasks.locks import Busy
     from tasks.registry_reader import ServiceUnavailable
     from tasks.workspace import NotAWorkspace
-
-    from .stack import StackError
 
     return (ConfigError, DataError, CheckpointError, RequestError, ReportError, NotAWorkspace,
             Busy, StaleRequest, ServiceUnavailable, StackError, StackSettingsMissing)

@@ -21,7 +21,7 @@ stack_app = typer.Typer(help="The team stack: PostgreSQL, S3, Prefect, MLflow, g
 
 
 def _stack(d: Path):
-    from .stack import DEFAULT_DIR, Stack
+    from forgetting_stack import DEFAULT_DIR, Stack
 
     return Stack((d or DEFAULT_DIR).expanduser().resolve())
 

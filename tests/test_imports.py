@@ -1,5 +1,5 @@
 """The project's import graph, derived from the code: no circle, and layers point one way
-(forgetting_cli -> flows -> tasks -> forgetting). Imports inside functions count too: a lazy
+(forgetting_cli -> flows, forgetting_stack -> tasks -> forgetting). Imports inside functions count too: a lazy
 import is still a dependency."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = {"forgetting": 0, "tasks": 1, "flows": 2, "forgetting_cli": 3}
+LAYERS = {"forgetting": 0, "tasks": 1, "flows": 2, "forgetting_stack": 2, "forgetting_cli": 3}
 
 
 def _modules() -> dict[str, Path]:
@@ -105,6 +105,48 @@ def test_the_library_imports_no_orchestration():
                      [n.module or ""] if isinstance(n, ast.ImportFrom) and not n.level else [])
             bad += [f"{p.relative_to(REPO)}: {x}" for x in names if x.split(".")[0] in heavy]
     assert bad == []
+
+
+def test_every_import_of_the_project_resolves():
+    """``from tasks import team`` after tasks/team.py was split would only fail when that line
+    runs (inside a function, on a team stack): every name imported from the project's own
+    modules is a module or a name defined there."""
+    mods = _modules()
+    bad = []
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for n in ast.walk(ast.parse(p.read_text())):
+            if not isinstance(n, ast.ImportFrom):
+                continue
+            base = n.module or ""
+            if n.level:
+                parts = pkg.split(".")[: len(pkg.split(".")) - n.level + 1]
+                base = ".".join(parts + ([n.module] if n.module else []))
+            if base.split(".")[0] not in LAYERS:
+                continue
+            if base not in mods:
+                bad.append(f"{m}: no module {base}")
+                continue
+            defined = _defined(mods[base])
+            bad += [f"{m}: {base}.{a.name}" for a in n.names
+                    if a.name != "*" and f"{base}.{a.name}" not in mods and a.name not in defined]
+    assert bad == []
+
+
+def _defined(path: Path) -> set[str]:
+    names = set()
+    for n in ast.parse(path.read_text()).body:
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(n.name)
+        elif isinstance(n, ast.Assign):
+            for t in n.targets:
+                elts = t.elts if isinstance(t, ast.Tuple) else [t]
+                names |= {e.id for e in elts if isinstance(e, ast.Name)}
+        elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
+            names.add(n.target.id)
+        elif isinstance(n, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in n.names}
+    return names
 
 
 def test_the_checker_sees_a_circle_and_an_upward_import():

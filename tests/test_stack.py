@@ -126,7 +126,7 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
     import botocore
     from botocore.config import Config as BotoConfig
 
-    from forgetting_cli.stack import alive, free_port_base, read_env_file
+    from forgetting_stack import alive, free_port_base, read_env_file
 
     # world-traversable parents: PostgreSQL runs as 'nobody' when the tests run as root
     top = Path(tempfile.mkdtemp(prefix="forget-stack-test-", dir="/tmp"))

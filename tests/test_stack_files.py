@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from forgetting_cli.stack import Stack, StackError, alive, read_env_file
+from forgetting_stack import Stack, StackError, alive, read_env_file
 
 
 def test_credentials_are_made_once_private_and_clients_get_urls_and_secrets(tmp_path):
@@ -65,8 +65,10 @@ def test_a_folder_postgres_cannot_reach_is_named_not_chmodded(tmp_path):
     closed = tmp_path / "private"
     closed.mkdir(mode=0o700)
     st = Stack(closed / "stack")
+    from forgetting_stack.postgres import run_as
+
     with pytest.raises(StackError, match=f"chmod o\\+x {closed}"):
-        st._pg_user()
+        run_as(st.dir)
     assert stat.S_IMODE(closed.stat().st_mode) == 0o700  # left as the user had it
 
 
@@ -77,7 +79,7 @@ def test_postgres_data_survives_down_and_up():
     registry intact, in test_stack.py's setting; here only PostgreSQL, in seconds)."""
     import psycopg2
 
-    from forgetting_cli.stack import free_port_base
+    from forgetting_stack import free_port_base
 
     top = Path(tempfile.mkdtemp(prefix="forget-pg-test-", dir="/tmp"))
     top.chmod(0o711)  # PostgreSQL runs as 'nobody' under root: it must reach its folder
@@ -125,3 +127,31 @@ def test_attach_keeps_dvc_keys_local_even_ones_that_look_like_options(tmp_path):
     log = subprocess.run(["git", "log", "--oneline", "main"], cwd=remote, capture_output=True,
                          text=True, check=True).stdout
     assert "DVC remote: the team stack's S3" in log  # pushed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg2") is None, reason="the [stack] extra")
+def test_a_failed_up_stops_what_it_started_and_names_a_taken_port():
+    """An `up` that fails part way leaves nothing running (a second `up` would trip over
+    it), and a port another process holds is named with that process."""
+    import shutil
+    import socket
+
+    from forgetting_stack import free_port_base
+
+    top = Path(tempfile.mkdtemp(prefix="forget-pg-test-", dir="/tmp"))
+    top.chmod(0o711)  # PostgreSQL runs as 'nobody' under root: it must reach its folder
+    st = Stack(top / "stack")
+    base = free_port_base()
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", base + 3))  # the S3 port
+    squatter.listen()
+    try:
+        with pytest.raises(StackError, match=rf"s3 cannot start: port 127.0.0.1:{base + 3} is "
+                                             rf"taken by pid {os.getpid()} "):
+            st.up("127.0.0.1", base, only=("postgres", "s3"))
+        assert st.running() == {}  # PostgreSQL, started first, was stopped again
+    finally:
+        squatter.close()
+        st.down()
+        shutil.rmtree(top)
+

