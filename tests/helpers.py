@@ -1,5 +1,6 @@
-"""Helpers for tests that drive real ``forget`` processes: run the CLI, hold a workspace lock
-from another process, wait until a process is blocked on a lock, check exactly-once."""
+"""What the tests share: the CLI in this process or in its own (``cli``, ``forget``), a
+workspace set up to production v1 (``workspace``), a tiny model (``tiny_model``), a poll loop
+(``poll``), a workspace lock held from another process, the exactly-once check."""
 
 from __future__ import annotations
 
@@ -10,6 +11,64 @@ import sys
 from pathlib import Path
 
 from forgetting.model import file_sha256
+
+
+def cli(*args: str, **kw):
+    """A quick ``forget`` command in this process (Typer's runner: output captured)."""
+    from typer.testing import CliRunner
+
+    from forgetting_cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], **kw)
+
+
+def workspace(root: Path, params: dict):
+    """``params.yaml``, init, ingest and a pretrained production v1, in this process (only
+    what a test kills needs a process of its own); returns (workspace, dataset sha256)."""
+    from flows.ingest import ingest_flow
+    from flows.pretrain import pretrain_flow
+    from tasks.workspace import Workspace
+
+    from .conftest import write_params
+
+    write_params(root, params)
+    res = cli("init", "--root", root)
+    assert res.exit_code == 0, res.output
+    ingest_flow(str(root))
+    assert pretrain_flow(str(root)) == 1
+    w = Workspace.at(root)
+    return w, file_sha256(w.dataset)
+
+
+def tiny_model(head: str = "linear", embed_dim: int = 16, num_classes: int = 3):
+    """A 2-block ViT on 8 px grey images, seeded: for tests on fixed tensors."""
+    import torch
+
+    from forgetting.config import ModelConfig
+    from forgetting.model import create_model
+
+    torch.manual_seed(0)
+    return create_model(ModelConfig(embed_dim=embed_dim, depth=2, num_heads=2, image_size=8,
+                                    patch_size=4, head=head, head_margin=0.3, head_scale=8.0),
+                        num_classes)
+
+
+def poll(cond, what: str, timeout: float, every: float = 1.0, procs=()) -> None:
+    """Until ``cond()`` holds; fails naming ``what`` (and the logs of ``procs``, pairs of a
+    process and its log file, when one of them exits first or time runs out)."""
+    import time
+
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        for p, log in procs:
+            if p.poll() is not None:
+                pytest.fail(f"{what}: a process exited:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            logs = "\n".join(log.read_text()[-3000:] for _, log in procs)
+            pytest.fail(f"{what}: not within {timeout:.0f} s\n{logs}")
+        time.sleep(every)
 
 
 def forget(env: dict, root: Path, *args: str, kill_at: str | None = None, check: bool = True,
@@ -65,12 +124,8 @@ def request_file(ws, rid: str) -> dict:
 
 def queue(env: dict, ws, *classes: str, shots: int | None = None) -> str:
     """`forget request add` (in this process: a quick command)."""
-    from typer.testing import CliRunner
-
-    from forgetting_cli.main import app
-
     args = ["request", "add", *classes, *(["--shots", str(shots)] if shots else [])]
-    res = CliRunner().invoke(app, [*args, "--root", str(ws.root)])
+    res = cli(*args, "--root", ws.root)
     assert res.exit_code == 0, res.output
     return res.output.split()[1].rstrip(":")
 

@@ -12,12 +12,9 @@ import time
 
 import psutil
 import pytest
-from typer.testing import CliRunner
-
-from forgetting_cli.main import app
 
 from .conftest import MICRO, write_params
-from .helpers import forget
+from .helpers import cli, forget
 
 
 @pytest.mark.parametrize("args", [["status"], ["run"], ["request", "add", "digit_0"],
@@ -25,7 +22,7 @@ from .helpers import forget
                                   ["report", "req-0001"], ["purge", "req-0001"],
                                   ["promote", "1"], ["rollback"], ["ingest"], ["pretrain"]])
 def test_commands_outside_a_workspace_refuse_and_create_nothing(tmp_path, args):
-    res = CliRunner().invoke(app, [*args, "--root", str(tmp_path)])
+    res = cli(*args, "--root", tmp_path)
     assert res.exit_code == 2, res.output
     assert f"error: not a workspace: {tmp_path} has no params.yaml or .dvc/" in res.output
     assert "forget init" in res.output

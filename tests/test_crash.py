@@ -17,43 +17,21 @@ import pytest
 
 from forgetting.model import file_sha256
 
-from .conftest import MICRO, write_params
+from .conftest import MICRO
 from .helpers import (
     assert_exactly_once,
+    cli,
     forget,
     lock_held_elsewhere,
     queue,
     request_file,
     start_forget,
     wait_for_stderr,
+    workspace,
 )
 from .servers import free_port, server_process, stop
 
 pytestmark = pytest.mark.slow
-
-
-def _workspace(root, params=MICRO):
-    """init, ingest, pretrain, in this process (only what is killed needs its own)."""
-    from flows.ingest import ingest_flow
-    from flows.pretrain import pretrain_flow
-    from forgetting_cli.pipeline import init
-    from tasks.workspace import Workspace
-
-    write_params(root, params)
-    init(root)
-    ingest_flow(str(root))
-    pretrain_flow(str(root))
-    w = Workspace.at(root)
-    return w, file_sha256(w.dataset)
-
-
-def _cli(*args):
-    """A quick command, in this process."""
-    from typer.testing import CliRunner
-
-    from forgetting_cli.main import app
-
-    return CliRunner().invoke(app, list(args))
 
 
 def _run(w) -> list[dict]:
@@ -65,7 +43,7 @@ def _run(w) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def ws(prefect_api, tmp_path_factory):
-    return _workspace(tmp_path_factory.mktemp("crash-ws"))
+    return workspace(tmp_path_factory.mktemp("crash-ws"), MICRO)
 
 
 def test_a_request_killed_at_every_point_is_finished_exactly_once(cli_env, ws):
@@ -89,7 +67,7 @@ def test_a_request_killed_at_every_point_is_finished_exactly_once(cli_env, ws):
         assert req["attempts"] == attempts and req["parent_version"] == 1
         if point == "after-start":
             # the dataset a half-done request started on cannot be replaced under it
-            res = _cli("ingest", "--root", str(w.root))
+            res = cli("ingest", "--root", str(w.root))
             assert res.exit_code == 2 and f"{rid} stopped part-way" in res.output, res.output
             assert file_sha256(w.dataset) == dataset_sha
         if point == "after-adapter-tracked":
@@ -101,7 +79,7 @@ def test_a_request_killed_at_every_point_is_finished_exactly_once(cli_env, ws):
                             file_sha256(adapter))
             shutil.rmtree(w.work / rid)
         if point == "after-register":
-            res = _cli("request", "cancel", rid, "--reason", "x", "--root", str(w.root))
+            res = cli("request", "cancel", rid, "--reason", "x", "--root", str(w.root))
             assert res.exit_code == 2 and "already has model version v2" in res.output
     assert _run(w) == []  # only the DVC/git commit was left: recovery makes it
     assert_exactly_once(w, rid, dataset_sha)
@@ -232,7 +210,7 @@ def test_purge_removes_the_images_everywhere_and_keeps_the_rest(cli_env, ws, tmp
     again = forget(cli_env, w.root, "purge", rid, check=False)
     assert again.returncode == 2 and "purged already" in again.stderr
     # the same source again would bring the purged images back: refused, nothing changed
-    back = _cli("ingest", "--root", str(w.root))
+    back = cli("ingest", "--root", str(w.root))
     assert back.exit_code == 2 and f"were purged by {rid}" in back.output, back.output
     assert image_hashes(w.dataset, cls) == []
     # a later request's report marks the purged class's Acc_o as measured before the purge
@@ -241,7 +219,7 @@ def test_purge_removes_the_images_everywhere_and_keeps_the_rest(cli_env, ws, tmp
     assert request_file(w, nxt)["dataset_version"] == rec["dataset_version_after"]
     assert_exactly_once(w, nxt, file_sha256(w.dataset))
     report = tmp_path / "r"
-    assert _cli("report", nxt, "--out", str(report), "--root", str(w.root)).exit_code == 0
+    assert cli("report", nxt, "--out", str(report), "--root", str(w.root)).exit_code == 0
     assert "last Acc_o measured before the purge" in (report / "report.md").read_text()
 
 
@@ -249,15 +227,13 @@ def test_prefect_api_unreachable_leaves_the_request_pending(cli_env, ws):
     """Prefect's client fails to reach the API, then `forget run` exits 2 naming it; nothing
     was started, so the request stays pending and the next healthy run processes it once."""
     from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
-    from typer.testing import CliRunner
 
-    from forgetting_cli.main import app
 
     w, _ = ws
     rid = queue(cli_env, w, "digit_1")
     with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api",
                              PREFECT_CLIENT_MAX_RETRIES: 1}):
-        res = CliRunner().invoke(app, ["run", "--root", str(w.root)])
+        res = cli("run", "--root", w.root)
     assert res.exit_code == 2, res.output
     assert "Prefect API unreachable" in res.output and "stay" in res.output, res.output
     req = request_file(w, rid)
@@ -287,7 +263,7 @@ def test_against_a_real_mlflow_server_that_fails_mid_request(prefect_api, tmp_pa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     flag = d / "paused"
     with server_process(cmd, f"{url}/health", d / "server1.log") as server:
-        w, dataset_sha = _workspace(d / "ws")  # the base registered through the server
+        w, dataset_sha = workspace(d / "ws", MICRO)  # the base registered through the server
         assert not (w.state / "mlflow.db").exists()  # nothing went to the embedded store
         fast, slow = reader(w), ClientReader(w)
         assert isinstance(fast, RestReader)

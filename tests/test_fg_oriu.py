@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from forgetting.config import ForgetConfig, ModelConfig
+from forgetting.config import ForgetConfig
 from forgetting.lora import add_lora
 from forgetting.methods.fg_oriu.objective import Subspaces, bases, forward_losses, project_gradients
 from forgetting.methods.objective import taps
-from forgetting.model import create_model
+
+from .helpers import tiny_model
 
 E = torch.eye(4)
 
@@ -47,9 +48,7 @@ def test_forward_terms_on_fixed_features():
 
 
 def _tiny():
-    torch.manual_seed(0)
-    return create_model(ModelConfig(embed_dim=8, depth=2, num_heads=2, image_size=8,
-                                    patch_size=4), 3)
+    return tiny_model(embed_dim=8)
 
 
 def test_taps_and_gradient_projection():

@@ -20,6 +20,8 @@ from forgetting.methods.objective import Setup
 from forgetting.model import create_model
 from forgetting.train import forward, init_lora_a, set_dropout, update_ema
 
+from .helpers import tiny_model
+
 V = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
 P = torch.tensor([[0.0, 1.0, 0.0], [1.0, -1.0, 2.0]])
 
@@ -57,10 +59,7 @@ def test_acc_r_with_and_without_the_missing_classes():
 
 
 def _tiny(head: str = "cosface"):
-    cfg = ModelConfig(embed_dim=16, depth=2, num_heads=2, image_size=8, patch_size=4, head=head,
-                      head_margin=0.3, head_scale=8.0)
-    torch.manual_seed(0)
-    return create_model(cfg, 3)
+    return tiny_model(head)
 
 
 def _objective(cls, model, cfg):

@@ -16,18 +16,15 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
-from typer.testing import CliRunner
-
-from forgetting_cli.main import app
 
 from .conftest import MICRO, TINY, write_params
+from .helpers import cli, poll, workspace
 from .servers import free_port, server_process, wait_for
 
 PARAMS = {**TINY, "forget": {"epochs": 2}, "pretrain": {**TINY["pretrain"], "epochs": 8},
@@ -35,10 +32,6 @@ PARAMS = {**TINY, "forget": {"epochs": 2}, "pretrain": {**TINY["pretrain"], "epo
           # every attack, at a cost a test can pay (the figures are not what is tested here)
           "evidence": {"reference_models": 2, "reference_epochs": 2, "relearn_max_steps": 5,
                        "relearn_repeats": 2}}
-
-
-def _cli(*args, **kw):
-    return CliRunner().invoke(app, [*args], **kw)
 
 
 def _set_params(ws, **sections) -> None:
@@ -53,24 +46,16 @@ def processed(prefect_api, tmp_path_factory):
     processed with ``max_class_drop: 0`` (the mean gates wide open), so the worst retained
     class it damages fails it. Afterwards the gates are open again and the retrain reference
     off, for the tests that queue more requests."""
-    from flows.ingest import ingest_flow
-    from flows.pretrain import pretrain_flow
     from flows.process_requests import process_requests_flow
-    from tasks.workspace import Workspace
 
     root = tmp_path_factory.mktemp("ws")
-    write_params(root, PARAMS)
-    res = _cli("init", "--root", str(root))
-    assert res.exit_code == 0, res.output
-    ws = Workspace.at(root)
-    ingest_flow(str(root))
-    assert pretrain_flow(str(root)) == 1
-    r1 = _cli("request", "add", "digit_0", "digit_1", "--method", "fg-oriu", "--reason", "asked",
+    ws, _ = workspace(root, PARAMS)
+    r1 = cli("request", "add", "digit_0", "digit_1", "--method", "fg-oriu", "--reason", "asked",
               "--root", str(root))
     assert r1.exit_code == 0, r1.output
     out1 = process_requests_flow(str(root))
     _set_params(ws, gates={"max_class_drop": 0.0})
-    r2 = _cli("request", "add", "digit_7", "--shots", "4", "--root", str(root))
+    r2 = cli("request", "add", "digit_7", "--shots", "4", "--root", str(root))
     assert r2.exit_code == 0, r2.output
     out2 = process_requests_flow(str(root))
     committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=root,
@@ -80,7 +65,7 @@ def processed(prefect_api, tmp_path_factory):
 
 
 def _status(ws) -> dict:
-    res = _cli("status", "--json", "--root", str(ws.root))
+    res = cli("status", "--json", "--root", str(ws.root))
     assert res.exit_code == 0, res.output
     return json.loads(res.output)
 
@@ -187,25 +172,25 @@ def test_each_request_has_a_report_in_dvc_and_mlflow(processed, tmp_path):
     art = Artifact.get("request-req-0001")  # what the Prefect UI shows for the request
     assert art is not None and art.type == "markdown", art
     assert "Acc_f" in art.data and "digit_0" in art.data, art.data
-    res = _cli("report", "req-0001", "--out", str(tmp_path / "r"), "--root", str(ws.root))
+    res = cli("report", "req-0001", "--out", str(tmp_path / "r"), "--root", str(ws.root))
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r" / "report.md").read_text() == md
     assert (tmp_path / "r" / "per_class.png").read_bytes() == (stored / "per_class.png").read_bytes()
-    assert _cli("report", "req-0099", "--root", str(ws.root)).exit_code == 2
+    assert cli("report", "req-0099", "--root", str(ws.root)).exit_code == 2
 
 
 def test_report_never_writes_over_a_folder_it_did_not_make(processed, tmp_path):
     """`forget report --out data` used to delete the workspace's own data folder."""
     ws = processed["ws"]
     before = sorted(str(p.relative_to(ws.root)) for p in ws.data.rglob("*"))
-    res = _cli("report", "req-0001", "--out", str(ws.data), "--root", str(ws.root))
+    res = cli("report", "req-0001", "--out", str(ws.data), "--root", str(ws.root))
     assert res.exit_code == 2, res.output
     assert "is not empty and is not a report folder written by this program" in res.output
     assert sorted(str(p.relative_to(ws.root)) for p in ws.data.rglob("*")) == before
     home = tmp_path / "Documents"
     home.mkdir()
     (home / "cv.pdf").write_bytes(b"%PDF")
-    res = _cli("report", "req-0001", "--out", str(home), "--root", str(ws.root))
+    res = cli("report", "req-0001", "--out", str(home), "--root", str(ws.root))
     assert res.exit_code == 2 and (home / "cv.pdf").read_bytes() == b"%PDF"
 
 
@@ -284,17 +269,17 @@ def test_promote_and_rollback_move_production(processed):
     ws = processed["ws"]
     c = registry.client(ws)
     exported = registry.version_tags(c, 2)["merged_uri"]
-    assert _cli("promote", "3", "--reason", "reviewed", "--root", str(ws.root)).exit_code == 0
+    assert cli("promote", "3", "--reason", "reviewed", "--root", str(ws.root)).exit_code == 0
     assert _status(ws)["production_version"] == 3
     # one merged export in the registry, production's: v2's went when production moved
     assert registry.merged_versions(c) == [3]
     assert not os.path.exists(exported.removeprefix("file://"))
-    res = _cli("rollback", "--reason", "test", "--root", str(ws.root))
+    res = cli("rollback", "--reason", "test", "--root", str(ws.root))
     assert res.exit_code == 0 and "production -> v2 (rolled back from v3)" in res.output
     assert _status(ws)["production_version"] == 2
     assert registry.production_history(registry.client(ws)) == [1, 2]
     assert registry.merged_versions(c) == [2]
-    assert _cli("promote", "99", "--root", str(ws.root)).exit_code == 2
+    assert cli("promote", "99", "--root", str(ws.root)).exit_code == 2
 
 
 def test_the_fast_registry_reader_agrees_with_mlflow(processed):
@@ -326,7 +311,7 @@ def test_the_fast_registry_reader_agrees_with_mlflow(processed):
 def test_bad_requests_fail_clearly_and_change_nothing(processed, args, message):
     ws = processed["ws"]
     before = sorted(p.name for p in ws.requests.iterdir())
-    res = _cli("request", "add", *args, "--root", str(ws.root))
+    res = cli("request", "add", *args, "--root", str(ws.root))
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert sorted(p.name for p in ws.requests.iterdir()) == before
@@ -336,10 +321,10 @@ def test_malformed_request_file_names_the_field(processed, tmp_path):
     ws = processed["ws"]
     f = tmp_path / "req.yaml"
     f.write_text("classes: [digit_3]\nshots: -2\n")
-    res = _cli("request", "add", "--file", str(f), "--root", str(ws.root))
+    res = cli("request", "add", "--file", str(f), "--root", str(ws.root))
     assert res.exit_code == 2 and "shots" in res.output
     f.write_text("classes: [digit_3]\nshoots: 2\n")
-    res = _cli("request", "add", "--file", str(f), "--root", str(ws.root))
+    res = cli("request", "add", "--file", str(f), "--root", str(ws.root))
     assert res.exit_code == 2 and "shoots" in res.output
 
 
@@ -348,7 +333,7 @@ def test_bad_params_file_names_the_field(processed):
     good = ws.params.read_text()
     try:
         ws.params.write_text(good.replace("forget:", "forget:\n  rnak: 4", 1))
-        res = _cli("status", "--root", str(ws.root))
+        res = cli("status", "--root", str(ws.root))
         assert res.exit_code == 2 and "forget.rnak" in res.output, res.output
     finally:
         ws.params.write_text(good)
@@ -363,11 +348,11 @@ def test_dataset_with_other_classes_or_a_corrupt_image_is_refused(processed, tmp
     before = file_sha256(ws.dataset), sorted(p.name for p in ws.data.iterdir()), \
         ws.params.read_text()
     _folder(tmp_path / "animals", classes=("cat", "dog", "emu"), mode="L")
-    res = _cli("ingest", "--source", str(tmp_path / "animals"), "--root", str(ws.root))
+    res = cli("ingest", "--source", str(tmp_path / "animals"), "--root", str(ws.root))
     assert res.exit_code == 2 and "does not match the model's classes" in res.output, res.output
     broken = tmp_path / "animals" / "cat" / "0.png"
     broken.write_bytes(broken.read_bytes()[:40])
-    res = _cli("ingest", "--source", str(tmp_path / "animals"), "--root", str(ws.root))
+    res = cli("ingest", "--source", str(tmp_path / "animals"), "--root", str(ws.root))
     assert res.exit_code == 2 and "corrupt or truncated image" in res.output, res.output
     assert (file_sha256(ws.dataset), sorted(p.name for p in ws.data.iterdir()),
             ws.params.read_text()) == before
@@ -386,7 +371,7 @@ def test_bad_base_checkpoints_are_refused(prefect_api, tmp_path):
     from tasks.workspace import Workspace
 
     write_params(tmp_path, MICRO)
-    assert _cli("init", "--root", str(tmp_path)).exit_code == 0
+    assert cli("init", "--root", str(tmp_path)).exit_code == 0
     ingest_flow(str(tmp_path))
     model = create_model(Config.model_validate(MICRO).model, 3)
     save_checkpoint(model, tmp_path / "three.safetensors", ["a", "b", "c"])
@@ -395,7 +380,7 @@ def test_bad_base_checkpoints_are_refused(prefect_api, tmp_path):
     for ckpt, message in (("three.safetensors", "differ from the dataset"),
                           ("evil.pt", "refused: only safetensors or weights-only"),
                           ("missing.safetensors", "checkpoint not found")):
-        res = _cli("pretrain", "--checkpoint", str(tmp_path / ckpt), "--root", str(tmp_path))
+        res = cli("pretrain", "--checkpoint", str(tmp_path / ckpt), "--root", str(tmp_path))
         assert res.exit_code == 2 and message in res.output, (ckpt, res.output)
     assert reader(Workspace.at(tmp_path)).alias_version("production") is None
     assert not (tmp_path / "data" / "models").exists()
@@ -403,14 +388,14 @@ def test_bad_base_checkpoints_are_refused(prefect_api, tmp_path):
 
 def test_failures_leave_the_request_pending_until_a_healthy_run(processed, monkeypatch):
     ws = processed["ws"]
-    res = _cli("request", "add", "digit_8", "--root", str(ws.root))
+    res = cli("request", "add", "digit_8", "--root", str(ws.root))
     assert res.exit_code == 0, res.output
     rid = res.output.split()[1].rstrip(":")
     adapter = ws.adapter_dir("req-0001") / "adapter_model.safetensors"
     good = adapter.read_bytes()
     try:  # a corrupted adapter in the production model's chain
         adapter.write_bytes(good[:-8] + b"\0" * 8)
-        res = _cli("run", "--root", str(ws.root))
+        res = cli("run", "--root", str(ws.root))
         assert res.exit_code == 2 and "does not match its recorded sha256" in res.output
     finally:
         adapter.write_bytes(good)
@@ -418,10 +403,10 @@ def test_failures_leave_the_request_pending_until_a_healthy_run(processed, monke
     assert req["status"] == "pending" and "sha256" in req["error"] and req["model_version"] is None
     with monkeypatch.context() as m:  # the tracking server is down
         m.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
-        res = _cli("run", "--root", str(ws.root))
+        res = cli("run", "--root", str(ws.root))
         assert res.exit_code == 2 and "MLflow unreachable" in res.output, res.output
     assert json.loads((ws.requests / f"{rid}.json").read_text())["status"] == "pending"
-    res = _cli("run", "--root", str(ws.root))
+    res = cli("run", "--root", str(ws.root))
     assert res.exit_code == 0 and f"{rid}: done" in res.output, res.output
     req = json.loads((ws.requests / f"{rid}.json").read_text())
     assert req["status"] == "done" and req["error"] is None
@@ -433,11 +418,11 @@ def test_a_cancelled_request_leaves_the_queue_with_its_reason(processed):
     from tasks.dvc import status_clean
 
     ws = processed["ws"]
-    res = _cli("request", "add", "digit_9", "--root", str(ws.root))
+    res = cli("request", "add", "digit_9", "--root", str(ws.root))
     rid = res.output.split()[1].rstrip(":")
-    res = _cli("request", "cancel", rid, "--root", str(ws.root))
+    res = cli("request", "cancel", rid, "--root", str(ws.root))
     assert res.exit_code == 2 and "give the reason" in res.output
-    res = _cli("request", "cancel", rid, "--reason", "requester withdrew", "--root", str(ws.root))
+    res = cli("request", "cancel", rid, "--reason", "requester withdrew", "--root", str(ws.root))
     assert res.exit_code == 0, res.output
     req = json.loads((ws.requests / f"{rid}.json").read_text())
     assert req["status"] == "cancelled" and req["cancel_reason"] == "requester withdrew"
@@ -445,13 +430,13 @@ def test_a_cancelled_request_leaves_the_queue_with_its_reason(processed):
     assert status_clean(ws.root)  # the audit record is committed (DVC + git) at once
     assert all(r["id"] != rid for r in process_requests_flow(str(ws.root)))
     assert json.loads((ws.requests / f"{rid}.json").read_text())["status"] == "cancelled"
-    res = _cli("request", "cancel", "req-0001", "--reason", "x", "--root", str(ws.root))
+    res = cli("request", "cancel", "req-0001", "--reason", "x", "--root", str(ws.root))
     assert res.exit_code == 2 and "req-0001 is done" in res.output
     # the class is free again
-    res = _cli("request", "add", "digit_9", "--root", str(ws.root))
+    res = cli("request", "add", "digit_9", "--root", str(ws.root))
     assert res.exit_code == 0, res.output
     again = res.output.split()[1].rstrip(":")
-    assert _cli("request", "cancel", again, "--reason", "tidy", "--root", str(ws.root)
+    assert cli("request", "cancel", again, "--reason", "tidy", "--root", str(ws.root)
                 ).exit_code == 0
 
 
@@ -497,15 +482,16 @@ def test_served_deployment_picks_up_a_queued_request(processed, tmp_path):
         serve_cmd = [sys.executable, "-m", "forgetting_cli", "serve", "--interval", "3",
                      "--root", str(ws.root), "--name", "test-serve"]
         with server_process(serve_cmd, f"{api}/health", tmp_path / "serve.log", serve_env):
-            res = _cli("request", "add", "digit_5", "--root", str(ws.root))
+            res = cli("request", "add", "digit_5", "--root", str(ws.root))
             assert res.exit_code == 0, res.output
             rid = res.output.split()[1].rstrip(":")
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                st = {r["id"]: r for r in _status(ws)["requests"]}
-                if st[rid]["status"] not in ("pending", "running"):
-                    break
-                time.sleep(3)
+
+            def state() -> dict:
+                return {r["id"]: r for r in _status(ws)["requests"]}[rid]
+
+            poll(lambda: state()["status"] not in ("pending", "running"), f"{rid} processed",
+                 300, every=3)
+            st = state()
             log = (tmp_path / "serve.log").read_text()
-            assert st[rid]["status"] == "done", log[-3000:]
-            assert st[rid]["model_version"] is not None
+            assert st["status"] == "done", log[-3000:]
+            assert st["model_version"] is not None

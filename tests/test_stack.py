@@ -17,7 +17,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import MICRO, write_params
+from .helpers import poll
 
 pytestmark = pytest.mark.slow
 FORGET = [sys.executable, "-m", "forgetting_cli"]
@@ -99,15 +99,7 @@ def _kill_tree(pid: int) -> None:
 
 
 def _wait(cond, what: str, timeout: float, procs=()) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        for p, log in procs:
-            if p.poll() is not None:
-                pytest.fail(f"{what}: a worker exited:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            logs = "\n".join(log.read_text()[-3000:] for _, log in procs)
-            pytest.fail(f"{what}: not within {timeout:.0f} s\n{logs}")
-        time.sleep(1)
+    poll(cond, what, timeout, procs=procs)
 
 
 def _refused(url: str) -> int:

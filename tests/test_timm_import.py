@@ -12,7 +12,6 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 from forgetting.config import ModelConfig, TrainConfig
 from forgetting.model import CheckpointError
@@ -20,6 +19,7 @@ from forgetting.preprocess import data_config, eval_transform, train_transform
 from forgetting.timm_checkpoint import import_timm, read_class_names
 
 from .conftest import TINY, write_params
+from .helpers import cli
 
 NAMES = ["a", "b", "c", "d", "e"]
 
@@ -227,7 +227,6 @@ def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path
     registered version -> MLflow's pyfunc of that version predicts the same."""
     from flows.ingest import ingest_flow
     from flows.process_requests import process_requests_flow
-    from forgetting_cli.main import app
     from tasks import registry
     from tasks.model_tasks import model_for_version, workspace_splits
     from tasks.workspace import Workspace
@@ -237,30 +236,29 @@ def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path
                         "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0},
                         "evidence": {"retrain_baseline": False, "membership_inference": False,
                                      "attacks": []}})
-    cli = CliRunner()
-    assert cli.invoke(app, ["init", "--root", str(root)]).exit_code == 0
+    assert cli("init", "--root", str(root)).exit_code == 0
     ingest_flow(str(root))
     # an untrained model of the same shape classifies at chance: refused, nothing registered
     params = (root / "params.yaml").read_text()
     torch.manual_seed(1)
     untrained = {k: torch.randn_like(v) * 0.02 for k, v in _as_plain_timm(base_model[0]).items()}
     save_file(untrained, tmp_path / "untrained.safetensors")
-    res = cli.invoke(app, ["pretrain", "--checkpoint", str(tmp_path / "untrained.safetensors"),
+    res = cli("pretrain", "--checkpoint", str(tmp_path / "untrained.safetensors"),
                            "--arch", "vit_tiny_patch16_224", "--num-heads", "4",
-                           "--root", str(root)])
+                           "--root", str(root))
     assert res.exit_code == 2 and "under 20.0% (twice chance for 10 classes)" in res.output, \
         res.output
     assert "--accept imports it anyway" in res.output
     assert (root / "params.yaml").read_text() == params
-    assert json.loads(cli.invoke(app, ["status", "--json", "--root", str(root)]).output)[
+    assert json.loads(cli("status", "--json", "--root", str(root)).output)[
         "production_version"] is None
     save_file(_as_plain_timm(base_model[0]), tmp_path / "plain.safetensors")
-    res = cli.invoke(app, ["pretrain", "--checkpoint", str(tmp_path / "plain.safetensors"),
+    res = cli("pretrain", "--checkpoint", str(tmp_path / "plain.safetensors"),
                            "--arch", "vit_tiny_patch16_224", "--num-heads", "4",
-                           "--root", str(root)])
+                           "--root", str(root))
     assert res.exit_code == 0, res.output
     ws = Workspace.at(root)
-    status = json.loads(cli.invoke(app, ["status", "--json", "--root", str(root)]).output)
+    status = json.loads(cli("status", "--json", "--root", str(root)).output)
     base = status["base"]
     assert base["val_acc"] > 0.8 and set(base["val_class_acc"]) == {f"digit_{i}" for i in
                                                                     range(10)}
@@ -272,7 +270,7 @@ def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path
     assert run.data.metrics["val_class_acc/digit_3"] == base["val_class_acc"]["digit_3"]
     assert ws.config().model.arch == "vit_tiny_patch16_224"
     assert ws.config().model.depth == 4 and ws.config().model.embed_dim == 64
-    assert cli.invoke(app, ["request", "add", "digit_3", "--root", str(root)]).exit_code == 0
+    assert cli("request", "add", "digit_3", "--root", str(root)).exit_code == 0
     [out] = process_requests_flow(str(root))
     assert out["status"] == "done", out
     version = out["model_version"]
@@ -290,7 +288,7 @@ def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path
     # a version registered before versions stored their own part: the next request stores
     # it (from the DVC-tracked adapter, sha256 checked) for its lineage
     c.delete_model_version_tag(c.model_name, str(version), "part_uri")
-    assert cli.invoke(app, ["request", "add", "digit_5", "--root", str(root)]).exit_code == 0
+    assert cli("request", "add", "digit_5", "--root", str(root)).exit_code == 0
     [out] = process_requests_flow(str(root))
     assert out["status"] == "done", out
     assert registry.version_tags(c, version)["part_uri"].endswith("/part/req-0001")
