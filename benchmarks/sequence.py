@@ -103,7 +103,7 @@ def pipeline_sequence(cfg, data: Path, base_ckpt: Path, steps: list[int], names)
         "evidence": cfg.evidence.model_copy(update={"membership_inference": False,
                                                     "retrain_baseline": False}),
         "gates": cfg.gates.model_copy(update={"max_acc_f": 1.0, "max_acc_r_drop": 1.0,
-                                              "max_class_drop": 1.0})})))
+                                              "max_class_drop": 1.0, "evidence": []})})))
     init(root)
     from flows.ingest import ingest_flow
     from flows.pretrain import pretrain_flow

@@ -35,7 +35,8 @@ PARAMS = {"pretrain": {"epochs": 15}}
 
 def _params(evidence: dict) -> dict:
     return {**PARAMS, "evidence": evidence,
-            "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0}}
+            "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0,
+                      "evidence": []}}
 
 
 def child_requests(n: int, on_stack: bool) -> dict:

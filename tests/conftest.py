@@ -38,7 +38,7 @@ MICRO = {
     "model": {"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 16, "patch_size": 4},
     "pretrain": {"epochs": 4, "batch_size": 64, "lr": 3e-3},
     "forget": {"epochs": 2, "min_steps_per_epoch": 4},
-    "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0},
+    "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0, "evidence": []},
     "evidence": {"retrain_baseline": False, "membership_inference": False, "attacks": []},
 }
 

@@ -134,8 +134,18 @@ def test_the_evidence_gate_refuses_only_what_retains_more_than_retrain():
     retrain = {"evidence": _result(linear_probe=0.80, identification=0.50, relearning=12.0)}
     metrics = {"evidence": {"after": _result(linear_probe=0.99, identification=0.30,
                                              relearning=11.99)}}
-    assert evidence_gate(metrics, retrain, []) is None  # off by default
+    assert evidence_gate(metrics, retrain, []) is None  # gates.evidence: [] turns it off
     reason = evidence_gate(metrics, retrain, ["linear_probe", "identification", "relearning"])
     assert reason.startswith("evidence linear_probe: retains more than retrain"), reason
     assert "identification" not in reason and "relearning" not in reason  # below / inside
     assert "membership: not measured" in evidence_gate(metrics, retrain, ["membership"])
+
+
+def test_the_identification_gate_is_on_by_default_and_needs_the_retrain_reference():
+    from forgetting.config import Config, ConfigError, load_config
+
+    assert Config().gates.evidence == ["identification"]
+    with pytest.raises(ConfigError, match="needs evidence.retrain_baseline: true"):
+        load_config(None, {"evidence": {"retrain_baseline": False}})
+    off = load_config(None, {"evidence": {"retrain_baseline": False}, "gates": {"evidence": []}})
+    assert off.gates.evidence == []

@@ -28,7 +28,8 @@ from .helpers import cli, poll, workspace
 from .servers import free_port, server_process, wait_for
 
 PARAMS = {**TINY, "forget": {"epochs": 2}, "pretrain": {**TINY["pretrain"], "epochs": 8},
-          "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0},
+          "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0,
+                    "evidence": []},
           # every attack, at a cost a test can pay (the figures are not what is tested here)
           "evidence": {"reference_models": 2, "reference_epochs": 2, "relearn_max_steps": 5,
                        "relearn_repeats": 2}}
@@ -60,7 +61,8 @@ def processed(prefect_api, tmp_path_factory):
     out2 = process_requests_flow(str(root))
     committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=root,
                                capture_output=True, text=True, check=True).stdout
-    _set_params(ws, gates={"max_class_drop": 1.0}, evidence={"retrain_baseline": False})
+    _set_params(ws, gates={"max_class_drop": 1.0, "evidence": []},
+                evidence={"retrain_baseline": False})
     return {"ws": ws, "out": out1 + out2, "params_at_req2": yaml.safe_load(committed)}
 
 

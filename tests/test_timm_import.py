@@ -233,7 +233,8 @@ def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path
 
     root = tmp_path / "ws"
     write_params(root, {**TINY, "forget": {"epochs": 2},
-                        "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0},
+                        "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0,
+                                  "evidence": []},
                         "evidence": {"retrain_baseline": False, "membership_inference": False,
                                      "attacks": []}})
     assert cli("init", "--root", str(root)).exit_code == 0
