@@ -75,21 +75,31 @@ def run_all(scale: bool = False) -> None:
         record(name, COMMANDS[name].split()[1:])
 
 
-def record_demo() -> None:
-    """`forget demo` timed in a temp folder, then the CLI latency on its workspace."""
+def record_demo(seeds: tuple[int, ...] = (0, 1, 2)) -> None:
+    """`forget demo` timed in a fresh folder per pretraining seed (the default params and
+    gates, ``pretrain.seed`` set), then the CLI latency on the first workspace."""
+    from forgetting.config import Config, dump_config
+
     py = sys.executable
     work = Path(tempfile.mkdtemp(prefix="figures-"))
-    t0 = time.perf_counter()
-    subprocess.run([py, "-m", "forgetting_cli", "demo", "--root", str(work / "demo")],
-                   check=True, cwd=REPO)
-    demo_s = time.perf_counter() - t0
-    st = json.loads(subprocess.run([py, "-m", "forgetting_cli", "status", "--json", "--root",
-                                    str(work / "demo")], check=True, capture_output=True,
-                                   text=True).stdout)
-    _save("demo", {"seconds": round(demo_s), "status": st})
+    runs = []
+    for seed in seeds:
+        root = work / f"demo-{seed}"
+        root.mkdir()
+        (root / "params.yaml").write_text(dump_config(Config.model_validate(
+            {"pretrain": {"seed": seed}})))
+        t0 = time.perf_counter()
+        subprocess.run([py, "-m", "forgetting_cli", "demo", "--root", str(root)], check=True,
+                       cwd=REPO)
+        seconds = round(time.perf_counter() - t0)
+        st = json.loads(subprocess.run([py, "-m", "forgetting_cli", "status", "--json",
+                                        "--root", str(root)], check=True, capture_output=True,
+                                       text=True).stdout)
+        runs.append({"seed": seed, "seconds": seconds, "status": st})
+    _save("demo", {"runs": runs, "seconds": runs[0]["seconds"], "status": runs[0]["status"]})
     lat = _last_json(subprocess.run([py, "benchmarks/cli_latency.py", "--root",
-                                     str(work / "demo"), "--json"], check=True, cwd=REPO,
-                                    capture_output=True, text=True).stdout)
+                                     str(work / f"demo-{seeds[0]}"), "--json"], check=True,
+                                    cwd=REPO, capture_output=True, text=True).stdout)
     prev = json.loads((RESULTS / "latency.json").read_text()) \
         if (RESULTS / "latency.json").exists() else {}
     _save("latency", {"after": lat, **{k: v for k, v in prev.items() if k.startswith("before")}})
@@ -126,6 +136,9 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "authors": "python benchmarks/sequence.py --methods gs-lora++@authors,"
                        "gs-lora++:4@authors --seeds 3 --no-pipeline --config params.yaml --json",
             "import": "python benchmarks/import_check.py --json",
+            "sampler": "python benchmarks/throughput.py --sampler --json",
+            "embedding": "python benchmarks/embedding_candidates.py --json",
+            "demo": "python benchmarks/readme_figures.py --only demo",
             "tune": "python benchmarks/tune.py --spaces full,4-shot,fg-oriu --seeds 3 --config params.yaml "
                     "--json"}
 
@@ -558,3 +571,208 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+# --- the results of benchmarks/tune.py and benchmarks/methods.py over several benches ------
+
+BENCH_LABELS = {"params": "digits", "fashion-mnist-small": "Fashion-MNIST"}
+
+
+def _bench(name: str) -> str:
+    return BENCH_LABELS.get(name, name)
+
+
+def _verdict_cell(v: dict) -> str:
+    short = {"retains more": "**retains more**", "below": "below",
+             "indistinguishable": "indistinguishable"}[v["verdict"]]
+    return f"{v['method']:.2f} vs {v['retrain']:.2f} ({short})"
+
+
+def render_tune_benches() -> str:
+    r = _load("tune")
+    out = [f"Measured by `{COMMANDS['tune']}` (`benchmarks/results/tune.json`; "
+           f"{_on(r['machine'])}; **validation split**; "
+           + ", ".join(f"{_bench(Path(c).stem)}: {n} base models" for c, n in
+                       zip(r["configs"], r["seeds"], strict=True))
+           + f", {r['steps']} one-class requests each; means over the base models; the evidence"
+             " columns are k-NN identification and the linear probe on every class forgotten "
+             f"by step {r['steps']}, against retrain):"]
+    for name, sp in r["spaces"].items():
+        keys = sorted({k for row in sp["rows"] for k in row["setting"]})
+        benches = list(sp["benches"])
+        shots = f" at {sp['shots']} shots" if sp.get("shots") else ""
+        rule = ", evidence in the rule" if sp["evidence_rule"] else ""
+        base = sp["on_top_of"] or "the defaults"
+        out += ["", f"Space `{name}`: `{sp['method']}`{shots} (Acc_f bar "
+                f"{100 * sp['acc_f_bar']:.0f} %, Acc_o bar {100 * sp['acc_o_bar']:.0f} %{rule}; "
+                f"on top of {base}):", ""]
+        head = ["setting"]
+        for b in benches:
+            head += [f"{_bench(b)}: Acc_r − retrain (mean, worst step)", "max Acc_f / Acc_o",
+                     "k-NN", "probe"]
+        out += ["| " + " | ".join([*head, ""]) + " |", "|---" * (len(head) + 1) + "|"]
+        for row in sp["rows"]:
+            cells = [", ".join(f"`{k}` {row['setting'][k]}" for k in keys if k in row["setting"])]
+            for b in benches:
+                sc = row["per_bench"][b]
+                ev = sc.get("evidence") or {}
+                cells += [f"{100 * sc['acc_r_gap_mean']:+.2f}, {100 * sc['acc_r_gap_worst']:+.2f}",
+                          f"{100 * sc['acc_f_max']:.2f} / {100 * sc['acc_o_max']:.2f}",
+                          _verdict_cell(ev["identification"][-1]) if ev else "-",
+                          _verdict_cell(ev["linear_probe"][-1]) if ev else "-"]
+            mark = ("**chosen**" if row["setting"] == sp["chosen"] else
+                    "" if row["score"]["admissible"] else "not admissible")
+            out.append("| " + " | ".join([*cells, mark]) + " |")
+        if not sp["chosen_admissible"]:
+            out.append(f"\nNo setting of `{name}` was admissible on every bench; the chosen one "
+                       "fails the fewest evidence checks.")
+    return "\n".join(out) + "\n"
+
+
+METHOD_LABELS = {"gs-lora": "GS-LoRA", "gs-lora++": "GS-LoRA++", "gs-lora++:4": "GS-LoRA++ 4-shot",
+                 "fg-oriu": "FG-OrIU", "finetune": "fine-tune", "neggrad": "NegGrad+",
+                 "gs-lora++@authors": "GS-LoRA++, authors' profile",
+                 "gs-lora++:4@authors": "GS-LoRA++ 4-shot, authors' profile",
+                 "retrain": "retrain"}
+
+
+def _label(spec: str) -> str:
+    return METHOD_LABELS.get(spec, spec)
+
+
+def _methods_intro(r: dict, what: str) -> str:
+    parts = []
+    for name, b in r["benches"].items():
+        parts.append(f"{_bench(name)}: {b['seeds']} base models, sequences "
+                     + "; ".join(", ".join(o) for o in b["orders"]))
+    return (f"Measured by `{COMMANDS['methods']}` (`benchmarks/results/methods.json`; "
+            f"{_on(r['machine'])}; test split; {what}; " + ". ".join(parts) + ").")
+
+
+def render_methods_benches() -> str:
+    r = _load("methods")
+    out = [_methods_intro(r, "mean ± std over the base models; Acc_r − retrain is the "
+                             "paired gap of each step, its mean and worst step")]
+    for name, b in r["benches"].items():
+        t, n = b["table"], b["steps"]
+        out += ["", f"**{_bench(name)}**, after {n} one-class requests:", "",
+                "| method | Acc_r, step 5 | Acc_r − retrain (mean, worst step) | max Acc_f "
+                "| max Acc_o | seconds per request | adapter KiB |", "|---" * 7 + "|"]
+        ref_runs = b["runs"]["retrain"]
+        for spec in r["methods"]:
+            if spec not in t:
+                continue
+            steps = t[spec]
+            runs = b["runs"][spec]
+            if spec == "retrain":
+                gap_txt = ""
+            else:
+                gaps = [float(sum(m[i]["acc_r"] - f[i]["acc_r"] for m, f in
+                                  zip(runs, ref_runs, strict=True)) / len(runs))
+                        for i in range(n)]
+                gap_txt = f"{100 * sum(gaps) / n:+.2f}, {100 * min(gaps):+.2f}"
+            secs = {"mean": float(sum(s["seconds"]["mean"] for s in steps) / n),
+                    "std": float(max(s["seconds"]["std"] for s in steps))}
+            kib = steps[-1]["adapter_bytes"]
+            kib_txt = "-" if kib is None else f"{kib['mean'] / 1024:.0f}"
+            acc_o = max((s["acc_o"] or {"mean": 0})["mean"] for s in steps)
+            out.append(f"| {_label(spec)} | {_ms(steps[-1]['acc_r'])} | {gap_txt} "
+                       f"| {100 * max(s['acc_f']['mean'] for s in steps):.2f} "
+                       f"| {100 * acc_o:.2f} | {_ms(secs, 1)} | {kib_txt} |")
+    return "\n".join(out) + "\n"
+
+
+def render_evidence_benches() -> str:
+    from forgetting.evidence import TITLES
+
+    r = _load("methods")
+    out = [_methods_intro(r, "each attack on every class forgotten so far (relearning: this "
+                             "step's class), figure mean ± std over the base models; the "
+                             "verdict compares each base model with its own retrain reference: "
+                             "the paired gap against twice its standard error")]
+    for name, b in r["benches"].items():
+        n = b["steps"]
+        out += ["", f"**{_bench(name)}**, step {n}:", "",
+                "| method | " + " | ".join(TITLES[a] for a in b["attacks"]) + " |",
+                "|---" * (len(b["attacks"]) + 1) + "|"]
+        for spec in r["methods"]:
+            if spec not in b["table"]:
+                continue
+            last = b["table"][spec][-1]["evidence"]
+            cells = []
+            for a in b["attacks"]:
+                fig = _ms(last.get(a), 1)
+                if spec != "retrain":
+                    v = b["verdicts"][spec][a][-1]
+                    fig += f" ({v['verdict']})"
+                cells.append(fig)
+            out.append(f"| {_label(spec)} | " + " | ".join(cells) + " |")
+        counts = []
+        for spec in r["methods"]:
+            if spec == "retrain" or spec not in b["verdicts"]:
+                continue
+            per = b["verdicts"][spec]
+            more = {a: sum(v["verdict"] == "retains more" for v in per[a]) for a in per}
+            counts.append(f"{_label(spec)}: " + ", ".join(f"{a} {k}/{n}" for a, k in more.items()))
+        out += ["", "Steps at which an attack found that the method retains more than retrain: "
+                + "; ".join(counts) + "."]
+    return "\n".join(out) + "\n"
+
+
+def render_sampler() -> str:
+    if not _recorded("sampler"):
+        return f"Not recorded yet: `{COMMANDS['sampler']}`.\n"
+    r = _load("sampler")
+    s = r["sampler"]
+    return (f"Measured by `{COMMANDS['sampler']}` (`benchmarks/results/sampler.json`; "
+            f"{_on(r['machine'])}, {r['threads']} threads): {s['images']:,} synthetic RGB images "
+            f"at 224 px whose decoded size is {s['decoded_over_cache']}x the row-group cache "
+            f"({s['cache_mb']} MiB), {s['batches']} batches of {s['batch']} after the first:\n\n"
+            "| shuffle | images/s | row groups decoded per image |\n|---|---|---|\n"
+            f"| uniform (before) | {s['uniform']['img_s']} | "
+            f"{s['uniform']['row_groups_decoded_per_image']} |\n"
+            f"| block, window of {s['window_row_groups']} row groups | {s['block']['img_s']} | "
+            f"{s['block']['row_groups_decoded_per_image']} |\n\n"
+            f"{s['speedup']}x the images per second; each row group is decoded about once per "
+            f"epoch instead of for almost every batch.\n")
+
+
+def render_embedding() -> str:
+    if not _recorded("embedding"):
+        return f"Not recorded yet: `{COMMANDS['embedding']}`.\n"
+    r = _load("embedding")
+    n = r["steps"]
+    rows = ["| candidate (with retained-embedding distillation) | val Acc_r, step 1 … 5 | k-NN "
+            "identification, step 1 … 5 | linear probe, step 1 … 5 |", "|---|---|---|---|"]
+
+    def fmt(v, pct=False):
+        return " ".join(f"{100 * x:.1f}" if pct else f"{x:.2f}" for x in v)
+
+    for name, c in [*r["candidates"].items(), ("retrain", r["retrain"])]:
+        label = {"none": "none (GS-LoRA++ alone)", "retrain": "retrain reference"}.get(name,
+                                                                                     name)
+        rows.append(f"| {label} | {fmt(c['acc_r'], True)} | {fmt(c['identification'])} "
+                    f"| {fmt(c['linear_probe'])} |")
+    return (f"Measured by `{COMMANDS['embedding']}` (`benchmarks/results/embedding.json`; "
+            f"{_on(r['machine'])}; the digits, **validation split**, {r['seeds']} base models, "
+            f"{n} one-class requests each, means; each candidate at weight 1; identification and "
+            f"probe on every class forgotten so far):\n\n" + "\n".join(rows) + "\n")
+
+
+def render_demo_seeds() -> str:
+    d = _load("demo")
+    lines = [f"Measured by `{COMMANDS['demo']}` (`benchmarks/results/demo.json`; "
+             f"{_on(d['machine'])}), a fresh workspace per pretraining seed, the default "
+             "params and gates:", "",
+             "| pretrain seed | minutes | req-0001 `digit_0,digit_1` | req-0002 `digit_7`, 4-shot "
+             "| production |", "|---|---|---|---|---|"]
+    for run in d["runs"]:
+        cells = []
+        for r in run["status"]["requests"]:
+            m = r["metrics"]
+            gate = "" if r["gate"] == "passed" else f"; gate: {r['gate']}"
+            cells.append(f"**{r['status']}** v{r['model_version']}, Acc_f {m['acc_f']:.3f}, "
+                         f"Acc_r {m['before_acc_r']:.3f} → {m['acc_r']:.3f}{gate}")
+        lines.append(f"| {run['seed']} | {run['seconds'] / 60:.1f} | " + " | ".join(cells)
+                     + f" | v{run['status']['production_version']} |")
+    return "\n".join(lines) + "\n"

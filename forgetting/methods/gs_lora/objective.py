@@ -55,4 +55,6 @@ class GSLoRA(Objective):
             ce_o = F.cross_entropy(b.head(b.f_o), b.y_o)
             t.loss["earlier"] = cfg.beta_earlier * bounded_forget_loss(ce_o, cfg.bound_earlier)
             t.watch["ce_o"] = ce_o
+        else:  # no earlier images (none asked, or purged): the term is off, and shown as 0
+            t.watch["ce_o"] = ce_f.new_zeros(())
         return t
