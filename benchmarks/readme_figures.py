@@ -70,8 +70,8 @@ def _save(name: str, data: dict) -> None:
 def run_all(scale: bool = False) -> None:
     record_demo()
     # tune first: the later tables measure the defaults it chooses (set in params.yaml by hand)
-    for name in ("tune", "quality", "sequence", "throughput", "registry", "stack", "evidence",
-                 "methods", "authors", *(["scale"] if scale else [])):
+    for name in ("tune", "methods", "embedding", "quality", "sequence", "throughput", "sampler",
+                 "registry", "stack", "import", *(["scale"] if scale else [])):
         record(name, COMMANDS[name].split()[1:])
 
 
@@ -130,17 +130,14 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "scale": "python benchmarks/scale.py --json",
             "latency": "python benchmarks/cli_latency.py --root DEMO_FOLDER --json",
             "stack": "python benchmarks/stack.py --json",
-            "evidence": "python benchmarks/evidence.py --retrain-seeds 3 --methods gs-lora++,fg-oriu --json",
-            "methods": "python benchmarks/sequence.py --methods gs-lora,gs-lora++,gs-lora++:4,"
-                       "fg-oriu,finetune,neggrad,retrain --seeds 3 --no-pipeline --config params.yaml --json",
-            "authors": "python benchmarks/sequence.py --methods gs-lora++@authors,"
-                       "gs-lora++:4@authors --seeds 3 --no-pipeline --config params.yaml --json",
+            "methods": "python benchmarks/methods.py --methods gs-lora++,gs-lora++:4,retrain "
+                       "--configs params.yaml --seeds 5 "
+                       "--attacks identification,linear_probe,membership --json",
             "import": "python benchmarks/import_check.py --json",
             "sampler": "python benchmarks/throughput.py --sampler --json",
             "embedding": "python benchmarks/embedding_candidates.py --json",
             "demo": "python benchmarks/readme_figures.py --only demo",
-            "tune": "python benchmarks/tune.py --spaces full,4-shot,fg-oriu --seeds 3 --config params.yaml "
-                    "--json"}
+            "tune": "python benchmarks/tune.py --spaces embedding,4-shot --json"}
 
 
 def _load(name: str) -> dict:
@@ -320,147 +317,8 @@ LABELS = {"gs-lora++": "GS-LoRA++", "gs-lora": "GS-LoRA", "fg-oriu": "FG-OrIU",
           "original": "original", "head_only": "head-only"}
 
 
-def render_evidence() -> str:
-    from forgetting.evidence import TITLES
-    from forgetting.report import figure_text
-
-    r = _load("evidence")
-    last, n = r["steps"][-1], len(r["steps"])
-    methods = r.get("methods", ["gs-lora++"])
-    cols = [*methods, "retrain", "original", "head_only"]
-    first = methods[0]
-    head = ("| attack | " + " | ".join(LABELS[m] for m in cols) + " | "
-            + " | ".join(f"verdict ({LABELS[m]})" for m in methods) + " |")
-    rows = [head, "|---" * (len(cols) + len(methods) + 1) + "|"]
-    for a, title in TITLES.items():
-        if a not in last["figures"][first]["so_far"]:
-            continue
-        metric = last["figures"][first]["so_far"][a].get("metric")
-        rows.append(f"| {title}{f' ({metric})' if metric else ''} | "
-                    + " | ".join(figure_text(last["figures"][m]["so_far"].get(a)) for m in cols)
-                    + " | " + " | ".join(last["verdicts"][m]["so_far"][a].split(":")[0]
-                                         for m in methods) + " |")
-    counted = [m for m in cols if m != "retrain"]
-    counts = ["| attack (one step's class) | " + " | ".join(LABELS[m] for m in counted) + " |",
-              "|---" * (len(counted) + 1) + "|"]
-    for a, title in TITLES.items():
-        cells = []
-        for m in counted:
-            v = r["summary"][m]["now"].get(a)
-            cells.append("-" if v is None else f"{v['indistinguishable']} / {v['retains_more']}"
-                         f" / {v['below']}")
-        counts.append(f"| {title} | " + " | ".join(cells) + " |")
-    s = r["attack_seconds_per_model"]
-    return (f"Measured by `{COMMANDS['evidence']}` (`benchmarks/results/evidence.json`; "
-            f"{_on(r['machine'])}; the digits model of `params.yaml`, one class forgotten per "
-            f"step, {' and '.join(LABELS[m] for m in methods)} on full data; retrain "
-            f"reference: {r['retrain_seeds']} seeds per "
-            f"step, pooled; ± is twice the noise: images resampled, plus the spread between "
-            f"retrain seeds for the retrain column and the verdict).\n\n"
-            f"After {n} requests, on all {n} forgotten classes:\n\n" + "\n".join(rows)
-            + f"\n\nPer request, on that request's class (about 70 held-out images, so the "
-            f"membership figure there is the AUC): steps whose verdict was indistinguishable / "
-            f"retains more / below retrain, out of {n}:\n\n" + "\n".join(counts)
-            + f"\n\nCost: {', '.join(f'{k} {v:.2f} s' for k, v in s.items())} per model; "
-            f"{r['attacks_seconds_per_request']:.1f} s per request for the three models (parent, "
-            f"candidate, retrain); the "
-            f"{r['reference_models']} membership reference models ({r['reference_epochs']} "
-            f"epochs on half the images) {r['reference_models_seconds']:.0f} s once per "
-            f"dataset version.\n")
-
-
 def _ms(v: dict | None, scale: float = 100.0) -> str:
     return "-" if v is None else f"{scale * v['mean']:.2f} ± {scale * v['std']:.2f}"
-
-
-def render_methods() -> str:
-    r = _load("methods")
-    t, n = r["table"], r["steps"]
-    ref = t["retrain"][-1]["acc_r"]["mean"]
-    rows = ["| method | max Acc_f over steps | Acc_r, step " + str(n) + " | Acc_o, step " + str(n)
-            + " | H-Mean, step " + str(n) + " | seconds per step (± largest std) | adapter KiB "
-            "| MIA AUC gap |",
-            "|---" * 8 + "|"]
-    checks = []
-    for m in r["methods"]:
-        steps = t[m]
-        last = steps[-1]
-        worst_f = max(s["acc_f"]["mean"] for s in steps)
-        secs = {"mean": float(sum(s["seconds"]["mean"] for s in steps) / n),
-                "std": float(max(s["seconds"]["std"] for s in steps))}
-        kib = None if last["adapter_bytes"] is None else {
-            "mean": last["adapter_bytes"]["mean"] / 1024, "std": last["adapter_bytes"]["std"] / 1024}
-        rows.append(f"| {m} | {100 * worst_f:.2f} | {_ms(last['acc_r'])} | {_ms(last['acc_o'])} "
-                    f"| {_ms(last['h_mean'])} | {_ms(secs, 1)} | {_ms(kib, 1)} "
-                    f"| {_ms(last['mia_gap'], 1)} |")
-        if m != "retrain":
-            gap = 100 * (ref - last["acc_r"]["mean"])
-            side = "below" if gap >= 0 else "above"
-            checks.append(f"{m}: Acc_r {abs(gap):.2f} points {side} retrain at step {n}, "
-                          f"Acc_f at most {100 * worst_f:.2f} %, Acc_o "
-                          f"{100 * (last['acc_o']['mean'] if last['acc_o'] else 0):.2f} %")
-    return (f"Measured by `{COMMANDS['methods']}` (`benchmarks/results/methods.json`; "
-            f"{_on(r['machine'])}; {r['seeds']} fresh base models (pretrain seeds 0..."
-            f"{r['seeds'] - 1}, base Acc_r "
-            + ", ".join(f"{100 * a:.2f}" for a in r["base_acc_r"])
-            + f"), each forgetting {n} classes one per step: "
-            + "; ".join(", ".join(o) for o in r["orders"])
-            + "; test split; mean ± std over the base models):\n\n" + "\n".join(rows)
-            + "\n\n" + "\n".join(f"- {c}" for c in checks) + "\n")
-
-
-def render_authors() -> str:
-    """Our defaults against ``profile: authors`` on the methods table's sequences."""
-    r, ours = _load("authors"), _load("methods")
-    assert r["orders"] == ours["orders"], "authors.json and methods.json: other sequences"
-    n = r["steps"]
-    rows = [f"| requests | Acc_r, step {n}: ours | authors' profile | ours − authors "
-            "| max Acc_f: ours | authors' | Acc_o, step " + str(n) + ": ours | authors' |",
-            "|---" * 8 + "|"]
-    for spec in r["methods"]:
-        mine = ours["table"][spec.removesuffix("@authors")]
-        theirs = r["table"][spec]
-        diffs = [a[-1]["acc_r"] - b[-1]["acc_r"] for a, b in zip(
-            ours["runs"][spec.removesuffix("@authors")], r["runs"][spec], strict=True)]
-        gap = {"mean": float(sum(diffs) / len(diffs)),
-               "std": float((sum((d - sum(diffs) / len(diffs)) ** 2 for d in diffs)
-                             / max(len(diffs) - 1, 1)) ** 0.5)}
-        label = "4-shot" if ":4" in spec else "full data"
-        rows.append(f"| {label} | {_ms(mine[-1]['acc_r'])} | {_ms(theirs[-1]['acc_r'])} "
-                    f"| {_ms(gap)} | {100 * max(s['acc_f']['mean'] for s in mine):.2f} "
-                    f"| {100 * max(s['acc_f']['mean'] for s in theirs):.2f} "
-                    f"| {_ms(mine[-1]['acc_o'])} | {_ms(theirs[-1]['acc_o'])} |")
-    return (f"Measured by `{COMMANDS['authors']}` (`benchmarks/results/authors.json`; "
-            f"{_on(r['machine'])}; the methods table's {r['seeds']} base models and "
-            f"sequences, test split; ours − authors is the mean ± std over the base models of "
-            f"the paired difference):\n\n" + "\n".join(rows) + "\n")
-
-
-def render_tune() -> str:
-    r = _load("tune")
-    out = [f"Measured by `{COMMANDS['tune']}` (`benchmarks/results/tune.json`; "
-           f"{_on(r['machine'])}; {r['seeds']} base models, {r['steps']} one-class requests "
-           f"each, **validation split**; mean over the base models, ± std of the last step's "
-           "Acc_r):"]
-    for sp in r["spaces"].values():
-        keys = list(sp["grid"])
-        out += ["", f"`{sp['method']}` (Acc_f bar {100 * sp['acc_f_bar']:.0f} %, Acc_o bar "
-                f"{100 * sp['acc_o_bar']:.0f} %; class draws "
-                + "; ".join(", ".join(o) for o in sp["orders"]) + "):", "",
-                "| " + " | ".join(f"`{k}`" for k in keys) + f" | Acc_r, step {r['steps']} | "
-                "max Acc_f | max Acc_o | adapter KiB | |", "|---" * (len(keys) + 5) + "|"]
-        for row in sp["rows"]:
-            sc = row["score"]
-            mark = ("**chosen**" if row["setting"] == sp["chosen"]
-                    else "" if sc["admissible"] else "over a bar")
-            out.append("| " + " | ".join(str(row["setting"][k]) for k in keys)
-                       + f" | {100 * sc['acc_r_final']:.2f} ± {100 * sc['acc_r_final_std']:.2f} "
-                       f"| {100 * sc['acc_f_max']:.2f} | {100 * sc['acc_o_max']:.2f} "
-                       f"| {sc['adapter_bytes'] / 1024:.1f} | {mark} |")
-        if not sp["chosen_admissible"]:
-            out.append(f"\nNo `{sp['method']}` setting met the bars; the chosen one exceeds "
-                       "them least.")
-    return "\n".join(out) + "\n"
 
 
 def _recorded(name: str) -> bool:
@@ -521,58 +379,6 @@ def render_gpu() -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDER = {"demo": render_demo, "repro": render_repro, "quality": render_quality,
-          "sequence": render_sequence, "latency": render_latency,
-          "scale": lambda: render_quality("scale"), "throughput": render_throughput,
-          "registry": render_registry, "stack": render_stack, "evidence": render_evidence,
-          "methods": render_methods, "tune": render_tune, "authors": render_authors,
-          "import": render_import, "gpu": render_gpu}
-
-
-def rendered(text: str) -> str:
-    def sub(m: re.Match) -> str:
-        return m.group(1) + RENDER[m.group("name")]() + m.group(4)
-
-    return BLOCK.sub(sub, text)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", action="store_true", help="run the benchmarks first (~2 h)")
-    ap.add_argument("--scale", action="store_true",
-                    help="with --run, also benchmarks/scale.py (Fashion-MNIST, about an hour)")
-    ap.add_argument("--check", action="store_true", help="exit 1 if README is not up to date")
-    ap.add_argument("--only", choices=sorted([*(k for k, v in COMMANDS.items()
-                                                 if "DEMO" not in v), "demo"]),
-                    help="run and record one benchmark (demo: `forget demo` and the latency)")
-    args = ap.parse_args(argv)
-    if args.run:
-        run_all(args.scale)
-    if args.only == "demo":
-        record_demo()
-    elif args.only:
-        record(args.only, COMMANDS[args.only].split()[1:])
-    stale = []
-    for page in pages():
-        text = page.read_text()
-        new = rendered(text)
-        if new == text:
-            continue
-        if args.check:
-            stale.append(str(page.relative_to(REPO)))
-        else:
-            page.write_text(new)
-    if stale:
-        print(f"figures of {', '.join(stale)} differ from benchmarks/results: run "
-              "`python benchmarks/readme_figures.py`", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
-
-
 # --- the results of benchmarks/tune.py and benchmarks/methods.py over several benches ------
 
 BENCH_LABELS = {"params": "digits", "fashion-mnist-small": "Fashion-MNIST"}
@@ -602,14 +408,15 @@ def render_tune_benches() -> str:
         benches = list(sp["benches"])
         shots = f" at {sp['shots']} shots" if sp.get("shots") else ""
         rule = ", evidence in the rule" if sp["evidence_rule"] else ""
-        base = sp["on_top_of"] or "the defaults"
+        base = ", ".join(f"`{k}` {v}" for k, v in sp["on_top_of"].items()) or "the defaults"
         out += ["", f"Space `{name}`: `{sp['method']}`{shots} (Acc_f bar "
                 f"{100 * sp['acc_f_bar']:.0f} %, Acc_o bar {100 * sp['acc_o_bar']:.0f} %{rule}; "
                 f"on top of {base}):", ""]
         head = ["setting"]
         for b in benches:
             head += [f"{_bench(b)}: Acc_r − retrain (mean, worst step)", "max Acc_f / Acc_o",
-                     "k-NN", "probe"]
+                     f"k-NN, step {r['steps']}", f"probe, step {r['steps']}",
+                     "steps retaining more (k-NN, probe)"]
         out += ["| " + " | ".join([*head, ""]) + " |", "|---" * (len(head) + 1) + "|"]
         for row in sp["rows"]:
             cells = [", ".join(f"`{k}` {row['setting'][k]}" for k in keys if k in row["setting"])]
@@ -619,13 +426,15 @@ def render_tune_benches() -> str:
                 cells += [f"{100 * sc['acc_r_gap_mean']:+.2f}, {100 * sc['acc_r_gap_worst']:+.2f}",
                           f"{100 * sc['acc_f_max']:.2f} / {100 * sc['acc_o_max']:.2f}",
                           _verdict_cell(ev["identification"][-1]) if ev else "-",
-                          _verdict_cell(ev["linear_probe"][-1]) if ev else "-"]
+                          _verdict_cell(ev["linear_probe"][-1]) if ev else "-",
+                          ", ".join(str(sum(v["verdict"] == "retains more" for v in ev[a]))
+                                    for a in ("identification", "linear_probe")) if ev else "-"]
             mark = ("**chosen**" if row["setting"] == sp["chosen"] else
                     "" if row["score"]["admissible"] else "not admissible")
             out.append("| " + " | ".join([*cells, mark]) + " |")
         if not sp["chosen_admissible"]:
             out.append(f"\nNo setting of `{name}` was admissible on every bench; the chosen one "
-                       "fails the fewest evidence checks.")
+                       "fails the fewest evidence checks (of 5 steps × 2 attacks × 2 benches).")
     return "\n".join(out) + "\n"
 
 
@@ -761,6 +570,8 @@ def render_embedding() -> str:
 
 def render_demo_seeds() -> str:
     d = _load("demo")
+    if "runs" not in d:  # recorded before the demo ran over several pretraining seeds
+        return render_demo()
     lines = [f"Measured by `{COMMANDS['demo']}` (`benchmarks/results/demo.json`; "
              f"{_on(d['machine'])}), a fresh workspace per pretraining seed, the default "
              "params and gates:", "",
@@ -776,3 +587,56 @@ def render_demo_seeds() -> str:
         lines.append(f"| {run['seed']} | {run['seconds'] / 60:.1f} | " + " | ".join(cells)
                      + f" | v{run['status']['production_version']} |")
     return "\n".join(lines) + "\n"
+
+
+RENDER = {"demo": render_demo_seeds, "repro": render_repro, "quality": render_quality,
+          "sequence": render_sequence, "latency": render_latency,
+          "scale": lambda: render_quality("scale"), "throughput": render_throughput,
+          "registry": render_registry, "stack": render_stack,
+          "evidence": render_evidence_benches, "methods": render_methods_benches,
+          "tune": render_tune_benches, "import": render_import, "gpu": render_gpu,
+          "sampler": render_sampler, "embedding": render_embedding}
+
+
+def rendered(text: str) -> str:
+    def sub(m: re.Match) -> str:
+        return m.group(1) + RENDER[m.group("name")]() + m.group(4)
+
+    return BLOCK.sub(sub, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", action="store_true", help="run the benchmarks first (~2 h)")
+    ap.add_argument("--scale", action="store_true",
+                    help="with --run, also benchmarks/scale.py (Fashion-MNIST, about an hour)")
+    ap.add_argument("--check", action="store_true", help="exit 1 if README is not up to date")
+    ap.add_argument("--only", choices=sorted([*(k for k, v in COMMANDS.items()
+                                                 if "DEMO" not in v), "demo"]),
+                    help="run and record one benchmark (demo: `forget demo` and the latency)")
+    args = ap.parse_args(argv)
+    if args.run:
+        run_all(args.scale)
+    if args.only == "demo":
+        record_demo()
+    elif args.only:
+        record(args.only, COMMANDS[args.only].split()[1:])
+    stale = []
+    for page in pages():
+        text = page.read_text()
+        new = rendered(text)
+        if new == text:
+            continue
+        if args.check:
+            stale.append(str(page.relative_to(REPO)))
+        else:
+            page.write_text(new)
+    if stale:
+        print(f"figures of {', '.join(stale)} differ from benchmarks/results: run "
+              "`python benchmarks/readme_figures.py`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
