@@ -19,8 +19,12 @@ def first(base_model, digits, tiny_cfg, tmp_path_factory):
     model, _ = base_model
     out = tmp_path_factory.mktemp("adapters") / "req-1"
     # the default alpha (0.1, chosen on val for the digits model) keeps every group of this
-    # smaller model in 5 epochs; 0.5 prunes, which is what the sparsity tests look at
-    cfg = tiny_cfg.forget.model_copy(update={"alpha": 0.5})
+    # smaller model in 5 epochs; 0.5 prunes, which is what the sparsity tests look at. The
+    # embedding terms (on by default) use every block, here as on the digits (tune.json:
+    # every adapter keeps all 4 groups): off, so these tests see the group lasso at work
+    cfg = tiny_cfg.forget.model_copy(update={
+        "alpha": 0.5, "embedding": tiny_cfg.forget.embedding.model_copy(
+            update={"relabel": 0.0, "uniformity": 0.0, "keep_retained": 0.0})})
     return forget_classes(model, digits["train"], digits["val"], [0, 1], cfg, out, CPU,
                           progress=False)
 
@@ -91,8 +95,15 @@ def test_earlier_classes_are_guarded_while_their_images_remain(first, digits, ti
     res = forget_classes(first.model, purged, digits["val"], [5], cfg, tmp_path / "p", CPU,
                          earlier=[0, 1], progress=False)
     assert all(r["ce_o"] == 0 for r in res.history) and res.val.acc_o is not None
+    # beta_earlier 0: no pushback on them (the embedding terms still see their images)
     off = cfg.model_copy(update={"beta_earlier": 0.0})
     res = forget_classes(first.model, kept, digits["val"], [5], off, tmp_path / "o", CPU,
+                         earlier=[0, 1], progress=False)
+    assert all(r["earlier"] == 0 and r["ce_o"] > 0 for r in res.history), res.history
+    # and with the embedding terms off too, their images are not even loaded
+    bare = off.model_copy(update={"embedding": off.embedding.model_copy(
+        update={"relabel": 0.0, "uniformity": 0.0, "keep_retained": 0.0})})
+    res = forget_classes(first.model, kept, digits["val"], [5], bare, tmp_path / "b", CPU,
                          earlier=[0, 1], progress=False)
     assert all(r["ce_o"] == 0 for r in res.history)
 
