@@ -131,7 +131,6 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "latency": "python benchmarks/cli_latency.py --root DEMO_FOLDER --json",
             "stack": "python benchmarks/stack.py --json",
             "methods": "python benchmarks/methods.py --methods gs-lora++,gs-lora++:4,retrain "
-                       "--configs params.yaml --seeds 5 "
                        "--attacks identification,linear_probe,membership --json",
             "import": "python benchmarks/import_check.py --json",
             "sampler": "python benchmarks/throughput.py --sampler --json",
@@ -342,9 +341,7 @@ def render_import() -> str:
                          f"accuracy {100 * case['status_val_acc']:.2f} % "
                          f"({case['gap_points']:+.2f} points against the user's own).")
         else:
-            err = (case.get("error") or "").strip().splitlines()
-            lines.append(f"- with {name}: refused (exit {case['exit']}): "
-                         f"`{err[-1][:300] if err else ''}`")
+            lines.append(f"- with {name}: refused (exit {case['exit']}): `{case.get('error')}`")
     return "\n".join(lines) + "\n"
 
 

@@ -1,15 +1,17 @@
 """Pretrain a base model (or import the user's), version it with DVC, register it in MLflow as
 ``production``.
 
-Does nothing when a production model is already registered; a crash after the checkpoint was
-written resumes from that checkpoint instead of training again. Holds the run lock: the base
-model is never replaced under a running request.
+Does nothing when a production model is already registered, and then refuses a
+``checkpoint`` (an import that is silently not used is the mistake to avoid); a crash after the
+checkpoint was written resumes from that checkpoint instead of training again. Holds the run
+lock: the base model is never replaced under a running request.
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from forgetting.model import CheckpointError
 from tasks import registry
 from tasks.locks import run_lock
 from tasks.model_tasks import import_base, pretrain_base, register_base
@@ -30,6 +32,10 @@ def pretrain_flow(root: str, checkpoint: str | None = None, arch: str | None = N
     with run_lock(ws, "pretraining"):
         c = registry.client(ws)
         prod = registry.alias_version(c, "production")
+        if prod is not None and checkpoint is not None:
+            raise CheckpointError(
+                f"this workspace already has a base model (production v{prod}); {checkpoint} "
+                "was not imported: import it into a new workspace (forget init --root DIR)")
         if prod is not None:
             log.info(f"production model v{prod} exists; not pretraining")
             return prod

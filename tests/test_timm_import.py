@@ -258,6 +258,11 @@ def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path
                            "--arch", "vit_tiny_patch16_224", "--num-heads", "4",
                            "--root", str(root))
     assert res.exit_code == 0, res.output
+    # a second import into the same workspace is refused, not silently ignored
+    res = cli("pretrain", "--checkpoint", str(tmp_path / "untrained.safetensors"),
+              "--arch", "vit_tiny_patch16_224", "--num-heads", "4", "--root", str(root))
+    assert res.exit_code == 2 and "already has a base model (production v1)" in res.output, \
+        res.output
     ws = Workspace.at(root)
     status = json.loads(cli("status", "--json", "--root", str(root)).output)
     base = status["base"]
