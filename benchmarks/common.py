@@ -17,7 +17,7 @@ from forgetting.runtime import setup_runtime
 
 # fields added after results were cached, left out of cache keys while at their default, so
 # the models cached before them stay valid
-LATER_FIELDS = {"timm_kwargs"}
+LATER_FIELDS = {"timm_kwargs", "reference_classes"}
 
 
 def unchanged(m) -> set[str]:
@@ -31,7 +31,8 @@ def dataset(cfg: Config, cache: Path) -> tuple[Path, dict[str, ParquetImageDatas
     model's transform."""
     cache.mkdir(parents=True, exist_ok=True)
     name = builtin_source(cfg.data.source) or Path(cfg.data.source).stem
-    key = hashlib.sha256(cfg.data.model_dump_json().encode()).hexdigest()[:8]
+    key = hashlib.sha256(cfg.data.model_dump_json(exclude=unchanged(cfg.data)).encode()
+                         ).hexdigest()[:8]
     data = cache / f"{name}-{key}.parquet"
     if not data.exists():
         import_source(cfg.data.source, data, cfg.data, cfg.model.in_chans)
@@ -42,7 +43,8 @@ def base_model(cfg: Config, cache: Path, splits, device: torch.device):
     """(model, checkpoint path, seconds spent pretraining: 0 when cached)."""
     key = hashlib.sha256((cfg.model.model_dump_json(exclude=unchanged(cfg.model))
                           + cfg.pretrain.model_dump_json()
-                          + cfg.data.model_dump_json() + f"{cfg.threads}{cfg.deterministic}"
+                          + cfg.data.model_dump_json(exclude=unchanged(cfg.data))
+                          + f"{cfg.threads}{cfg.deterministic}"
                           ).encode()).hexdigest()[:16]
     path = cache / f"base-{key}.safetensors"
     if path.exists():

@@ -69,7 +69,7 @@ class Bench:
 
     def key(self, *parts) -> str:
         """A cache key over this bench's data, model and pretraining config and ``parts``."""
-        blob = json.dumps([self.cfg.data.model_dump(mode="json"),
+        blob = json.dumps([self.cfg.data.model_dump(mode="json", exclude=unchanged(self.cfg.data)),
                            self.cfg.model.model_dump(mode="json",
                                                      exclude=unchanged(self.cfg.model)),
                            self.cfg.pretrain.model_dump(mode="json"), self.cfg.threads,

@@ -47,6 +47,12 @@ class DataConfig(_Strict):
     resize: bool = Field(False, description="scale images of another size to image_size")
     convert_channels: bool = Field(False, description="turn colour images grey for in_chans 1")
     skip_nested: bool = Field(False, description="leave out images in nested class sub-folders")
+    # the never-seen reference of the evidence (forgetting/evidence/never_seen.py): classes
+    # whose images no training reads and no request may forget, set aside at import; names,
+    # or a count drawn with data.seed
+    reference_classes: list[str] | Annotated[int, Field(ge=1)] = Field(
+        default_factory=list, description="classes held out of every training, as the "
+                                          "evidence's never-seen reference (names or a count)")
 
 
 class ModelConfig(_Strict):
@@ -240,7 +246,7 @@ class GateConfig(_Strict):
         0.15, ge=0, le=1, description="any single retained class (a mean hides a wrecked one)")
     # attacks (evidence.attacks) whose verdict must not be "retains more than retrain": a
     # version whose embedding still names a forgotten class does not reach production (the
-    # embedding terms pass it: benchmarks/results/methods.json); needs the retrain reference
+    # embedding terms pass it: benchmarks/results/methods.json); needs a reference (evidence.reference)
     evidence: list[Literal["membership", "linear_probe", "identification", "relearning"]] = Field(
         default_factory=lambda: ["identification"])
 
@@ -249,6 +255,10 @@ class EvidenceConfig(_Strict):
     """What the pipeline measures beyond the metrics, per request (see forgetting/mia.py)."""
 
     membership_inference: bool = True
+    # what each attack's verdict compares the candidate with: a model retrained from scratch
+    # (one pretraining per request), or the candidate's own figures on classes it never saw
+    # (data.reference_classes: no training at all; benchmarks/results/references.json)
+    reference: Literal["retrain", "never-seen"] = "retrain"
     # a model trained from scratch without every forgotten class: the gold standard the
     # report compares against; costs one pretraining per request
     retrain_baseline: bool = True
@@ -349,10 +359,15 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _check_evidence_gates(self) -> Config:
-        if self.gates.evidence and not self.evidence.retrain_baseline:
+        never_seen = self.evidence.reference == "never-seen"
+        if never_seen and not self.data.reference_classes:
+            raise ValueError("evidence.reference: never-seen needs data.reference_classes "
+                             "(names, or how many to draw) set aside at import")
+        if self.gates.evidence and not never_seen and not self.evidence.retrain_baseline:
             raise ValueError("gates.evidence compares with the retrain reference: it needs "
-                             "evidence.retrain_baseline: true (or gates.evidence: [] to "
-                             "promote without the evidence gate)")
+                             "evidence.retrain_baseline: true, or evidence.reference: "
+                             "never-seen (or gates.evidence: [] to promote without the "
+                             "evidence gate)")
         if missing := sorted(set(self.gates.evidence) - set(self.evidence.attacks)):
             raise ValueError(f"gates.evidence names attacks that evidence.attacks does not "
                              f"run: {', '.join(missing)}")

@@ -28,6 +28,9 @@ from .config import DataConfig
 from .files import write_atomic
 
 SPLITS = ("train", "val", "test")
+# the never-seen reference classes' images (data.reference_classes): no training reads these
+# splits; the evidence enrols the first in its gallery and probes with the second
+REFERENCE_SPLITS = ("reference_train", "reference_heldout")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
 _META_KEY = b"forgetting.dataset"
 _CLASS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,127}$")
@@ -150,7 +153,7 @@ def write_dataset(
         if splits is not None
         else _stratified_splits(labels_np, val_fraction, test_fraction, seed)
     )
-    bad = set(split_arr) - set(SPLITS)
+    bad = set(split_arr) - set(SPLITS) - set(REFERENCE_SPLITS)
     if bad:
         raise DataError(f"unknown split names {sorted(bad)}; allowed: {SPLITS}")
     if train_per_class is not None:
@@ -453,6 +456,11 @@ def import_source(source: str, path: str | Path, data: DataConfig, channels: int
     labels = pq.read_table(path, columns=["label"])["label"].to_numpy()
     counts = np.bincount(labels, minlength=info.num_classes)
     rep.per_class = {n: int(c) for n, c in zip(info.class_names, counts, strict=True)}
+    if data.reference_classes:
+        names = choose_reference_classes(info.class_names, data.reference_classes, data.seed)
+        info = set_aside_reference_classes(path, path, names)
+        rep.notes.append(f"set aside as the never-seen evidence reference (no training reads "
+                         f"them, no request may forget them): {', '.join(names)}")
     return info, rep
 
 
@@ -518,6 +526,25 @@ def image_hashes(path: str | Path, classes: Iterable[str]) -> list[str]:
     return sorted(str(h) for h in t["sha256"].to_numpy(zero_copy_only=False)[mask])
 
 
+def _rewrite(table: pa.Table, dst: str | Path, source_note: str) -> DatasetInfo:
+    """``table`` (rows filtered or re-split) as a new dataset version: its content hash over
+    every image, class and split, its source marked with what was done."""
+    content = hashlib.sha256()
+    for d, cn, s in zip(table["sha256"].to_pylist(), table["class_name"].to_pylist(),
+                        table["split"].to_pylist(), strict=True):
+        content.update(f"{d}:{cn}:{s}\n".encode())
+    meta = json.loads(table.schema.metadata[_META_KEY])
+    meta.update(content_hash=content.hexdigest(), num_rows=table.num_rows,
+                source=f"{meta['source']}|{source_note}")
+    table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+    _atomic_write_table(table, Path(dst), 256)
+    return read_info(dst)
+
+
+def _class_mask(table: pa.Table, names: Iterable[str]) -> np.ndarray:
+    return np.isin(table["class_name"].to_numpy(zero_copy_only=False).astype(str), list(names))
+
+
 def write_without_classes(src: str | Path, dst: str | Path, drop: Iterable[str]) -> DatasetInfo:
     """A new dataset version without any image of ``drop`` (used by purge)."""
     info = read_info(src)
@@ -525,15 +552,48 @@ def write_without_classes(src: str | Path, dst: str | Path, drop: Iterable[str])
     for name in drop:
         info.class_index(name)
     table = pq.read_table(src)
-    keep = ~np.isin(table["class_name"].to_numpy(zero_copy_only=False).astype(str), list(drop))
-    table = table.filter(pa.array(keep))
-    content = hashlib.sha256()
-    for d, cn, s in zip(table["sha256"].to_pylist(), table["class_name"].to_pylist(),
-                        table["split"].to_pylist(), strict=True):
-        content.update(f"{d}:{cn}:{s}\n".encode())
-    meta = json.loads(table.schema.metadata[_META_KEY])
-    meta.update(content_hash=content.hexdigest(), num_rows=table.num_rows,
-                source=f"{meta['source']}|purged:{','.join(sorted(drop))}")
-    table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
-    _atomic_write_table(table, Path(dst), 256)
-    return read_info(dst)
+    table = table.filter(pa.array(~_class_mask(table, drop)))
+    return _rewrite(table, dst, f"purged:{','.join(sorted(drop))}")
+
+
+def choose_reference_classes(class_names: Sequence[str], wanted: Sequence[str] | int,
+                             seed: int) -> list[str]:
+    """``data.reference_classes`` as names: those given (checked), or a seeded draw of that
+    many; at least two classes must remain to forget one and keep one."""
+    if isinstance(wanted, int):
+        if wanted > len(class_names) - 2:
+            raise DataError(f"data.reference_classes: {wanted} of {len(class_names)} classes "
+                            "leaves fewer than two to train on")
+        rng = np.random.default_rng(seed)
+        return sorted(class_names[i] for i in rng.choice(len(class_names), wanted, replace=False))
+    names = list(dict.fromkeys(wanted))
+    for n in names:
+        if n not in class_names:
+            raise DataError(f"data.reference_classes: unknown class {n!r}; the dataset has: "
+                            f"{', '.join(list(class_names)[:20])}")
+    if len(class_names) - len(names) < 2:
+        raise DataError("data.reference_classes leaves fewer than two classes to train on")
+    return sorted(names)
+
+
+def set_aside_reference_classes(src: str | Path, dst: str | Path, names: Iterable[str]
+                                ) -> DatasetInfo:
+    """Move every image of ``names`` to the reference splits (training images to
+    ``reference_train``, validation and test ones to ``reference_heldout``): the class list
+    stays whole, so labels keep their meaning, and no training ever reads them."""
+    names = sorted(set(names))
+    table = pq.read_table(src)
+    mask = _class_mask(table, names)
+    split = table["split"].to_numpy(zero_copy_only=False).astype(object)
+    split[mask] = np.where(split[mask] == "train", REFERENCE_SPLITS[0], REFERENCE_SPLITS[1])
+    table = table.set_column(table.schema.get_field_index("split"), "split",
+                             pa.array(list(split), type=pa.string()).dictionary_encode())
+    return _rewrite(table, dst, f"reference:{','.join(names)}")
+
+
+def reference_class_names(path: str | Path) -> list[str]:
+    """The classes a dataset set aside as the never-seen reference (none: an empty list)."""
+    t = pq.read_table(path, columns=["class_name", "split"])
+    split = t["split"].to_numpy(zero_copy_only=False).astype(str)
+    names = t["class_name"].to_numpy(zero_copy_only=False).astype(str)
+    return sorted(set(names[np.isin(split, REFERENCE_SPLITS)].tolist()))

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .config import ModelConfig
-from .data import SPLITS, DataError, decode_image, read_info
+from .data import REFERENCE_SPLITS, SPLITS, DataError, decode_image, read_info
 from .preprocess import eval_transform
 
 
@@ -76,8 +76,8 @@ class ParquetImageDataset(Dataset):
         splits = cols["split"].to_numpy(zero_copy_only=False).astype(str)
         mask = np.ones(len(labels), dtype=bool)
         if split is not None:
-            if split not in SPLITS:
-                raise DataError(f"unknown split {split!r}; allowed: {SPLITS}")
+            if split not in SPLITS + REFERENCE_SPLITS:
+                raise DataError(f"unknown split {split!r}; allowed: {SPLITS + REFERENCE_SPLITS}")
             mask &= splits == split
         if classes is not None:
             mask &= np.isin(labels, np.fromiter(classes, dtype=np.int64))
@@ -250,8 +250,19 @@ def request_data(train: ParquetImageDataset, forget: Sequence[int], retained: Se
     return RequestData(f, r, o)
 
 
+def _views(path: str | Path, model: ModelConfig | None, names: Sequence[str]
+           ) -> dict[str, ParquetImageDataset]:
+    tf = eval_transform(model, read_info(path).image_size) if model is not None else None
+    return {s: ParquetImageDataset(path, s, transform=tf) for s in names}
+
+
 def splits(path: str | Path, model: ModelConfig | None = None
            ) -> dict[str, ParquetImageDataset]:
     """The three splits, through ``model``'s eval transform when given."""
-    tf = eval_transform(model, read_info(path).image_size) if model is not None else None
-    return {s: ParquetImageDataset(path, s, transform=tf) for s in SPLITS}
+    return _views(path, model, SPLITS)
+
+
+def reference_splits(path: str | Path, model: ModelConfig | None = None
+                     ) -> dict[str, ParquetImageDataset]:
+    """The never-seen reference classes' two splits (empty views when there are none)."""
+    return _views(path, model, REFERENCE_SPLITS)

@@ -95,22 +95,23 @@ def plot_training(history: list[dict], selected_epoch: int | None, path: Path) -
 
 
 def plot_evidence(title: str, figures: dict[str, dict | None], verdict: str, path: Path,
-                  lower_is_retained: bool = False) -> None:
-    """One attack: the original, the candidate and the retrain reference as bars with their
-    noise (2 standard errors; the retrain band adds the spread between its seeds), and the
-    verdict as the title, so a reader sees at once whether the candidate sits in the band."""
+                  lower_is_retained: bool = False, reference: str = "retrain") -> None:
+    """One attack: the original, the candidate and the reference (retrain, or the candidate
+    on the never-seen classes) as bars with their noise (2 standard errors; the reference's
+    band adds the spread between its seeds or classes), and the verdict as the title, so a
+    reader sees at once whether the candidate sits in the band."""
     rows = [(k, f) for k, f in figures.items() if f and f.get("value") is not None]
     fig, ax = plt.subplots(figsize=(5.5, 0.55 * len(rows) + 1.4))
     colours = {"before (parent)": COLOURS["before"], "after forgetting": COLOURS["after"],
-               "retrain": COLOURS["retrain"]}
+               reference: COLOURS["retrain"]}
     for i, (label, f) in enumerate(rows):
         ax.barh(i, f["value"], color=colours.get(label, "tab:gray"),
                 xerr=2 * (f.get("se") or 0.0), capsize=4)
-    ref = figures.get("retrain")
+    ref = figures.get(reference)
     if ref and ref.get("value") is not None:
         band = 2 * float(np.hypot(ref.get("se") or 0.0, ref.get("spread") or 0.0))
         ax.axvspan(ref["value"] - band, ref["value"] + band, color=COLOURS["retrain"],
-                   alpha=0.15, label="retrain ± noise")
+                   alpha=0.15, label=f"{reference} ± noise")
         ax.legend(fontsize=7, loc="lower right")
     ax.set_yticks(range(len(rows)), [r[0] for r in rows])
     ax.invert_yaxis()

@@ -120,16 +120,30 @@ def figure_text(f: dict | None) -> str:
     return f"{f['value']:.3f} ± {noise:.3f}"
 
 
+NEVER_SEEN_NOTE = (
+    "The reference here is the never-seen classes ({classes}): set aside at import, never "
+    "trained on, never forgotten. Each attack's figure on the forgotten classes is compared with "
+    "the same model's figure on them, with their spread between classes as part of the noise: "
+    "no model was retrained. It shows whether the forgotten classes now sit like classes the "
+    "model never learnt; it cannot tell a class much easier or harder than the never-seen ones "
+    "from one that was (not) forgotten. Membership scores are uncalibrated (no reference "
+    "models): their chance level, 0.5, is what the never-seen classes give.")
+
+
+def _reference_column(ev: dict) -> str:
+    return ev.get("column") or "retrain"
+
+
 def evidence_rows(ev: dict, scope: str) -> list[list[str]]:
     rows = []
+    cols = ("before (parent)", "after forgetting", _reference_column(ev))
     for a in ev["attacks"]:
         if scope not in a:
             continue
         f, line = a[scope]["figures"], a[scope].get("verdict") or "-"
         metric = next((x["metric"] for x in f.values() if x and x.get("metric")), "")
         rows.append([a["title"] + (f" ({metric})" if metric else ""),
-                     *(figure_text(f.get(k)) for k in ("before (parent)", "after forgetting", "retrain")),
-                     line.split(":")[0]])
+                     *(figure_text(f.get(k)) for k in cols), line.split(":")[0]])
     return rows
 
 
@@ -193,13 +207,17 @@ def sections(d: dict) -> list[tuple[str, list[str] | None, list[list[str]] | str
         out.append(("How to read it", None, MIA_NOTE))
     ev = d.get("evidence")
     if ev:
-        header = ["attack", "before (parent)", "after forgetting", "retrain", "verdict"]
-        out.append(("Evidence against the retrain reference (this request's classes)", header,
-                    evidence_rows(ev, "now")))
+        column = _reference_column(ev)
+        header = ["attack", "before (parent)", "after forgetting", column, "verdict"]
+        out.append((f"Evidence against the {column} reference (this request's classes)",
+                    header, evidence_rows(ev, "now")))
         if any("so_far" in a for a in ev["attacks"]):
             out.append(("Evidence on every class forgotten so far", header,
                         evidence_rows(ev, "so_far")))
         out.append(("How to read the evidence", None, EVIDENCE_NOTE))
+        if ev.get("reference") == "never-seen":
+            out.append(("What the never-seen reference shows", None, NEVER_SEEN_NOTE.format(
+                classes=", ".join(ev.get("reference_classes") or []))))
         out.append(("Seconds per attack", ["model", *sorted({k for s in ev["seconds"].values()
                                                               for k in s})],
                     [[m, *(_secs(s.get(k)) for k in sorted({k for s in ev["seconds"].values()
@@ -314,7 +332,8 @@ def write_report(data: ReportData | dict, out_dir: str | Path,
 
             for a in (d.get("evidence") or {}).get("attacks", []):
                 plot_evidence(a["title"], a["now"]["figures"], a["now"].get("verdict") or "",
-                              tmp / f"evidence_{a['name']}.png", a["lower_is_retained"])
+                              tmp / f"evidence_{a['name']}.png", a["lower_is_retained"],
+                              _reference_column(d["evidence"]))
 
             g = d["groups"]
             plot_group_norms(g["norms"], g["kept"], g["threshold"], tmp / "group_norms.png")

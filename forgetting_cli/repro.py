@@ -92,6 +92,7 @@ def pretrain_stage(params: Params = Path("params.yaml"), out: Out = Path("data/r
 def forget(params: Params = Path("params.yaml"), out: Out = Path("data/repro")) -> None:
     """Train one sparse adapter per configured request, in order; each builds on the last model
     that passed the gates (base + the adapters of the passing steps)."""
+    from forgetting.data import reference_class_names
     from forgetting.evaluate import compare
     from forgetting.gates import gate_verdict
     from forgetting.model import load_checkpoint
@@ -102,6 +103,7 @@ def forget(params: Params = Path("params.yaml"), out: Out = Path("data/repro")) 
     sp = _splits(out, cfg)
     model, names, _ = load_checkpoint(out / "base.safetensors")
     model = model.to(dev)
+    reference = reference_class_names(out / "dataset.parquet")
     adapters = out / "adapters"
     tmp_root = out / ".adapters.tmp"
     shutil.rmtree(tmp_root, ignore_errors=True)  # this stage's own scratch
@@ -110,7 +112,7 @@ def forget(params: Params = Path("params.yaml"), out: Out = Path("data/repro")) 
     parent_step, depth = 0, 0  # depth: the adapters below the model the next step builds on
     steps, curves = [], []
     for i, r in enumerate(cfg.requests, 1):
-        forget_idx = validate_request(names, r.classes, forgotten)
+        forget_idx = validate_request(names, r.classes, forgotten, reference)
         earlier = [names.index(n) for n in forgotten]
         res = forget_classes(model, sp["train"], sp["val"], forget_idx,
                              cfg.forget.for_request(r.shots, r.method, depth), tmp_root / f"step-{i}",

@@ -34,8 +34,8 @@ def references(ws: Workspace, sp: dict, dataset_version: str, dev: torch.device
     from forgetting.evidence import References, train_references
 
     cfg = ws.config()
-    if "membership" not in cfg.evidence.attacks:
-        return None
+    if "membership" not in cfg.evidence.attacks or cfg.evidence.reference == "never-seen":
+        return None  # the never-seen reference reads uncalibrated scores: no models to train
     path = ws.state / "evidence" / f"references-{_key(cfg, dataset_version)}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
@@ -53,22 +53,45 @@ def measure_model(ws: Workspace, model, sp: dict, forget: list[int], earlier: li
                   dataset_version: str, dev: torch.device) -> dict | None:
     """``cfg.evidence.attacks`` on one model, for this request's classes and (in a sequence)
     for every class forgotten so far; None when the attacks are off."""
-    from forgetting.evidence import measure
+    from forgetting.data import DataError
+    from forgetting.datasets import reference_splits
+    from forgetting.evidence import NeverSeen, measure
 
     cfg = ws.config()
     if not cfg.evidence.attacks:
         return None
-    return measure(model, sp["train"], sp["val"].joined(sp["test"]), forget, dev, cfg.evidence,
-                   references(ws, sp, dataset_version, dev), so_far=earlier + forget)
+    never_seen = None
+    if cfg.evidence.reference == "never-seen":
+        never_seen = NeverSeen.of(reference_splits(ws.dataset, cfg.model))
+        if never_seen is None:
+            raise DataError("evidence.reference: never-seen, but the dataset has no reference "
+                            "classes: set data.reference_classes and run `forget ingest` "
+                            "(a new dataset version, so a new workspace for a trained model)")
+    out = measure(model, sp["train"], sp["val"].joined(sp["test"]), forget, dev, cfg.evidence,
+                  references(ws, sp, dataset_version, dev), so_far=earlier + forget,
+                  never_seen=never_seen)
+    if never_seen is not None:
+        names = sp["train"].info.class_names
+        out["reference_class_names"] = [names[c] for c in never_seen.classes]
+    return out
+
+
+def reference_kind(metrics: dict) -> str:
+    """What the verdicts of a request's evidence compare with: its record says (the
+    candidate's figures on never-seen classes are stored beside its own when it used them)."""
+    return "never-seen" if ((metrics.get("evidence") or {}).get("after") or {}).get(
+        "reference") else "retrain"
 
 
 def evidence_verdicts(metrics: dict, retrain: dict | None) -> dict:
-    """``{"original": {scope: {attack: line}}, "after": ...}`` against the retrain reference."""
+    """``{"original": {scope: {attack: line}}, "after": ...}`` against the request's
+    reference: the retrain model, or each model's own figures on the never-seen classes."""
     from forgetting.evidence import verdicts
 
     ev = metrics.get("evidence") or {}
     ref = (retrain or {}).get("evidence")
-    return {who: verdicts(ev[who], ref) for who in ("original", "after") if ev.get(who)}
+    return {who: verdicts(ev[who], ref, reference_kind(metrics))
+            for who in ("original", "after") if ev.get(who)}
 
 
 def evidence_gate(metrics: dict, retrain: dict | None, attacks: list[str]) -> str | None:
@@ -87,11 +110,11 @@ def flat_figures(ev: dict | None, prefix: str) -> dict[str, float]:
     """MLflow metrics: each attack's headline figure (``<prefix>evidence/<attack>``)."""
     out = {}
     for scope, results in (ev or {}).items():
-        if scope not in ("now", "so_far"):
+        if scope not in ("now", "so_far", "reference"):
             continue
         for name, res in results.items():
             if (v := res["figure"]["value"]) is not None:
-                tail = "" if scope == "now" else "_so_far"
+                tail = {"now": "", "so_far": "_so_far", "reference": "_never_seen"}[scope]
                 out[f"{prefix}evidence/{name}{tail}"] = float(v)
     for name, s in ((ev or {}).get("seconds") or {}).items():
         out[f"{prefix}evidence_seconds/{name}"] = float(s)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from forgetting.report import ReportData, sections, to_markdown
 
 from .contracts import TrainingSummary
-from .evidence import evidence_verdicts
+from .evidence import evidence_verdicts, reference_kind
 from .ledger import Request
 from .requests import ledger
 from .workspace import Workspace
@@ -47,14 +47,18 @@ def report_data(ws: Workspace, req: Request, summary: TrainingSummary, metrics: 
 
 
 def evidence_section(metrics: dict, retrain: dict | None) -> dict | None:
-    """Per attack and scope: the three models' figures and the candidate's verdict."""
-    from forgetting.evidence import TITLES
+    """Per attack and scope: the three models' figures (the candidate's on the never-seen
+    classes as the third, when they are the reference) and the candidate's verdict."""
+    from forgetting.evidence import REFERENCES, TITLES
 
     ev = metrics.get("evidence") or {}
     if not ev.get("after"):
         return None
-    models = {"before (parent)": ev.get("original"), "after forgetting": ev["after"],
-              "retrain": (retrain or {}).get("evidence")}
+    kind = reference_kind(metrics)
+    column = REFERENCES[kind]
+    models = {"before (parent)": ev.get("original"), "after forgetting": ev["after"]}
+    if kind == "retrain":
+        models[column] = (retrain or {}).get("evidence")
     lines = evidence_verdicts(metrics, retrain)
     attacks = []
     for name, title in TITLES.items():
@@ -63,14 +67,17 @@ def evidence_section(metrics: dict, retrain: dict | None) -> dict | None:
         entry = {"name": name, "title": title, "lower_is_retained": name == "relearning"}
         for scope in ("now", "so_far"):
             if name in ev["after"].get(scope, {}):
-                entry[scope] = {
-                    "figures": {k: ((m or {}).get(scope) or {}).get(name, {}).get("figure")
-                                for k, m in models.items()},
-                    "verdict": lines.get("after", {}).get(scope, {}).get(name)}
+                figures = {k: ((m or {}).get(scope) or {}).get(name, {}).get("figure")
+                           for k, m in models.items()}
+                if kind == "never-seen":  # the candidate's own figure on them, every scope
+                    figures[column] = ev["after"]["reference"].get(name, {}).get("figure")
+                entry[scope] = {"figures": figures,
+                                "verdict": lines.get("after", {}).get(scope, {}).get(name)}
         attacks.append(entry)
     seconds = {k: {a: round(s, 2) for a, s in (m or {}).get("seconds", {}).items()}
                for k, m in models.items() if m}
-    return {"attacks": attacks, "seconds": seconds}
+    return {"attacks": attacks, "seconds": seconds, "reference": kind, "column": column,
+            "reference_classes": ev["after"].get("reference_class_names", [])}
 
 
 def markdown_summary(data: ReportData) -> str:

@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from forgetting.data import read_info
+from forgetting.data import read_info, reference_class_names
 from forgetting.gates import gate_verdict
 from forgetting.preprocess import input_shape
 from forgetting.report import write_report
@@ -57,7 +57,8 @@ def start_request(root: str, request_id: str) -> RequestPlan | StartFailed:
                 f"{request_id} was started on dataset {req.dataset_version[:12]}, the dataset "
                 f"is now {info.content_hash[:12]} (replaced outside `forget`): request it "
                 "again on this one")
-        forget = validate_request(info.class_names, req.classes, earlier_names)
+        forget = validate_request(info.class_names, req.classes, earlier_names,
+                                  reference_class_names(ws.dataset))
     except RequestError as e:
         led.update(request_id, expect=OPEN, status="failed", error=str(e))
         get_run_logger().error(f"{request_id} failed validation: {e}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
-from forgetting.data import label_counts, read_info
+from forgetting.data import label_counts, read_info, reference_class_names
 from forgetting.requests import RequestError, validate_request
 
 from . import registry_reader
@@ -33,7 +33,8 @@ def check_request(ws: Workspace, spec: RequestSpec, queue: list[Request]) -> Non
     for name in spec.classes:
         if name in queued:
             raise RequestError(f"class {name!r} is already in a pending request ({queued[name]})")
-    validate_request(info.class_names, spec.classes, earlier + list(queued))
+    validate_request(info.class_names, spec.classes, earlier + list(queued),
+                     reference_class_names(ws.dataset))
     if spec.shots is not None:
         counts = label_counts(ws.dataset, "train")
         gone = set(earlier) | set(queued)

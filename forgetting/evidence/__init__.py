@@ -8,8 +8,10 @@ standard error):
 - ``identification``: k-NN / centroid identification in embedding space (face-recognition view);
 - ``relearning``: fine-tuning steps for a few images to bring the classes back.
 ``measure`` runs them on one model for this request's classes ("now") and, in a sequence, for
-every class forgotten so far ("so_far"); ``verdicts`` puts a model's figures beside the
-retrain reference's. Pure PyTorch/scikit-learn: the pipeline adds storage and logging.
+every class forgotten so far ("so_far"); ``verdicts`` puts a model's figures beside its
+reference's: a model retrained without the classes, or the same model's figures on classes
+it never trained on (``never_seen.py``). Pure PyTorch/scikit-learn: the pipeline adds
+storage and logging.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from ..config import EvidenceConfig
 from .identification import identification
 from .membership import References, membership, train_references
+from .never_seen import NeverSeen, joined_outputs, per_class_reference
 from .outputs import Outputs, model_outputs
 from .probe import linear_probe
 from .relearning import relearning
@@ -33,15 +36,14 @@ TITLES = {"membership": "membership inference (LiRA)",
           "relearning": "relearning, steps to Acc_f 50 %"}
 PROBES = ATTACKS[:3]  # cheap once the outputs exist: also run on every class forgotten so far
 
-__all__ = ["ATTACKS", "INDISTINGUISHABLE", "PROBES", "TITLES", "Outputs", "References",
-           "measure", "model_outputs", "passes", "pooled", "train_references", "verdicts"]
+__all__ = ["ATTACKS", "INDISTINGUISHABLE", "PROBES", "REFERENCES", "TITLES", "NeverSeen",
+           "Outputs", "References", "measure", "model_outputs", "passes", "pooled",
+           "train_references", "verdicts"]
 
 
 def _attack(name: str, out: Outputs, model, train_ds, heldout_ds, classes: list[int],
             device: torch.device, cfg: EvidenceConfig, refs: References | None) -> dict:
-    if name == "membership":
-        if refs is None:
-            raise ValueError("membership inference needs the reference models")
+    if name == "membership":  # without reference models: uncalibrated (the never-seen bar)
         return membership(out, refs, classes)
     if name == "linear_probe":
         return linear_probe(out, classes)
@@ -53,13 +55,25 @@ def _attack(name: str, out: Outputs, model, train_ds, heldout_ds, classes: list[
 
 def measure(model: torch.nn.Module, train_ds, heldout_ds, classes: list[int], device: torch.device,
             cfg: EvidenceConfig, refs: References | None = None,
-            so_far: list[int] | None = None) -> dict:
+            so_far: list[int] | None = None, never_seen: NeverSeen | None = None) -> dict:
     """``cfg.attacks`` on one model: ``{"now": {attack: result}, "so_far": {...},
     "seconds": {attack: s}}``. ``so_far``: every class forgotten up to now, this request's
-    included (the probes only; relearning is per request)."""
+    included (the probes only; relearning is per request). ``never_seen``: the reference
+    classes join the gallery and the probes, and each attack's figure on them, per class and
+    pooled, is added as ``"reference"`` (the bar of ``verdicts(..., "never-seen")``)."""
+    if never_seen is not None and refs is not None:
+        raise ValueError("the never-seen reference reads uncalibrated membership scores: the "
+                         "reference models' outputs do not cover its images")
     t0 = time.perf_counter()
     out = model_outputs(model, train_ds, heldout_ds, device)
+    train_all, heldout_all = train_ds, heldout_ds
+    if never_seen is not None:
+        out = joined_outputs(out, model, never_seen, device)
+        train_all = train_ds.joined(never_seen.train)
+        heldout_all = heldout_ds.joined(never_seen.heldout)
     result: dict = {"now": {}, "so_far": {}, "seconds": {"outputs": time.perf_counter() - t0}}
+    if never_seen is not None:
+        result["reference"], result["reference_classes"] = {}, never_seen.classes
     for name in cfg.attacks:
         t0 = time.perf_counter()
         result["now"][name] = _attack(name, out, model, train_ds, heldout_ds, classes, device,
@@ -67,20 +81,34 @@ def measure(model: torch.nn.Module, train_ds, heldout_ds, classes: list[int], de
         if so_far and sorted(so_far) != sorted(classes) and name in PROBES:
             result["so_far"][name] = _attack(name, out, model, train_ds, heldout_ds, so_far,
                                              device, cfg, refs)
+        if never_seen is not None:
+            result["reference"][name] = per_class_reference(
+                lambda cs, name=name: _attack(name, out, model, train_all, heldout_all, cs,
+                                              device, cfg, None), never_seen.classes)
         result["seconds"][name] = time.perf_counter() - t0
     return result
 
 
-def verdicts(model: dict, retrain: dict | None) -> dict[str, dict[str, str]]:
-    """One line per attack and scope: ``{"now": {attack: line}, "so_far": {...}}``."""
+REFERENCES = {"retrain": "retrain", "never-seen": "never-seen classes"}
+
+
+def verdicts(model: dict, retrain: dict | None, reference: str = "retrain"
+             ) -> dict[str, dict[str, str]]:
+    """One line per attack and scope: ``{"now": {attack: line}, "so_far": {...}}``, against
+    the retrain model's figures or (``reference="never-seen"``) the model's own figures on the
+    never-seen classes (``measure(..., never_seen=...)``)."""
     out: dict[str, dict[str, str]] = {}
     for scope in ("now", "so_far"):
         lines = {}
         for name, res in model.get(scope, {}).items():
-            ref = ((retrain or {}).get(scope) or {}).get(name)
+            if reference == "never-seen":
+                ref = (model.get("reference") or {}).get(name)
+            else:
+                ref = ((retrain or {}).get(scope) or {}).get(name)
             lines[name] = verdict(Figure(**res["figure"]),
                                   Figure(**ref["figure"]) if ref else None, TITLES[name],
-                                  lower_is_retained=name == "relearning")
+                                  lower_is_retained=name == "relearning",
+                                  against=REFERENCES[reference])
         if lines:
             out[scope] = lines
     return out

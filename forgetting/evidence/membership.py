@@ -88,17 +88,24 @@ def logit_confidence(logp: np.ndarray) -> np.ndarray:
     return logp - np.log(-np.expm1(np.minimum(logp, -1e-15)))
 
 
-def lira_scores(out: Outputs, refs: References, split: str) -> np.ndarray:
-    """phi(model) - mean phi(references that did not train on the image), per image."""
+def lira_scores(out: Outputs, refs: References | None, split: str) -> np.ndarray:
+    """phi(model) - mean phi(references that did not train on the image), per image; without
+    reference models, phi(model) alone (the uncalibrated loss attack)."""
+    if refs is None:
+        return logit_confidence(out.true_logprob(split))
     ref = logit_confidence(getattr(refs, split))
     outside = ~refs.member if split == "train" else np.ones_like(ref, dtype=bool)
     mean_out = (ref * outside).sum(0) / outside.sum(0)
     return logit_confidence(out.true_logprob(split)) - mean_out
 
 
-def membership(out: Outputs, refs: References, classes: list[int], seed: int = 0) -> dict:
+def membership(out: Outputs, refs: References | None, classes: list[int], seed: int = 0) -> dict:
     """The attack on ``classes``: their training images are the members, their held-out
-    images the non-members. Headline figure: TPR at 1 % FPR (the AUC below 100 non-members)."""
+    images the non-members. Headline figure: TPR at 1 % FPR (the AUC below 100 non-members).
+
+    Without reference models (the never-seen reference: ``never_seen.py``) the scores are
+    uncalibrated and the figure is their AUC, whose chance level (0.5) is what a class the
+    model never trained on gives: the never-seen classes, measured the same way, are the bar."""
     m = lira_scores(out, refs, "train")[np.isin(out.train_labels, classes)]
     nm = lira_scores(out, refs, "heldout")[np.isin(out.heldout_labels, classes)]
     if len(m) == 0 or len(nm) == 0:
@@ -114,7 +121,9 @@ def membership(out: Outputs, refs: References, classes: list[int], seed: int = 0
     # below 100 non-members "1 % FPR" allows no false positive: the figure then rests on the
     # single highest non-member and its bootstrap noise spans most of [0, 1] (measured: +-0.14
     # on 72 images), so the verdict reads the AUC there, and says so
-    if len(nm) >= 100:
+    if refs is None:
+        fig = Figure(auc(m, nm), auc_se, "AUC, uncalibrated: no reference models")
+    elif len(nm) >= 100:
         fig = Figure(tpr1(m, nm), bootstrap_se(on(tpr1), len(scores), seed, strata=strata),
                      "TPR at 1 % FPR")
     else:
@@ -122,4 +131,5 @@ def membership(out: Outputs, refs: References, classes: list[int], seed: int = 0
     return {"figure": fig.as_dict(),
             "tpr_at_1pct_fpr": tpr1(m, nm), "tpr_at_0.1pct_fpr": tpr_at_fpr(m, nm, 0.001),
             "auc": auc(m, nm), "auc_se": auc_se, "members": int(len(m)),
-            "nonmembers": int(len(nm)), "reference_models": int(len(refs.train))}
+            "nonmembers": int(len(nm)),
+            "reference_models": int(len(refs.train)) if refs is not None else 0}

@@ -70,23 +70,27 @@ def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
     return float(roc_auc_score(y, np.r_[members, nonmembers]))
 
 
-def verdict(fig: Figure, ref: Figure | None, what: str, lower_is_retained: bool = False) -> str:
-    """One line: how ``fig`` stands against the retrain reference's figure (for relearning,
-    fewer steps than retrain means the model holds more)."""
+def verdict(fig: Figure, ref: Figure | None, what: str, lower_is_retained: bool = False,
+            against: str = "retrain") -> str:
+    """One line: how ``fig`` stands against the reference's figure (for relearning, fewer
+    steps than the reference means the model holds more). ``against``: "retrain", or
+    "never-seen classes" (the same model's figure on classes it never trained on, whose
+    spread between classes stands where a retrain's spread between seeds would)."""
     if ref is None or ref.value is None or fig.value is None:
-        return f"{what}: no retrain reference to compare with"
+        return f"{what}: no {against} reference to compare with"
     what = f"{what}, {fig.metric}" if fig.metric else what
     gap = (ref.value - fig.value) if lower_is_retained else fig.value - ref.value
     noise = 2 * float(np.sqrt((fig.se or 0.0) ** 2 + (ref.se or 0.0) ** 2
                               + (ref.spread or 0.0) ** 2))
-    seeds = "" if ref.spread is not None else ", images only: one retrain seed"
-    detail = (f"{what} {fig.value:.3f} vs retrain {ref.value:.3f} "
+    seeds = "" if ref.spread is not None else f", images only: one {against} " + (
+        "seed" if against == "retrain" else "class")
+    detail = (f"{what} {fig.value:.3f} vs {against} {ref.value:.3f} "
               f"(gap {fig.value - ref.value:+.3f}, noise ±{noise:.3f}{seeds})")
     if abs(gap) <= noise:
-        return f"{INDISTINGUISHABLE}: {detail}"
+        return f"indistinguishable from {against} within its noise: {detail}"
     if gap > 0:
-        return f"retains more than retrain: {detail}"
-    return f"below retrain (a trace of its own, not knowledge): {detail}"
+        return f"retains more than {against}: {detail}"
+    return f"below {against} (a trace of its own, not knowledge): {detail}"
 
 
 def passes(line: str) -> bool:

@@ -1,0 +1,225 @@
+"""Does the never-seen reference give the retrain reference's verdicts? The agreement study
+behind ``evidence.reference``.
+
+    python benchmarks/references.py [--configs params.yaml,benchmarks/configs/fashion-mnist-small.yaml]
+        [--seeds 5,3] [--requests 4,3] [--reference-classes 2]
+        [--attacks identification,linear_probe,membership,relearning] [--json]
+
+Per bench and seed s: ``--reference-classes`` classes drawn with seed s are set aside as
+never-seen (``data.reference_classes``), a base model is pretrained without them
+(``pretrain.seed = s``), and ``--requests`` one-class requests are drawn from the other
+classes (seed 2000 + s). Each request starts from the base model and is judged on four models:
+- GS-LoRA++ at the defaults (the candidate a user gets);
+- the original model and a head-only change (the forgotten row of the head zeroed, the
+  embedding untouched): positive controls, which a reference must flag as retaining more;
+- the model retrained from scratch without the class: a negative control for the never-seen
+  reference (it must not be flagged), and the retrain reference of the other three.
+Every attack measures each model with the forgotten class's validation images as probes and,
+for the never-seen verdict, the same model's figures on the reference classes (per class and
+pooled, their spread joining the noise). Membership inference reads uncalibrated scores
+(AUC) on both sides, so that the two references judge the same figure: the pipeline's
+retrain reference calibrates it with reference models (LiRA) instead.
+
+Printed per bench and attack: agreement of the never-seen verdict with the retrain verdict
+("retains more" or not, the decision the gates take) over the candidates and the positive
+controls; how often each reference misses a positive control; how often the never-seen
+reference flags the retrained model; and the seconds each reference costs per request beside
+the forgetting run. Every request is cached, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import dataset
+from runs import Bench, retrain
+
+from forgetting.config import load_config
+from forgetting.datasets import reference_splits
+from forgetting.evidence import ATTACKS, NeverSeen, measure, verdicts
+from forgetting.evidence.stats import passes
+from forgetting.runtime import setup_runtime
+from forgetting.train import forget_classes
+
+CANDIDATES = ("gs-lora++", "original", "head-only")
+CONTROLS = ("original", "head-only")
+
+
+def head_only(model: torch.nn.Module, c: int) -> torch.nn.Module:
+    """The original with class ``c``'s head row (weights and bias) zeroed: Acc_f falls, the
+    embedding is the original's."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in m.head.parameters():
+            if p.shape[0] == m.num_classes:
+                p[c] = 0
+    return m
+
+
+def seeded_bench(config: str | None, seed: int, n_ref: int, cache: Path, device) -> Bench:
+    """The bench with ``n_ref`` classes drawn by ``seed`` set aside as never-seen."""
+    cfg = load_config(config)
+    if device:
+        cfg = cfg.model_copy(update={"device": device})
+    names = list(dataset(cfg, cache)[1]["train"].info.class_names)
+    drawn = sorted(names[i] for i in np.random.default_rng(seed).choice(len(names), n_ref,
+                                                                          replace=False))
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"reference_classes": drawn})})
+    dev = setup_runtime(cfg)
+    path, sp = dataset(cfg, cache)
+    sp = {**sp, **reference_splits(path, cfg.model)}
+    return Bench(Path(config).stem if config else "defaults", cfg, sp, cache, dev)
+
+
+def request(bench: Bench, seed: int, c: int, attacks: tuple[str, ...]) -> dict:
+    """Every model's figures (and the never-seen reference's) for one request; cached."""
+    path = bench.cache / "references-study" / f"{bench.key('never-seen', seed, c, attacks)}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    cfg = bench.cfg.evidence.model_copy(update={"attacks": list(attacks)})
+    ns = NeverSeen.of(bench.splits)
+    train, val = bench.splits["train"], bench.splits["val"]
+    base = bench.base(seed)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        fcfg = bench.cfg.forget.for_request(None, "gs-lora++", 0).model_copy(
+            update={"seed": seed})
+        cand = forget_classes(base, train, val, [c], fcfg, Path(work) / "adapter", bench.device,
+                              progress=False).model
+    forget_s = time.perf_counter() - t0
+    ret, retrain_s = retrain(bench, seed, [c])
+    models = {"gs-lora++": cand, "original": base, "head-only": head_only(base, c),
+              "retrain": ret}
+    out: dict = {"class": bench.names[c], "seconds": {"forget": forget_s}}
+    figures, secs = {}, {}
+    for who, m in models.items():
+        t0 = time.perf_counter()
+        plain = measure(m, train, val, [c], bench.device, cfg)
+        t1 = time.perf_counter()
+        joined = measure(m, train, val, [c], bench.device, cfg, never_seen=ns)
+        secs[who] = (t1 - t0, time.perf_counter() - t1)
+        figures[who] = {"plain": plain, "joined": joined}
+    out["figures"] = {who: {"now": {a: f["joined"]["now"][a]["figure"] for a in attacks},
+                            "plain": {a: f["plain"]["now"][a]["figure"] for a in attacks},
+                            "never_seen": {a: f["joined"]["reference"][a] for a in attacks}}
+                      for who, f in figures.items()}
+    out["verdicts"] = {
+        who: {"retrain": verdicts(figures[who]["plain"], figures["retrain"]["plain"])["now"],
+              "never-seen": verdicts(figures[who]["joined"], None, "never-seen")["now"]}
+        for who in models}
+    # the evidence of one request: the attacks on the parent and the candidate, and with the
+    # retrain reference its training and its own attacks (reference models not counted)
+    out["seconds"].update(
+        retrain=retrain_s + secs["retrain"][0] + secs["original"][0] + secs["gs-lora++"][0],
+        never_seen=secs["original"][1] + secs["gs-lora++"][1], retrain_training=retrain_s)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out))
+    return out
+
+
+def flagged(line: str) -> bool:
+    return not passes(line)
+
+
+def summarise(rows: list[dict], attacks: tuple[str, ...]) -> dict:
+    """Per attack: agreement, missed positive controls, flagged negative controls."""
+    out = {}
+    for a in attacks:
+        pairs = [(flagged(r["verdicts"][w]["never-seen"][a]),
+                  flagged(r["verdicts"][w]["retrain"][a])) for r in rows for w in CANDIDATES]
+        controls = [r["verdicts"][w] for r in rows for w in CONTROLS]
+        cand = [(flagged(r["verdicts"]["gs-lora++"]["never-seen"][a]),
+                 flagged(r["verdicts"]["gs-lora++"]["retrain"][a])) for r in rows]
+        out[a] = {
+            "agreement": float(np.mean([n == t for n, t in pairs])),
+            "agreement_candidate": float(np.mean([n == t for n, t in cand])),
+            "candidate_flagged": {"never-seen": int(sum(n for n, _ in cand)),
+                                  "retrain": int(sum(t for _, t in cand))},
+            "missed_controls": {k: int(sum(not flagged(v[k][a]) for v in controls))
+                                for k in ("never-seen", "retrain")},
+            "controls": len(controls),
+            "retrain_flagged_by_never_seen": int(sum(
+                flagged(r["verdicts"]["retrain"]["never-seen"][a]) for r in rows)),
+            "pairs": len(pairs)}
+    return out
+
+
+def study(config: str | None, seeds: int, per_seed: int, n_ref: int, cache: Path, device,
+          attacks: tuple[str, ...]) -> dict:
+    rows, seconds = [], []
+    for s in range(seeds):
+        bench = seeded_bench(config, s, n_ref, cache, device)
+        ref = set(bench.cfg.data.reference_classes)
+        pool = [i for i, n in enumerate(bench.names) if n not in ref]
+        picks = np.random.default_rng(2000 + s).choice(pool, per_seed, replace=False)
+        for c in sorted(int(x) for x in picks):
+            r = request(bench, s, c, attacks)
+            rows.append({**r, "seed": s, "reference_classes": sorted(ref)})
+            seconds.append(r["seconds"])
+            print(f"  seed {s} {r['class']}: " + ", ".join(
+                f"{w} {a} " + "/".join("R" if flagged(r["verdicts"][w][k][a]) else "-"
+                                       for k in ("retrain", "never-seen"))
+                for w in (*CANDIDATES, "retrain") for a in attacks if a == "identification"),
+                flush=True)
+    cost = {k: float(np.mean([s[k] for s in seconds])) for k in ("forget", "retrain",
+                                                                 "never_seen")}
+    return {"requests": rows, "summary": summarise(rows, attacks), "seconds": cost,
+            "reference_classes": n_ref, "seeds": seeds}
+
+
+def print_summary(name: str, res: dict) -> None:
+    c = res["seconds"]
+    print(f"\n{name}: {len(res['requests'])} requests; seconds per request: forgetting "
+          f"{c['forget']:.0f}, retrain reference {c['retrain']:.0f} "
+          f"({c['retrain'] / c['forget']:.1f}x), never-seen {c['never_seen']:.1f} "
+          f"({c['never_seen'] / c['forget']:.2f}x)")
+    print("attack | agreement | agreement on GS-LoRA++ | missed controls never-seen / retrain "
+          "| retrain model flagged by never-seen")
+    for a, s in res["summary"].items():
+        print(f"{a} | {s['agreement']:.2f} ({s['pairs']}) | {s['agreement_candidate']:.2f} | "
+              f"{s['missed_controls']['never-seen']}/{s['controls']} / "
+              f"{s['missed_controls']['retrain']}/{s['controls']} | "
+              f"{s['retrain_flagged_by_never_seen']}/{len(res['requests'])}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="params.yaml,benchmarks/configs/fashion-mnist-small.yaml")
+    ap.add_argument("--seeds", default="5,3", help="base models per config")
+    ap.add_argument("--requests", default="4,3", help="one-class requests per base model")
+    ap.add_argument("--reference-classes", type=int, default=2)
+    ap.add_argument("--attacks", default=",".join(ATTACKS))
+    ap.add_argument("--cache", default=".forgetting/bench-cache")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--json", action="store_true", help="last line: one JSON object")
+    args = ap.parse_args(argv)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    per = [int(s) for s in args.requests.split(",")]
+    if not len(seeds) == len(per) == len(configs):
+        ap.error("--seeds and --requests need one count per config")
+    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    result: dict = {"configs": configs, "attacks": list(attacks), "benches": {}}
+    for config, n, k in zip(configs, seeds, per, strict=True):
+        name = Path(config).stem
+        res = study(config, n, k, args.reference_classes, Path(args.cache), args.device,
+                    attacks)
+        result["benches"][name] = res
+        result.update(threads=torch.get_num_threads())
+        print_summary(name, res)
+    if args.json:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
