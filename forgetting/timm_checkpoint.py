@@ -309,19 +309,30 @@ def _build(arch: str, num_classes: int, settings: dict[str, Any]) -> torch.nn.Mo
         raise CheckpointError(f"timm cannot build {arch} with {kw}: {e}") from e
 
 
+def _head_rows(v: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Head rows in the dataset's order; where ``perm`` is -1, a row no training wrote."""
+    out = torch.zeros((len(perm), *v.shape[1:]), dtype=v.dtype)
+    have = perm >= 0
+    out[have] = v[perm[have]]
+    if v.ndim == 1:  # a bias: the lowest of the trained ones, so the row wins no argmax
+        out[~have] = v.min()
+    return out
+
+
 def check_outputs(ours: Classifier, reference: torch.nn.Module, perm: torch.Tensor | None,
                   tol: float = 1e-3) -> dict[str, Any]:
     """Our model against timm's with the same weights on a seeded batch: the logits (rows in
-    the dataset's order), or the embeddings for a cosine head, which timm has no layer for."""
+    the dataset's order, new never-seen rows left out), or the embeddings for a cosine head,
+    which timm has no layer for."""
     cfg = ours.cfg
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, cfg.in_chans, cfg.image_size, cfg.image_size, generator=g)
     ours.eval(), reference.eval()
     with torch.no_grad():
         if cfg.head == "linear":
-            want = reference(x)
-            want = want[:, perm] if perm is not None else want
-            got, compared = ours(x), "logits"
+            want, got, compared = reference(x), ours(x), "logits"
+            if perm is not None:
+                want, got = want[:, perm[perm >= 0]], got[:, perm >= 0]
         else:
             want = reference.forward_head(reference.forward_features(x), pre_logits=True)
             got, compared = ours.embed(x), "embeddings (a cosine head has no timm equivalent)"
@@ -380,13 +391,16 @@ def import_timm(path: str | Path, class_names: list[str], arch: str | None = Non
                 head_order: list[str] | None = None, margin: str = "cosface",
                 num_heads: int | None = None, base: ModelConfig | None = None,
                 global_pool: str | None = None, model_args: dict[str, Any] | None = None,
-                ) -> tuple[Classifier, ImportReport]:
+                never_seen: list[str] | None = None) -> tuple[Classifier, ImportReport]:
     """A Classifier holding a plain timm checkpoint, its head rows in ``class_names`` order,
     and the report of where each setting came from.
 
     ``head_order``: the class of each head row when the checkpoint was trained with another
     order (a class names file, or the label names of its config); the rows are permuted to
-    ``class_names`` (the dataset's)."""
+    ``class_names`` (the dataset's). ``never_seen``: the dataset's never-seen reference
+    classes (``data.reference_classes``): the checkpoint must have no head row for them (a
+    model trained on them cannot stand for never seeing them); they get new rows that no
+    training wrote (weights zero, the lowest bias), as our own pretraining leaves them."""
     path = Path(path)
     state, facts = read_state_dict(path)
     declared = read_declared(path, facts)
@@ -424,20 +438,33 @@ def import_timm(path: str | Path, class_names: list[str], arch: str | None = Non
     pre, pre_report = _preprocessing(cfg, declared, base)
     cfg = cfg.model_copy(update=pre)
     rows = raw["head.weight"].shape[0]
-    order = head_order or declared.class_names or class_names
+    unseen = set(never_seen or ())
+    trained = [n for n in class_names if n not in unseen]
+    order = head_order or declared.class_names or trained
+    if unseen and not (head_order or declared.class_names) and rows == len(class_names):
+        order = class_names  # a row for every class: the never-seen ones' included
+    if seen := sorted(set(order) & unseen):
+        raise CheckpointError(
+            f"checkpoint {path} has head rows for {', '.join(seen[:5])}, set aside as the "
+            "never-seen reference (data.reference_classes): a model trained on them cannot "
+            "show what never seeing them looks like; set aside classes it never saw")
     if rows != len(order):
         raise CheckpointError(f"checkpoint {path} has {rows} head rows but {len(order)} class "
-                              f"names{' in the file' if head_order else ' in the dataset'}")
-    if set(order) != set(class_names):
+                              f"names{' in the file' if head_order else ' in the dataset'}"
+                              + (f" ({len(unseen)} never-seen reference classes left out)"
+                                 if unseen else ""))
+    if set(order) != set(trained):
         raise CheckpointError(
             f"classes of the checkpoint and the dataset differ: only in the checkpoint "
-            f"{sorted(set(order) - set(class_names))[:5]}, only in the dataset "
-            f"{sorted(set(class_names) - set(order))[:5]}")
+            f"{sorted(set(order) - set(trained))[:5]}, only in the dataset "
+            f"{sorted(set(trained) - set(order))[:5]}")
     ours_state = to_our_keys(raw)
     perm = None
-    if order != class_names:
-        perm = torch.tensor([order.index(n) for n in class_names])
-        ours_state = {k: v[perm] if k.startswith("head.") else v for k, v in ours_state.items()}
+    if order != class_names:  # -1: a never-seen class's new row
+        perm = torch.tensor([order.index(n) if n not in unseen else -1
+                             for n in class_names])
+        ours_state = {k: _head_rows(v, perm) if k.startswith("head.") else v
+                      for k, v in ours_state.items()}
     model = create_model(cfg, len(class_names))
     if problems := describe_mismatch(ours_state, model):
         raise CheckpointError(f"checkpoint {path} does not fit timm {arch} as read from its "

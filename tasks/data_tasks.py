@@ -7,7 +7,13 @@ import os
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from forgetting.data import DataError, image_hashes_of, import_source, read_info
+from forgetting.data import (
+    DataError,
+    image_hashes_of,
+    import_source,
+    read_info,
+    reference_class_names,
+)
 from forgetting.files import replace_durably
 
 from .requests import ledger
@@ -47,6 +53,13 @@ def import_dataset(root: str, source: str, changes: dict) -> dict:
                     f"{extra[:5] or 'none'}, missing: {missing[:5] or 'none'}"
                     f"{', same names in another order' if not extra and not missing else ''})"
                     "; a new class list needs a new workspace")
+            before, after = reference_class_names(ws.dataset), reference_class_names(staged)
+            if before != after:
+                raise DataError(
+                    f"data.reference_classes would change from {before or 'none'} to "
+                    f"{after or 'none'} under a trained model: the never-seen reference must "
+                    "be set aside before the base model is trained or imported (a new "
+                    "workspace), or the model has seen it")
         ws.dataset.parent.mkdir(parents=True, exist_ok=True)
         replace_durably(staged, ws.dataset)
     finally:

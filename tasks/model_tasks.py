@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from torch.utils.data import ConcatDataset
 
 from forgetting.config import ModelConfig
-from forgetting.data import DatasetInfo, read_info
+from forgetting.data import DatasetInfo, read_info, reference_class_names
 from forgetting.datasets import ParquetImageDataset, request_data, splits
 from forgetting.evaluate import class_accuracy, compare, evaluate
 from forgetting.files import fsync_tree, replace_durably, write_json_atomic
@@ -95,16 +95,22 @@ def import_base(root: str, checkpoint: str, arch: str | None = None,
     names = list(info.class_names)
     log = get_run_logger()
     report = None
+    never_seen = reference_class_names(ws.dataset)
     if is_our_checkpoint(checkpoint):
-        model, got, _ = load_checkpoint(checkpoint)
+        model, got, extra = load_checkpoint(checkpoint)
         if got != names:
             raise CheckpointError(
                 f"checkpoint {checkpoint} classes {got[:5]}... differ from the dataset's "
                 f"{names[:5]}... ({len(got)} vs {len(names)} classes)")
+        if never_seen and extra.get("dataset_version") != info.content_hash:
+            raise CheckpointError(
+                f"checkpoint {checkpoint} was trained on another dataset version, which may "
+                f"hold the never-seen reference classes ({', '.join(never_seen[:5])}): only a "
+                "model pretrained on this one is known never to have seen them")
     else:
         order = read_class_names(class_names_file) if class_names_file else None
         model, report = import_timm(checkpoint, names, arch, order, margin, num_heads,
-                                    ws.config().model, global_pool, model_args)
+                                    ws.config().model, global_pool, model_args, never_seen)
         for line in report.lines():
             log.info(line)
     if model.cfg.in_chans != info.channels:

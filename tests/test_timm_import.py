@@ -148,6 +148,24 @@ def test_head_rows_are_put_in_the_dataset_order_and_classes_must_match(tmp_path)
         import_timm(tmp_path / "m.safetensors", NAMES[:4], "vit_tiny_patch16_224", num_heads=3)
 
 
+def test_never_seen_reference_classes_get_new_head_rows_and_a_head_that_has_them_is_refused(
+        tmp_path):
+    timm_model = _plain_timm()  # five rows: a..e
+    save_file(timm_model.state_dict(), tmp_path / "m.safetensors")
+    names = ["a", "b", "x", "c", "d", "e"]  # x: a class this model never saw
+    model, _ = import_timm(tmp_path / "m.safetensors", names, "vit_tiny_patch16_224",
+                           num_heads=3, never_seen=["x"])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got, want = model(x), timm_model(x)
+    assert torch.allclose(got[:, [0, 1, 3, 4, 5]], want, atol=1e-5)
+    assert model.head.weight[2].abs().sum() == 0 and model.head.bias[2] == want.new_tensor(
+        timm_model.head.bias.min().item())
+    with pytest.raises(CheckpointError, match="has head rows for a, set aside as the never-seen"):
+        import_timm(tmp_path / "m.safetensors", NAMES, "vit_tiny_patch16_224", num_heads=3,
+                    never_seen=["a"])
+
+
 def test_a_checkpoint_that_does_not_fit_names_the_keys_and_shapes(tmp_path):
     state = _plain_timm().state_dict()
     state.pop("blocks.1.mlp.fc2.bias")
