@@ -136,7 +136,8 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "sampler": "python benchmarks/throughput.py --sampler --json",
             "embedding": "python benchmarks/embedding_candidates.py --json",
             "demo": "python benchmarks/readme_figures.py --only demo",
-            "tune": "python benchmarks/tune.py --spaces embedding,4-shot --json"}
+            "tune": "python benchmarks/tune.py --spaces embedding,4-shot --json",
+            "references": "python benchmarks/references.py --json"}
 
 
 def _load(name: str) -> dict:
@@ -586,13 +587,49 @@ def render_demo_seeds() -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_references() -> str:
+    if not _recorded("references"):
+        return f"Not recorded yet: `{COMMANDS['references']}`.\n"
+    r = _load("references")
+    parts = [f"Measured by `{COMMANDS['references']}` (`benchmarks/results/references.json`; "
+             f"{_on(r['machine'])}; **validation split** as the probes; per bench, base models "
+             "pretrained without two never-seen classes drawn per seed, one-class requests drawn "
+             "from the others, each judged on four models: GS-LoRA++ at the defaults, the "
+             "original and a head-only change (positive controls), the retrained model "
+             "(negative control); a verdict counts as a flag when it says \"retains more\"):"]
+    for name, b in r["benches"].items():
+        c = b["seconds"]
+        n = len(b["requests"])
+        parts += ["", f"**{_bench(name)}**: {n} requests over {b['seeds']} base models "
+                      f"(reference classes per seed: "
+                      + "; ".join(sorted({", ".join(q["reference_classes"])
+                                          for q in b["requests"]})) + "). Seconds per request: "
+                      f"forgetting {c['forget']:.0f}; evidence with the retrain reference "
+                      f"{c['retrain']:.0f} ({c['retrain'] / c['forget']:.1f}× the forgetting, "
+                      f"its training {c['retrain_training']:.0f}); with the never-seen reference "
+                      f"{c['never_seen']:.0f} ({c['never_seen'] / c['forget']:.1f}×).", "",
+                  "| attack | never-seen agrees with retrain (GS-LoRA++, original, head-only) "
+                  "| on GS-LoRA++: flagged by never-seen / by retrain | positive controls "
+                  "missed: never-seen / retrain | retrained model flagged by never-seen |",
+                  "|---|---|---|---|---|"]
+        for a, s_ in b["summary"].items():
+            parts.append(
+                f"| {a} | {100 * s_['agreement']:.0f} % of {s_['pairs']} | "
+                f"{s_['candidate_flagged']['never-seen']} / {s_['candidate_flagged']['retrain']}"
+                f" of {n} | {s_['missed_controls']['never-seen']} / "
+                f"{s_['missed_controls']['retrain']} of {s_['controls']} | "
+                f"{s_['retrain_flagged_by_never_seen']} of {n} |")
+    return "\n".join(parts) + "\n"
+
+
 RENDER = {"demo": render_demo_seeds, "repro": render_repro, "quality": render_quality,
           "sequence": render_sequence, "latency": render_latency,
           "scale": lambda: render_quality("scale"), "throughput": render_throughput,
           "registry": render_registry, "stack": render_stack,
           "evidence": render_evidence_benches, "methods": render_methods_benches,
           "tune": render_tune_benches, "import": render_import, "gpu": render_gpu,
-          "sampler": render_sampler, "embedding": render_embedding}
+          "sampler": render_sampler, "embedding": render_embedding,
+          "references": render_references}
 
 
 def rendered(text: str) -> str:

@@ -56,7 +56,7 @@ def process_request(root: str, request_id: str) -> dict:
 
     # the retrain reference needs nothing from the forgetting run: it can train beside it
     retrain_job = (retrain_reference.submit(root, request_id, forget, earlier)
-                   if cfg.evidence.retrain_baseline and cfg.evidence.parallel else None)
+                   if cfg.trains_retrain and cfg.evidence.parallel else None)
     parent = materialize(root, plan.parent, request_id)
     protos = (prototypes(root, parent, request_id, forget, earlier, plan.shots)
               if plan.method == "gs-lora++" and cfg.forget.prototypes.enabled else None)
@@ -67,7 +67,7 @@ def process_request(root: str, request_id: str) -> dict:
     crash_point("after-train")
     retrain = (retrain_job.result() if retrain_job is not None
                else retrain_reference(root, request_id, forget, earlier)
-               if cfg.evidence.retrain_baseline else None)
+               if cfg.trains_retrain else None)
     track(root, [ws.rel(ws.adapters)], f"adapter {request_id}")
     crash_point("after-adapter-tracked")
 

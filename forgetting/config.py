@@ -257,11 +257,13 @@ class EvidenceConfig(_Strict):
     membership_inference: bool = True
     # what each attack's verdict compares the candidate with: a model retrained from scratch
     # (one pretraining per request), or the candidate's own figures on classes it never saw
-    # (data.reference_classes: no training at all; benchmarks/results/references.json)
-    reference: Literal["retrain", "never-seen"] = "retrain"
-    # a model trained from scratch without every forgotten class: the gold standard the
-    # report compares against; costs one pretraining per request
-    retrain_baseline: bool = True
+    # (data.reference_classes: no training at all); auto: never-seen where the dataset set
+    # classes aside, the cheaper one whose verdicts agreed with retrain's
+    # (benchmarks/results/references.json), else retrain. Resolved: Config.evidence_reference
+    reference: Literal["auto", "retrain", "never-seen"] = "auto"
+    # a model trained from scratch without every forgotten class, per request (the report's
+    # Acc columns beside it; one pretraining each); auto: when it is the reference
+    retrain_baseline: bool | Literal["auto"] = "auto"
     # the retrain reference trains beside the forgetting run (it needs nothing from it), in
     # a Dask worker process (prefect-dask): not a thread, since both seed torch's global RNG
     # and a shared one would make neither run repeatable. Each process then uses half of
@@ -357,13 +359,27 @@ class Config(_Strict):
             return merged
         return data
 
+    @property
+    def evidence_reference(self) -> Literal["retrain", "never-seen"]:
+        """What the verdicts compare with (``evidence.reference`` with auto resolved)."""
+        if self.evidence.reference == "auto":
+            return "never-seen" if self.data.reference_classes else "retrain"
+        return self.evidence.reference
+
+    @property
+    def trains_retrain(self) -> bool:
+        """Whether each request trains the retrain model (``evidence.retrain_baseline``)."""
+        if self.evidence.retrain_baseline == "auto":
+            return self.evidence_reference == "retrain"
+        return self.evidence.retrain_baseline
+
     @model_validator(mode="after")
     def _check_evidence_gates(self) -> Config:
-        never_seen = self.evidence.reference == "never-seen"
+        never_seen = self.evidence_reference == "never-seen"
         if never_seen and not self.data.reference_classes:
             raise ValueError("evidence.reference: never-seen needs data.reference_classes "
                              "(names, or how many to draw) set aside at import")
-        if self.gates.evidence and not never_seen and not self.evidence.retrain_baseline:
+        if self.gates.evidence and not never_seen and not self.trains_retrain:
             raise ValueError("gates.evidence compares with the retrain reference: it needs "
                              "evidence.retrain_baseline: true, or evidence.reference: "
                              "never-seen (or gates.evidence: [] to promote without the "

@@ -34,7 +34,7 @@ def references(ws: Workspace, sp: dict, dataset_version: str, dev: torch.device
     from forgetting.evidence import References, train_references
 
     cfg = ws.config()
-    if "membership" not in cfg.evidence.attacks or cfg.evidence.reference == "never-seen":
+    if "membership" not in cfg.evidence.attacks or cfg.evidence_reference == "never-seen":
         return None  # the never-seen reference reads uncalibrated scores: no models to train
     path = ws.state / "evidence" / f"references-{_key(cfg, dataset_version)}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def measure_model(ws: Workspace, model, sp: dict, forget: list[int], earlier: li
     if not cfg.evidence.attacks:
         return None
     never_seen = None
-    if cfg.evidence.reference == "never-seen":
+    if cfg.evidence_reference == "never-seen":
         never_seen = NeverSeen.of(reference_splits(ws.dataset, cfg.model))
         if never_seen is None:
             raise DataError("evidence.reference: never-seen, but the dataset has no reference "

@@ -24,7 +24,7 @@ def check_request(ws: Workspace, spec: RequestSpec, queue: list[Request]) -> Non
     if not ws.dataset.exists():
         raise RequestError("no dataset yet: run `forget ingest` first")
     info = read_info(ws.dataset)
-    if ws.config().evidence.reference == "never-seen" and not reference_class_names(ws.dataset):
+    if ws.config().evidence_reference == "never-seen" and not reference_class_names(ws.dataset):
         raise RequestError("evidence.reference is never-seen but the dataset has no reference "
                            "classes: set data.reference_classes and run `forget ingest` in a "
                            "new workspace (the base model must never have seen them)")
