@@ -20,7 +20,7 @@ from forgetting.requests import RequestError, validate_request
 
 from . import registry
 from .contracts import RequestPlan, StartFailed, TrainingSummary
-from .evidence import evidence_gate, flat_figures
+from .evidence import evidence_gate, flat_figures, reference_kind
 from .faults import crash_point
 from .ledger import OPEN
 from .model_tasks import backfill_parts, model_metadata
@@ -103,6 +103,7 @@ def log_run(root: str, request_id: str, plan: RequestPlan, summary: TrainingSumm
     params = {"classes": json.dumps(plan.classes), "shots": plan.shots,
               "method": plan.method, "parent_version": plan.parent,
               "request_index": plan.index, "dataset_version": plan.dataset_version,
+              "evidence_reference": reference_kind(metrics),
               **{f"forget.{k}": v for k, v in cfg.forget.model_dump().items()}}
     work = ws.work_dir(request_id)
     return registry.with_backoff(lambda: registry.log_request_run(
