@@ -23,7 +23,7 @@ import torch
 from ..config import EvidenceConfig
 from .identification import identification
 from .membership import References, membership, train_references
-from .never_seen import NeverSeen, joined_outputs, per_class_reference
+from .never_seen import NEVER_SEEN_NOISE, NeverSeen, joined_outputs, per_class_reference
 from .outputs import Outputs, model_outputs
 from .probe import linear_probe
 from .relearning import relearning
@@ -108,7 +108,8 @@ def verdicts(model: dict, retrain: dict | None, reference: str = "retrain"
             lines[name] = verdict(Figure(**res["figure"]),
                                   Figure(**ref["figure"]) if ref else None, TITLES[name],
                                   lower_is_retained=name == "relearning",
-                                  against=REFERENCES[reference])
+                                  against=REFERENCES[reference],
+                                  k=NEVER_SEEN_NOISE if reference == "never-seen" else 2.0)
         if lines:
             out[scope] = lines
     return out

@@ -71,16 +71,17 @@ def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
 
 
 def verdict(fig: Figure, ref: Figure | None, what: str, lower_is_retained: bool = False,
-            against: str = "retrain") -> str:
+            against: str = "retrain", k: float = 2.0) -> str:
     """One line: how ``fig`` stands against the reference's figure (for relearning, fewer
-    steps than the reference means the model holds more). ``against``: "retrain", or
-    "never-seen classes" (the same model's figure on classes it never trained on, whose
-    spread between classes stands where a retrain's spread between seeds would)."""
+    steps than the reference means the model holds more), a gap within ``k`` times the
+    combined noise being "indistinguishable". ``against``: "retrain", or "never-seen
+    classes" (the same model's figure on classes it never trained on, whose spread between
+    classes stands where a retrain's spread between seeds would)."""
     if ref is None or ref.value is None or fig.value is None:
         return f"{what}: no {against} reference to compare with"
     what = f"{what}, {fig.metric}" if fig.metric else what
     gap = (ref.value - fig.value) if lower_is_retained else fig.value - ref.value
-    noise = 2 * float(np.sqrt((fig.se or 0.0) ** 2 + (ref.se or 0.0) ** 2
+    noise = k * float(np.sqrt((fig.se or 0.0) ** 2 + (ref.se or 0.0) ** 2
                               + (ref.spread or 0.0) ** 2))
     seeds = "" if ref.spread is not None else f", images only: one {against} " + (
         "seed" if against == "retrain" else "class")
