@@ -84,6 +84,7 @@ def standard(digits, base_model):
     return _verdicts(models, [retrain, retrain3], train, heldout, gone, cfg), acc_f
 
 
+@pytest.mark.slow
 def test_the_original_model_is_flagged_by_every_attack(memorised, standard):
     lines = {**memorised["original"], **{a: standard[0]["original"][a]
                                          for a in ("linear_probe", "identification")}}
@@ -92,6 +93,7 @@ def test_the_original_model_is_flagged_by_every_attack(memorised, standard):
         assert line.startswith("retains more than retrain"), (attack, line)
 
 
+@pytest.mark.slow
 def test_a_head_only_change_is_caught_by_the_embedding_views(standard):
     lines, acc_f = standard
     assert acc_f["head_only"] == 0.0 < acc_f["original"]
@@ -99,6 +101,7 @@ def test_a_head_only_change_is_caught_by_the_embedding_views(standard):
         assert not passes(lines["head_only"][attack]), (attack, lines["head_only"][attack])
 
 
+@pytest.mark.slow
 def test_an_independently_retrained_model_passes(standard):
     lines, acc_f = standard
     assert acc_f["retrain2"] == 0.0

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_every_part_at_tiny_size(cli_env, tmp_path):
     out = tmp_path / "gpu-tiny.json"
     res = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--tiny", "--out",

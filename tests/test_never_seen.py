@@ -104,6 +104,7 @@ def test_the_original_is_flagged_and_a_retrained_model_is_not(held_out):
         assert passes(lines["retrain"][attack]), (attack, lines["retrain"][attack])
 
 
+@pytest.mark.slow
 def test_a_request_with_the_never_seen_reference_has_every_verdict_and_no_retrain(
         prefect_api, tmp_path):
     from flows.process_requests import process_requests_flow

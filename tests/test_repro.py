@@ -71,6 +71,7 @@ def repro(tmp_path_factory) -> dict:
             "metrics": json.loads((out / "metrics.json").read_text())}
 
 
+@pytest.mark.slow
 def test_dvc_repro_runs_the_stages_once_then_does_nothing(repro):
     repo, out = repro["repo"], repro["out"]
     for stage in ("prepare", "pretrain", "forget", "evaluate"):
@@ -84,6 +85,7 @@ def test_dvc_repro_runs_the_stages_once_then_does_nothing(repro):
     assert "up to date" in _dvc(repo, "status")
 
 
+@pytest.mark.slow
 def test_a_failed_gate_is_not_built_on(repro):
     """Like the request pipeline, which builds on `production`: step 1 failed its gate, so
     step 2 starts from the base model and digit_3 is not counted as forgotten."""
@@ -94,6 +96,7 @@ def test_a_failed_gate_is_not_built_on(repro):
     assert metrics["production_step"] == (2 if s2["gate_passed"] else 0)
 
 
+@pytest.mark.slow
 def test_the_request_pipeline_makes_the_same_models_as_dvc_repro(repro, prefect_api,
                                                                   tmp_path):
     """Same dataset, params and seeds through Prefect + MLflow + DVC: the base checkpoint and
@@ -125,6 +128,7 @@ def test_the_request_pipeline_makes_the_same_models_as_dvc_repro(repro, prefect_
     assert reqs[1]["parent_version"] == 1  # built on the base, as step 2 was
 
 
+@pytest.mark.slow
 def test_a_changed_param_invalidates_only_what_depends_on_it(repro):
     """A `forget` param makes `forget` stale (and so `evaluate`, downstream of its outputs),
     never `prepare` or `pretrain`."""

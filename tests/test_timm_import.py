@@ -240,6 +240,7 @@ def _as_plain_timm(model) -> dict[str, torch.Tensor]:
     return {k.removeprefix("backbone."): v for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_plain_timm_model_through_the_pipeline(prefect_api, base_model, tmp_path):
     """Import (timm keys, no config) -> forget a class -> the adapter chain rebuilds the
     registered version -> MLflow's pyfunc of that version predicts the same."""
