@@ -6,7 +6,7 @@ people it never saw. So a dataset can set a few classes aside at ingest
 ``reference_heldout`` splits, which no training reads, and they can never be forgotten) and
 each attack can compare the candidate's figure on the forgotten classes with *the same
 model's* figure on the never-seen ones: no retrain, no reference models, per request only the
-forward passes over the reference images and one relearning run per never-seen class.
+forward passes over the reference images and the relearning runs on each never-seen class.
 
 What it can show: whether the forgotten classes sit in the embedding like classes the model
 never learnt (identification, linear probe), whether training images of the forgotten classes
