@@ -137,7 +137,7 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "embedding": "python benchmarks/embedding_candidates.py --json",
             "demo": "python benchmarks/readme_figures.py --only demo",
             "tune": "python benchmarks/tune.py --spaces embedding,4-shot --json",
-            "references": "python benchmarks/references.py --json"}
+            "references": "python benchmarks/references.py --seeds 5,2 --requests 4,3 --json"}
 
 
 def _load(name: str) -> dict:

@@ -2,7 +2,7 @@
 behind ``evidence.reference``.
 
     python benchmarks/references.py [--configs params.yaml,benchmarks/configs/fashion-mnist-small.yaml]
-        [--seeds 5,3] [--requests 4,3] [--reference-classes 2]
+        [--seeds 5,2] [--requests 4,3] [--reference-classes 2]
         [--attacks identification,linear_probe,membership,relearning] [--json]
 
 Per bench and seed s: ``--reference-classes`` classes drawn with seed s are set aside as
@@ -214,7 +214,7 @@ def print_summary(name: str, res: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="params.yaml,benchmarks/configs/fashion-mnist-small.yaml")
-    ap.add_argument("--seeds", default="5,3", help="base models per config")
+    ap.add_argument("--seeds", default="5,2", help="base models per config")
     ap.add_argument("--requests", default="4,3", help="one-class requests per base model")
     ap.add_argument("--reference-classes", type=int, default=2)
     ap.add_argument("--attacks", default=",".join(ATTACKS))
