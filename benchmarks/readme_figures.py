@@ -619,6 +619,14 @@ def render_references() -> str:
                 f" of {n} | {s_['missed_controls']['never-seen']} / "
                 f"{s_['missed_controls']['retrain']} of {s_['controls']} | "
                 f"{s_['retrain_flagged_by_never_seen']} of {n} |")
+        one, two = b["summary"]["identification"], b["summary_at_2"]["identification"]
+        parts += ["", f"Identification, never-seen verdicts at {b['noise_multiple']:g}× their "
+                      f"noise (the table) / at 2×: agreement {100 * one['agreement']:.0f} % / "
+                      f"{100 * two['agreement']:.0f} %, positive controls missed "
+                      f"{one['missed_controls']['never-seen']} / "
+                      f"{two['missed_controls']['never-seen']} of {one['controls']}, retrained "
+                      f"models flagged {one['retrain_flagged_by_never_seen']} / "
+                      f"{two['retrain_flagged_by_never_seen']} of {n}."]
     return "\n".join(parts) + "\n"
 
 
