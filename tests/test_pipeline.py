@@ -388,6 +388,7 @@ def test_bad_base_checkpoints_are_refused(prefect_api, tmp_path):
     assert not (tmp_path / "data" / "models").exists()
 
 
+@pytest.mark.slow
 def test_failures_leave_the_request_pending_until_a_healthy_run(processed, monkeypatch):
     ws = processed["ws"]
     res = cli("request", "add", "digit_8", "--root", str(ws.root))
