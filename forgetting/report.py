@@ -108,7 +108,11 @@ EVIDENCE_NOTE = (
     "k-NN over the embeddings of every training image (a recognition system's gallery). "
     "Relearning: fine-tuning steps for a few images to bring held-out Acc_f back to 50 %. "
     "Values ± twice their noise (images resampled; with several retrain seeds, their spread). "
-    "'Indistinguishable from retrain' is the pass; 'retains more than retrain' is a finding.")
+    "'Indistinguishable from retrain' is the pass; 'retains more than retrain' is a finding. "
+    "The last column judges the parent, which still knows the classes, by the same attack and "
+    "reference: where even the parent is not flagged, the attack cannot tell this class from "
+    "the reference here (an easy class that any model identifies, say), and the candidate's "
+    "pass is no evidence of forgetting.")
 
 
 def figure_text(f: dict | None) -> str:
@@ -141,9 +145,13 @@ def evidence_rows(ev: dict, scope: str) -> list[list[str]]:
         if scope not in a:
             continue
         f, line = a[scope]["figures"], a[scope].get("verdict") or "-"
+        parent = a[scope].get("parent_verdict")
+        power = "-" if parent is None else (
+            "flagged: the attack sees the class" if parent.startswith("retains more")
+            else "not flagged: a pass says nothing")
         metric = next((x["metric"] for x in f.values() if x and x.get("metric")), "")
         rows.append([a["title"] + (f" ({metric})" if metric else ""),
-                     *(figure_text(f.get(k)) for k in cols), line.split(":")[0]])
+                     *(figure_text(f.get(k)) for k in cols), line.split(":")[0], power])
     return rows
 
 
@@ -208,7 +216,8 @@ def sections(d: dict) -> list[tuple[str, list[str] | None, list[list[str]] | str
     ev = d.get("evidence")
     if ev:
         column = _reference_column(ev)
-        header = ["attack", "before (parent)", "after forgetting", column, "verdict"]
+        header = ["attack", "before (parent)", "after forgetting", column, "verdict",
+                  "the parent, same attack"]
         out.append((f"Evidence against the {column} reference (this request's classes)",
                     header, evidence_rows(ev, "now")))
         if any("so_far" in a for a in ev["attacks"]):

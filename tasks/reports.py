@@ -71,8 +71,11 @@ def evidence_section(metrics: dict, retrain: dict | None) -> dict | None:
                            for k, m in models.items()}
                 if kind == "never-seen":  # the candidate's own figure on them, every scope
                     figures[column] = ev["after"]["reference"].get(name, {}).get("figure")
-                entry[scope] = {"figures": figures,
-                                "verdict": lines.get("after", {}).get(scope, {}).get(name)}
+                entry[scope] = {
+                    "figures": figures,
+                    "verdict": lines.get("after", {}).get(scope, {}).get(name),
+                    # the same attack on the parent: its power on this class, here
+                    "parent_verdict": lines.get("original", {}).get(scope, {}).get(name)}
         attacks.append(entry)
     seconds = {k: {a: round(s, 2) for a, s in (m or {}).get("seconds", {}).items()}
                for k, m in models.items() if m}

@@ -139,9 +139,11 @@ def test_a_request_with_the_never_seen_reference_has_every_verdict_and_no_retrai
     for a in ev["attacks"]:
         assert a["now"]["figures"]["never-seen classes"]["value"] is not None, a
         assert "never-seen classes" in a["now"]["verdict"], a
+        assert "never-seen classes" in a["now"]["parent_verdict"], a  # the attack's power
     md = (ws.report_dir(out["id"]) / "report.md").read_text()
     assert "Evidence against the never-seen classes reference" in md
     assert "What the never-seen reference shows" in md and "digit_9" in md
+    assert "the parent, same attack" in md
     # the gate reads the same verdict the report shows
     ident = next(a for a in ev["attacks"] if a["name"] == "identification")
     assert (out["status"] == "failed_gate") == (not passes(ident["now"]["verdict"]))

@@ -30,7 +30,7 @@ from .relearning import relearning
 from .stats import INDISTINGUISHABLE, Figure, passes, pool, verdict
 
 ATTACKS = ("membership", "linear_probe", "identification", "relearning")
-TITLES = {"membership": "membership inference (LiRA)",
+TITLES = {"membership": "membership inference",  # LiRA, or uncalibrated: its metric says
           "linear_probe": "linear probe, mean probability on held-out images",
           "identification": "k-NN identification accuracy",
           "relearning": "relearning, steps to Acc_f 50 %"}

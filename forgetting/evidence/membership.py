@@ -125,9 +125,10 @@ def membership(out: Outputs, refs: References | None, classes: list[int], seed: 
         fig = Figure(auc(m, nm), auc_se, "AUC, uncalibrated: no reference models")
     elif len(nm) >= 100:
         fig = Figure(tpr1(m, nm), bootstrap_se(on(tpr1), len(scores), seed, strata=strata),
-                     "TPR at 1 % FPR")
+                     "TPR at 1 % FPR, LiRA")
     else:
-        fig = Figure(auc(m, nm), auc_se, f"AUC ({len(nm)} non-members: too few for 1 % FPR)")
+        fig = Figure(auc(m, nm), auc_se,
+                     f"AUC, LiRA ({len(nm)} non-members: too few for 1 % FPR)")
     return {"figure": fig.as_dict(),
             "tpr_at_1pct_fpr": tpr1(m, nm), "tpr_at_0.1pct_fpr": tpr_at_fpr(m, nm, 0.001),
             "auc": auc(m, nm), "auc_se": auc_se, "members": int(len(m)),
