@@ -242,6 +242,7 @@ def request_data(train: ParquetImageDataset, forget: Sequence[int], retained: Se
     """
     counts = np.bincount(train.labels, minlength=len(train.info.class_names))
     held = [c for c in sorted(set(earlier)) if counts[c] >= (shots or 1)]
+    retained = [c for c in retained if counts[c]]  # never-seen reference classes have none
     f, r = train.with_classes(forget), train.with_classes(retained)
     o = train.with_classes(held) if held else None
     if shots is not None:

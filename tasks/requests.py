@@ -41,7 +41,7 @@ def check_request(ws: Workspace, spec: RequestSpec, queue: list[Request]) -> Non
                      reference_class_names(ws.dataset))
     if spec.shots is not None:
         counts = label_counts(ws.dataset, "train")
-        gone = set(earlier) | set(queued)
+        gone = set(earlier) | set(queued) | set(reference_class_names(ws.dataset))
         short = [n for i, n in enumerate(info.class_names)
                  if n not in gone and counts[i] < spec.shots]
         if short:
