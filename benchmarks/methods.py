@@ -23,7 +23,15 @@ import sys
 
 import numpy as np
 import torch
-from runs import ATTACKS, Bench, evidence_verdict, load, method_rows, reference_rows
+from runs import (
+    Bench,
+    bench_args,
+    evidence_verdict,
+    listed,
+    load,
+    method_rows,
+    reference_rows,
+)
 
 KEYS = ("acc_f", "acc_r", "acc_o", "h_mean", "seconds", "adapter_bytes")
 
@@ -130,20 +138,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default="gs-lora,gs-lora++,gs-lora++:4,fg-oriu,finetune,"
                                           "neggrad,retrain")
-    ap.add_argument("--configs", default="params.yaml,benchmarks/configs/fashion-mnist-small.yaml")
-    ap.add_argument("--seeds", default="5,3", help="base models and class orders per config")
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--attacks", default=",".join(ATTACKS))
-    ap.add_argument("--cache", default=".forgetting/bench-cache")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--json", action="store_true", help="last line: one JSON object")
+    bench_args(ap, "5,3", "base models and class orders per config")
     args = ap.parse_args(argv)
-    specs = supported([s.strip() for s in args.methods.split(",") if s.strip()])
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    specs = supported(listed(args.methods))
+    configs, seeds = listed(args.configs), listed(args.seeds, int)
     if len(seeds) != len(configs):
         ap.error("--seeds needs one count per config")
-    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    attacks = tuple(listed(args.attacks))
     result = {"methods": specs, "configs": configs, "benches": {}}
     for config, n in zip(configs, seeds, strict=True):
         bench = load(config, args.cache, args.device)

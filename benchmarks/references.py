@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import dataset
-from runs import Bench, retrain
+from runs import Bench, bench_args, listed, retrain
 
 from forgetting.config import load_config
 from forgetting.datasets import reference_splits
@@ -213,21 +213,14 @@ def print_summary(name: str, res: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="params.yaml,benchmarks/configs/fashion-mnist-small.yaml")
-    ap.add_argument("--seeds", default="5,2", help="base models per config")
     ap.add_argument("--requests", default="4,3", help="one-class requests per base model")
     ap.add_argument("--reference-classes", type=int, default=2)
-    ap.add_argument("--attacks", default=",".join(ATTACKS))
-    ap.add_argument("--cache", default=".forgetting/bench-cache")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--json", action="store_true", help="last line: one JSON object")
+    bench_args(ap, "5,2", "base models per config", ATTACKS)
     args = ap.parse_args(argv)
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    per = [int(s) for s in args.requests.split(",")]
+    configs, seeds, per = listed(args.configs), listed(args.seeds, int), listed(args.requests, int)
     if not len(seeds) == len(per) == len(configs):
         ap.error("--seeds and --requests need one count per config")
-    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    attacks = tuple(listed(args.attacks))
     result: dict = {"configs": configs, "attacks": list(attacks), "benches": {}}
     for config, n, k in zip(configs, seeds, per, strict=True):
         name = Path(config).stem

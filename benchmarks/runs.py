@@ -18,6 +18,7 @@ gallery (and the members).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import tempfile
@@ -75,6 +76,24 @@ class Bench:
                            self.cfg.pretrain.model_dump(mode="json"), self.cfg.threads,
                            self.cfg.deterministic, *parts], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def bench_args(ap: argparse.ArgumentParser, seeds: str, seeds_help: str,
+               attacks: tuple[str, ...] = ATTACKS) -> None:
+    """The options of the benchmarks that run on several benches: --configs, --seeds (one
+    count per config), --attacks (in the order given: it is part of their cache keys),
+    --cache, --device, --json."""
+    ap.add_argument("--configs", default="params.yaml,benchmarks/configs/fashion-mnist-small.yaml")
+    ap.add_argument("--seeds", default=seeds, help=seeds_help)
+    ap.add_argument("--attacks", default=",".join(attacks))
+    ap.add_argument("--cache", default=".forgetting/bench-cache")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--json", action="store_true", help="last line: one JSON object")
+
+
+def listed(text: str, kind: type = str) -> list:
+    """A comma-separated option as a list."""
+    return [kind(x.strip()) for x in text.split(",") if x.strip()]
 
 
 def load(config: str | None, cache: str | Path, device: str | None = None) -> Bench:
