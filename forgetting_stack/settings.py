@@ -13,9 +13,12 @@ from pathlib import Path
 # servers (and their gRPC ports, which default to port + 10000 and could collide).
 PORTS = {"postgres": 0, "prefect": 1, "mlflow": 2, "s3": 3, "git": 4, "weed_master": 5,
          "weed_master_grpc": 6, "weed_volume": 7, "weed_volume_grpc": 8, "weed_filer": 9,
-         "weed_filer_grpc": 10, "s3_grpc": 11}
+         "weed_filer_grpc": 10, "s3_grpc": 11, "postgres_local": 12}
+# "postgres" is the TLS front (pg_tls) other hosts reach; "postgres_local" the server itself,
+# on loopback only
 SERVICES = ("postgres", "s3", "git", "prefect", "mlflow")  # start order; down is reversed
 USER = "forgetting"  # PostgreSQL role, S3 identity, MLflow admin, Prefect basic-auth user
+LOCK_USER = "forgetting_lock"  # PostgreSQL role of clients: the run locks' database only
 BUCKET = "forgetting"
 DATABASES = ("prefect", "mlflow", "mlflow_auth", "forgetting")  # the last: run locks
 DEFAULT_DIR = Path(os.environ.get("FORGET_STACK_DIR", "~/.forgetting-stack")).expanduser()
@@ -54,11 +57,13 @@ def read_env_file(path: Path) -> dict[str, str]:
 def new_credentials() -> dict[str, str]:
     """Generated once per stack (``secrets``)."""
     return {"FORGET_STACK_PG_PASSWORD": secrets.token_urlsafe(18),
+            "FORGET_STACK_LOCK_PASSWORD": secrets.token_urlsafe(18),
             "AWS_ACCESS_KEY_ID": "FG" + secrets.token_hex(9).upper(),
             "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
             "MLFLOW_TRACKING_USERNAME": USER,
             "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(18),
             "PREFECT_API_AUTH_STRING": f"{USER}:{secrets.token_urlsafe(18)}",
+            "FORGET_GIT_PASSWORD": secrets.token_urlsafe(32),
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(24)}
 
 

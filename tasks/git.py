@@ -9,10 +9,20 @@ import subprocess
 from pathlib import Path
 
 WORKER_DIR = "FORGET_WORKER_DIR"  # a worker's own folder, where it clones workspaces
+# git asks this helper for the stack's user and token: they stay in the environment
+# (client.env), never in a file of the workspace. The empty entry before it drops the helpers
+# of the user's own config (a `store` helper would write the token to ~/.git-credentials).
+CREDENTIAL_HELPER = ('!f() { test "$1" = get || exit 0; echo "username=$FORGET_GIT_USERNAME"; '
+                     'echo "password=$FORGET_GIT_PASSWORD"; }; f')
+CREDENTIALS = ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "GIT_TERMINAL_PROMPT": "0"}  # fail, never wait for a password
 
 
 def git(root: Path, *args: str) -> str:
-    res = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    res = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, env=_env())
     if res.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed in {root}: {res.stderr.strip()[-400:]}")
     return res.stdout
@@ -47,8 +57,17 @@ def checkout(repo_url: str, name: str) -> Path:
     root = base / "workspaces" / name
     if not (root / ".git").exists():
         root.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "clone", "-q", repo_url, str(root)], check=True,
-                       capture_output=True, text=True)
+        res = subprocess.run(["git", *CREDENTIALS, "clone", "-q", repo_url, str(root)],
+                             capture_output=True, text=True, env=_env())
+        if res.returncode != 0:
+            raise RuntimeError(f"git clone {repo_url} failed: {res.stderr.strip()[-400:]}")
+        use_credentials(root)
         for k in ("forgetting.push", "forgetting.worker"):
             git(root, "config", k, "true")
     return root
+
+
+def use_credentials(root: Path) -> None:
+    """The workspace's git asks ``CREDENTIAL_HELPER`` (and only it) for the server's login."""
+    git(root, "config", "--replace-all", "credential.helper", "")
+    git(root, "config", "--add", "credential.helper", CREDENTIAL_HELPER)

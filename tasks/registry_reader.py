@@ -17,6 +17,7 @@ import base64
 import json
 import os
 import sqlite3
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -105,8 +106,13 @@ class RestReader:
             pw = os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
             req.add_header("Authorization",
                            "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
+        ctx = None  # TLS as MLflow's own client verifies it (its two settings)
+        if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+            ctx = ssl._create_unverified_context()
+        elif ca := os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+            ctx = ssl.create_default_context(cafile=ca)
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
+            with urllib.request.urlopen(req, timeout=30, context=ctx) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:  # an answer: not retried
             body = e.read().decode(errors="replace")

@@ -22,12 +22,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from .dvc import _dvc, _repo, commit
-from .git import git, is_worker_clone, push
+from .git import git, is_worker_clone, push, use_credentials
 from .workspace import Workspace
 
 log = logging.getLogger("forgetting")
@@ -87,12 +88,30 @@ def sync(root: Path, targets: list[str] | None = None) -> None:
         except RuntimeError as e:
             raise RuntimeError(f"{root} has commits that are not on the git remote and the "
                                f"remote moved on; push or rebase them first ({e})") from None
+    follow_endpoint(root)
     with _repo(root) as repo:
         if targets is not None:
             targets = [str(root / t) for t in targets if (root / f"{t}.dvc").exists()]
         if targets or (targets is None and any((root / p).exists() for p in (
                 "data/dataset.parquet.dvc", "data/models.dvc"))):
             repo.pull(targets, force=is_worker_clone(root))
+
+
+def follow_endpoint(root: Path) -> None:
+    """This host's S3 endpoint (``MLFLOW_S3_ENDPOINT_URL``) over the committed one, in DVC's
+    ``--local`` config: a stack restored or moved to another address keeps working for clones
+    made before, without a commit that would point every other host there too."""
+    url = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    if not url:
+        return
+    from dvc.config import Config
+
+    cfg = Config(str(root / ".dvc"))
+    remote = cfg["remote"].get("stack")
+    if remote is None or remote.get("endpointurl") == url:
+        return
+    with cfg.edit("local") as conf:
+        conf["remote"].setdefault("stack", {})["endpointurl"] = url
 
 
 def attach(ws: Workspace, git_url: str, s3_url: str, endpoint: str,
@@ -114,6 +133,7 @@ def attach(ws: Workspace, git_url: str, s3_url: str, endpoint: str,
     remotes = git(root, "remote").split()
     git(root, "remote", "set-url" if "origin" in remotes else "add", "origin", git_url)
     git(root, "config", "forgetting.push", "true")
+    use_credentials(root)
     if any((root / "data").glob("*.dvc")):  # data tracked before the attach
         _dvc(root, "push")
     push(root)

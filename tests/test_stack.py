@@ -102,12 +102,167 @@ def _wait(cond, what: str, timeout: float, procs=()) -> None:
     poll(cond, what, timeout, procs=procs)
 
 
-def _refused(url: str) -> int:
+def _refused(url: str, ca: str) -> int:
+    import ssl
+
     try:
-        urllib.request.urlopen(url, timeout=10)
+        urllib.request.urlopen(url, timeout=10, context=ssl.create_default_context(cafile=ca))
     except urllib.error.HTTPError as e:
         return e.code
     return 200
+
+
+@contextlib.contextmanager
+def _as(user: dict):
+    """MLflow's client reads its login from the environment: this user's, for a while."""
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+            "MLFLOW_TRACKING_SERVER_CERT_PATH")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: user[k] for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def _roles_are_enforced(stack_dir: Path, base_env: dict, top: Path) -> None:
+    """``forget stack user add`` for each role; each role's forbidden action refused by its
+    real client (MLflow, boto3, git, dvc), its allowed one done; a removed user refused."""
+    import boto3
+    from botocore.exceptions import ClientError
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from forgetting_stack import read_env_file
+
+    users = {}
+    for name, role in (("rita", "reader"), ("sam", "submitter"), ("otto", "operator")):
+        _run(base_env, "stack", "user", "add", name, "--role", role, "--dir", str(stack_dir))
+        f = stack_dir / "users" / f"{name}.env"
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+        users[name] = read_env_file(f)
+    listed = _run(base_env, "stack", "user", "list", "--dir", str(stack_dir))
+    assert "otto" in listed and "operator" in listed and "admin" in listed
+    rita, sam, otto = users["rita"], users["sam"], users["otto"]
+    assert "PREFECT_API_AUTH_STRING" not in rita and "PREFECT_API_AUTH_STRING" in sam
+    assert "FORGET_LOCK_URL" not in sam and "FORGET_LOCK_URL" in otto
+    ml = rita["MLFLOW_TRACKING_URI"]
+
+    # MLflow: a reader reads the registry and may not move an alias; an operator may
+    for u, may in ((rita, False), (sam, False), (otto, True)):
+        with _as(u):
+            c = MlflowClient(ml, ml)
+            assert int(c.get_model_version_by_alias("forgetting-vit", "production").version) == 4
+            if may:
+                c.set_registered_model_alias("forgetting-vit", "audit", "4")
+                c.delete_registered_model_alias("forgetting-vit", "audit")
+            else:
+                with pytest.raises(MlflowException, match="PERMISSION_DENIED|403"):
+                    c.set_registered_model_alias("forgetting-vit", "audit", "4")
+
+    # S3 (boto3): a reader lists and may not write; an operator writes
+    def s3(u: dict):
+        return boto3.client("s3", endpoint_url=u["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1",
+                            aws_access_key_id=u["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=u["AWS_SECRET_ACCESS_KEY"],
+                            verify=u["AWS_CA_BUNDLE"])
+
+    poll(lambda: _s3_ok(s3(otto)), "S3 reloads its identities", 30)
+    assert s3(rita).list_objects_v2(Bucket="forgetting", MaxKeys=1)["KeyCount"] == 1
+    with pytest.raises(ClientError, match="AccessDenied"):
+        s3(rita).put_object(Bucket="forgetting", Key="dvc/forgetting/x", Body=b"x")
+    s3(otto).put_object(Bucket="forgetting", Key="audit/x", Body=b"x")
+    s3(otto).delete_object(Bucket="forgetting", Key="audit/x")
+
+    # git and dvc in a reader's clone: fetch and pull, no push of either
+    clone = top / "rita-clone"
+    renv = {**base_env, **rita, "GIT_TERMINAL_PROMPT": "0"}
+    from tasks.git import CREDENTIALS
+
+    def git(*a: str, env: dict = renv) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *CREDENTIALS, *a], cwd=clone if clone.exists() else top,
+                              env=env, capture_output=True, text=True)
+
+    assert git("clone", "-q", f"{rita['FORGET_GIT_URL']}/forgetting.git", str(clone)
+               ).returncode == 0
+    (clone / "audit.txt").write_text("x")
+    git("add", "audit.txt")
+    git("-c", "user.name=r", "-c", "user.email=r@x", "commit", "-qm", "audit")
+    push = git("push", "origin", "HEAD:refs/heads/audit")
+    assert push.returncode != 0 and "403" in push.stderr, push.stderr
+    oenv = {**renv, **otto}
+    assert git("push", "origin", "HEAD:refs/heads/audit", env=oenv).returncode == 0
+    assert git("push", "origin", ":refs/heads/audit", env=oenv).returncode == 0
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+    for option in ("access_key_id", "secret_access_key"):
+        key = {"access_key_id": "AWS_ACCESS_KEY_ID", "secret_access_key": "AWS_SECRET_ACCESS_KEY"}
+        subprocess.run([*dvc, "remote", "modify", "--local", "stack", option, "--",
+                        rita[key[option]]], cwd=clone, env=renv, check=True, capture_output=True)
+    pulled = subprocess.run([*dvc, "pull", "-q", "data/adapters.dvc"], cwd=clone, env=renv,
+                            capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr[-800:]
+    (clone / "data" / "audit.bin").write_bytes(os.urandom(64))
+    subprocess.run([*dvc, "add", "-q", "data/audit.bin"], cwd=clone, env=renv, check=True,
+                   capture_output=True)
+    pushed = subprocess.run([*dvc, "push", "-q", "data/audit.bin.dvc"], cwd=clone, env=renv,
+                            capture_output=True, text=True)
+    assert pushed.returncode != 0 and "AccessDenied" in pushed.stdout + pushed.stderr, pushed
+
+    # removed: refused everywhere
+    _run(base_env, "stack", "user", "remove", "rita", "--dir", str(stack_dir))
+    assert "rita" not in _run(base_env, "stack", "user", "list", "--dir", str(stack_dir))
+    with _as(rita), pytest.raises(MlflowException, match="401|UNAUTHENTICATED|credentials"):
+        MlflowClient(ml, ml).get_registered_model("forgetting-vit")
+    assert git("fetch", "-q").returncode != 0
+    poll(lambda: not _s3_ok(s3(rita)), "S3 forgets the removed identity", 30)
+
+
+def _snapshot(client: dict) -> dict:
+    """What a stack holds, as its clients see it: model versions, aliases, runs, every S3
+    object's sha256, the git refs."""
+    import hashlib
+
+    import boto3
+    from mlflow import MlflowClient
+
+    from tasks.git import CREDENTIALS
+
+    ml = client["MLFLOW_TRACKING_URI"]
+    with _as(client):
+        c = MlflowClient(ml, ml)
+        versions = sorted((int(v.version), v.run_id, v.tags.get("request_id"))
+                          for v in c.search_model_versions("name = 'forgetting-vit'"))
+        aliases = dict(c.get_registered_model("forgetting-vit").aliases)
+        exp = c.get_experiment_by_name("forgetting").experiment_id
+        runs = sorted((r.info.run_id, r.info.status, r.data.metrics.get("acc_r"))
+                      for r in c.search_runs([exp], max_results=1000))
+    s3 = boto3.client("s3", endpoint_url=client["MLFLOW_S3_ENDPOINT_URL"],
+                      region_name="us-east-1", aws_access_key_id=client["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=client["AWS_SECRET_ACCESS_KEY"],
+                      verify=client["AWS_CA_BUNDLE"])
+    objects = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="forgetting"):
+        for o in page.get("Contents", []):
+            body = s3.get_object(Bucket="forgetting", Key=o["Key"])["Body"].read()
+            objects[o["Key"]] = hashlib.sha256(body).hexdigest()
+    refs = subprocess.run(["git", *CREDENTIALS, "ls-remote",
+                           f"{client['FORGET_GIT_URL']}/forgetting.git"],
+                          env={**os.environ, **client}, capture_output=True, text=True,
+                          check=True).stdout
+    assert versions and runs and objects and refs
+    return {"versions": versions, "aliases": aliases, "runs": runs, "objects": objects,
+            "git": refs}
+
+
+def _s3_ok(client) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.list_objects_v2(Bucket="forgetting", MaxKeys=1)
+        return True
+    except ClientError:
+        return False
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git")
@@ -124,6 +279,7 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
     top = Path(tempfile.mkdtemp(prefix="forget-stack-test-", dir="/tmp"))
     top.chmod(0o711)
     stack_dir, sub, away = top / "stack", top / "submitter", top / "submitter.away"
+    restored = top / "restored"
     base_env = {k: v for k, v in cli_env.items() if k not in PREFECT_OFF}
     base_env.update(PREFECT_HOME=str(top / "prefect-sub"), DVC_SITE_CACHE_DIR=str(top / "dvc"))
     workers: list[tuple[subprocess.Popen, Path]] = []
@@ -142,28 +298,30 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             secrets = [v for k, v in read_env_file(creds).items() if k != "MLFLOW_TRACKING_USERNAME"]
             env = {**base_env, **client}
 
-            # --- refused without credentials: MLflow, S3 (and Prefect) ---------------------
-            ml = client["MLFLOW_TRACKING_URI"]
-            assert _refused(f"{ml}/api/2.0/mlflow/experiments/search?max_results=1") == 401
-            assert _refused(f"{client['PREFECT_API_URL']}/admin/version") == 401
+            # --- refused without credentials: MLflow, S3, Prefect, git ----------------------
+            ml, ca = client["MLFLOW_TRACKING_URI"], client["AWS_CA_BUNDLE"]
+            assert _refused(f"{ml}/api/2.0/mlflow/experiments/search?max_results=1", ca) == 401
+            assert _refused(f"{client['PREFECT_API_URL']}/admin/version", ca) == 401
+            assert _refused(f"{client['FORGET_GIT_URL']}/forgetting.git/info/refs"
+                            "?service=git-receive-pack", ca) == 401
             s3 = boto3.client("s3", endpoint_url=client["MLFLOW_S3_ENDPOINT_URL"],
                               region_name="us-east-1", aws_access_key_id=client["AWS_ACCESS_KEY_ID"],
-                              aws_secret_access_key=client["AWS_SECRET_ACCESS_KEY"])
+                              aws_secret_access_key=client["AWS_SECRET_ACCESS_KEY"], verify=ca)
             anon = boto3.client("s3", endpoint_url=client["MLFLOW_S3_ENDPOINT_URL"],
-                                region_name="us-east-1",
+                                region_name="us-east-1", verify=ca,
                                 config=BotoConfig(signature_version=botocore.UNSIGNED))
             with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
                 anon.list_objects_v2(Bucket="forgetting")
             wrong = boto3.client("s3", endpoint_url=client["MLFLOW_S3_ENDPOINT_URL"],
                                  region_name="us-east-1", aws_access_key_id=client["AWS_ACCESS_KEY_ID"],
-                                 aws_secret_access_key="not-the-key")
+                                 aws_secret_access_key="not-the-key", verify=ca)
             with pytest.raises(botocore.exceptions.ClientError):
                 wrong.list_objects_v2(Bucket="forgetting")
 
             # --- the submitting workspace ------------------------------------------------
             write_params(sub, MICRO)
             _run(env, "init", "--root", str(sub))
-            _run(env, "stack", "attach", "--root", str(sub), "--dir", str(stack_dir))
+            _run(env, "stack", "attach", "--root", str(sub))  # makes the repository
             _run(env, "ingest", "--root", str(sub))
             _run(env, "pretrain", "--root", str(sub))
             _run(env, "stack", "deploy", "--root", str(sub))
@@ -176,6 +334,24 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             local = (sub / ".dvc" / "config.local").read_text()
             assert client["AWS_SECRET_ACCESS_KEY"] in local  # DVC's keys: --local only
             sub.rename(away)  # the workers must not need anything from the submitter's folder
+
+            # --- from another host: nothing without TLS, nothing without credentials --------
+            settings = json.loads((stack_dir / "stack.json").read_text())
+            internal = {f"{k}_from_outside": v for k, v in settings["ports"].items()
+                        if spaces[0] and (k.startswith("weed_") or k == "postgres_local")}
+            probe = [sys.executable, "-m", "tests.stack_probe"]
+            got = json.loads(subprocess.run(
+                ["ip", "netns", "exec", spaces[0], *probe] if spaces[0] else probe,
+                env={**env, "STACK_PROBE_INTERNAL_PORTS": json.dumps(internal)},
+                cwd=Path(__file__).parent.parent, capture_output=True, text=True,
+                check=True).stdout)
+            print("from another host:", json.dumps(got, indent=1))
+            assert got.pop("postgres_tls") == "ok"
+            assert "TLS connections only" in got["postgres_plain"]
+            assert "Authentication failed" in got["git_anonymous_read"] or "Username" in \
+                got["git_anonymous_read"], got
+            refused = {k: v for k, v in got.items() if v.startswith("refused")}
+            assert refused == got, f"answered without TLS or credentials: {got}"
 
             # --- two workers, each in its own folder (and namespace) -----------------------
             def start_worker(i: int, **extra) -> tuple[subprocess.Popen, Path]:
@@ -228,7 +404,8 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             from mlflow import MlflowClient
 
             os.environ.update({k: client[k] for k in ("MLFLOW_TRACKING_USERNAME",
-                                                      "MLFLOW_TRACKING_PASSWORD")})
+                                                      "MLFLOW_TRACKING_PASSWORD",
+                                                      "MLFLOW_TRACKING_SERVER_CERT_PATH")})
             c = MlflowClient(tracking_uri=ml, registry_uri=ml)
             exp = c.get_experiment_by_name("forgetting").experiment_id
             for r in reqs:
@@ -252,7 +429,7 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             assert ws_files == "", f"a host's path in the shared workspace: {ws_files}"
             clone = top / "worker1" / "workspaces" / "forgetting"
             assert subprocess.run(["git", "remote", "get-url", "origin"], cwd=clone,
-                                  capture_output=True, text=True).stdout.startswith("git://")
+                                  capture_output=True, text=True).stdout.startswith("https://")
 
             from .forkserver import Forked
 
@@ -267,7 +444,7 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             # --- a second workspace on the same stack: its own model, experiment, prefix ---
             other = top / "other"
             write_params(other, {**MICRO, "workspace": {"name": "second"}})
-            for args in (["init"], ["stack", "attach", "--dir", str(stack_dir)], ["ingest"],
+            for args in (["init"], ["stack", "attach"], ["ingest"],
                          ["pretrain"]):
                 _run(env, *args, "--root", str(other))
             assert int(c.get_model_version_by_alias("second-vit", "production").version) == 1
@@ -292,20 +469,58 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             names = [a["name"] for a in json.loads(urllib.request.urlopen(req, timeout=30).read())]
             assert names.count("forgetting: crash flow runs whose heartbeats stopped") == 1
 
+            _roles_are_enforced(stack_dir, base_env, top)
+
             # --- down stops what up started (data surviving it: test_stack_files.py) -------
             w2[0].terminate()
             try:
                 w2[0].wait(60)
             except subprocess.TimeoutExpired:  # under load a worker can be slow to stop
                 _kill_tree(w2[0].pid)          # polling; its shutdown is not tested here
+            backup = top / "backup"
+            _run(base_env, "stack", "backup", str(backup), "--dir", str(stack_dir))
+            before = _snapshot(client)
             pids = json.loads(_run(env, "stack", "status", "--json", "--dir", str(stack_dir)))
             _run(base_env, "stack", "down", "--dir", str(stack_dir))
             assert not any(alive(p) for v in pids.values() for p in _tree(v["pid"]))
+
+            # --- restored on other ports, with new credentials; the next request builds on it
+            _run(base_env, "stack", "restore", str(backup), "--dir", str(restored), "--host",
+                 host, "--port-base", str(free_port_base(host)))
+            client2 = read_env_file(restored / "client.env")
+            assert client2["MLFLOW_TRACKING_PASSWORD"] != client["MLFLOW_TRACKING_PASSWORD"]
+            assert client2["MLFLOW_TRACKING_URI"] != client["MLFLOW_TRACKING_URI"]
+            after = _snapshot(client2)
+            assert after == before  # registry, aliases, runs, S3 bytes (sha256), git refs
+            env2 = {**base_env, **client2}
+            _run(env2, "stack", "attach", "--root", str(sub))  # the stack's new address
+            _run(env2, "stack", "deploy", "--root", str(sub))
+            assert "submitted" in _run(env2, "request", "add", "digit_1", "--root", str(sub))
+            d = top / "worker-restored"
+            d.mkdir()
+            log = top / "worker-restored.log"
+            cmd = [*FORGET, "worker", "--pool", "forgetting", "--dir", str(d)]
+            if spaces[1]:
+                cmd = ["ip", "netns", "exec", spaces[1], *cmd]
+            w3 = subprocess.Popen(cmd, env={**env2, "PREFECT_HOME": str(d / "prefect"),
+                                            "DVC_SITE_CACHE_DIR": str(d / "dvc-site"),
+                                            "PREFECT_WORKER_QUERY_SECONDS": "1"},
+                                  stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=d,
+                                  start_new_session=True)
+            workers.append((w3, log))
+            _wait(lambda: "req-0004: v5 done" in log.read_text(), "the restored stack's "
+                  "worker processes a new request", 420, [(w3, log)])
+            st2 = json.loads(_run(env2, "status", "--json", "--root", str(sub)))
+            assert st2["production_version"] == 5
+            req4 = json.loads((sub / "data" / "requests" / "req-0004.json").read_text())
+            assert req4["parent_version"] == 4 and req4["status"] == "done"
         finally:
             for p, _ in workers:
                 _kill_tree(p.pid)
-            with contextlib.suppress(Exception):
-                _run(base_env, "stack", "down", "--dir", str(stack_dir), timeout=120)
-            for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            for d_ in (stack_dir, restored):
+                with contextlib.suppress(Exception):
+                    _run(base_env, "stack", "down", "--dir", str(d_), timeout=120)
+            for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                      "MLFLOW_TRACKING_SERVER_CERT_PATH"):
                 os.environ.pop(k, None)
             shutil.rmtree(top, ignore_errors=True)

@@ -25,11 +25,59 @@ def test_credentials_are_made_once_private_and_clients_get_urls_and_secrets(tmp_
     assert len({creds["FORGET_STACK_PG_PASSWORD"], creds["AWS_SECRET_ACCESS_KEY"],
                 creds["MLFLOW_TRACKING_PASSWORD"]}) == 3
     env = st.client_env()
-    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:23002"
-    assert env["PREFECT_API_URL"] == "http://127.0.0.1:23001/api"
-    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:23003"
-    assert env["FORGET_LOCK_URL"].endswith("@127.0.0.1:23000/forgetting")
-    assert "FORGET_STACK_PG_PASSWORD" not in env and "MLFLOW_FLASK_SERVER_SECRET_KEY" not in env
+    assert env["MLFLOW_TRACKING_URI"] == "https://127.0.0.1:23002"
+    assert env["PREFECT_API_URL"] == "https://127.0.0.1:23001/api"
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "https://127.0.0.1:23003"
+    assert env["FORGET_GIT_URL"] == "https://127.0.0.1:23004"
+    ca = str(st.tls_dir / "ca.pem")
+    assert {env[k] for k in ("PREFECT_API_SSL_CERT_FILE", "MLFLOW_TRACKING_SERVER_CERT_PATH",
+                             "AWS_CA_BUNDLE", "GIT_SSL_CAINFO")} == {ca}
+    # other hosts: the lock-only login, through the TLS front, verified
+    assert env["FORGET_LOCK_URL"].startswith("postgresql://forgetting_lock:")
+    assert env["FORGET_LOCK_URL"].endswith(
+        f"@127.0.0.1:23000/forgetting?sslmode=verify-full&sslrootcert={ca}")
+    assert creds["FORGET_STACK_PG_PASSWORD"] not in "".join(env.values())
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY" not in env
+
+
+def test_the_ca_is_made_once_and_the_server_certificate_follows_the_address(tmp_path):
+    from cryptography import x509
+
+    from forgetting_stack import tls
+
+    a = tls.ensure(tmp_path / "tls", "10.0.0.5")
+    ca = a["ca"].read_bytes()
+    assert stat.S_IMODE((tmp_path / "tls" / "ca.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(a["key"].stat().st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate(a["cert"].read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(i) for i in sans.get_values_for_type(x509.IPAddress)} >= {"10.0.0.5",
+                                                                          "127.0.0.1"}
+    first = a["cert"].read_bytes()
+    assert tls.ensure(tmp_path / "tls", "10.0.0.5")["cert"].read_bytes() == first  # kept
+    b = tls.ensure(tmp_path / "tls", "10.0.0.6")  # a new address: a new certificate, same CA
+    assert b["cert"].read_bytes() != first and b["ca"].read_bytes() == ca
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca))
+
+
+def test_users_tokens_are_stored_hashed_and_roles_checked(tmp_path):
+    from forgetting_stack.users import UsersFile
+
+    users = UsersFile(tmp_path / "users.json")
+    token = users.add("rita", "reader")
+    assert stat.S_IMODE(users.path.stat().st_mode) == 0o600
+    assert token not in users.path.read_text()
+    assert users.check("rita", token) == "reader"
+    assert users.check("rita", token + "x") is None and users.check("nobody", token) is None
+    for bad in ("Rita", "../x", "forgetting", ""):
+        with pytest.raises(StackError, match="user name"):
+            users.add(bad, "reader")
+    with pytest.raises(StackError, match="unknown role"):
+        users.add("sam", "root")
+    with pytest.raises(StackError, match="exists"):
+        users.add("rita", "operator")
+    users.remove("rita")
+    assert users.check("rita", token) is None
 
 
 def test_settings_stay_from_the_first_up_unless_changed_while_down(tmp_path):
@@ -98,6 +146,15 @@ def test_postgres_data_survives_down_and_up():
         with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
             psycopg2.connect(st.pg_url("forgetting").replace(
                 st.credentials()["FORGET_STACK_PG_PASSWORD"], "wrong"))
+        # what other hosts use: the lock login through the TLS front; plain text refused,
+        # and the lock login reaches no other database
+        remote = st.pg_url("forgetting", remote=True)
+        with psycopg2.connect(remote) as con:
+            assert con.info.ssl_in_use
+        with pytest.raises(psycopg2.OperationalError, match="accepts TLS connections only"):
+            psycopg2.connect(remote.split("?")[0] + "?sslmode=disable")
+        with pytest.raises(psycopg2.OperationalError, match="permission denied for database"):
+            psycopg2.connect(remote.replace("/forgetting?", "/mlflow?"))
     finally:
         st.down()
         shutil.rmtree(top, ignore_errors=True)
