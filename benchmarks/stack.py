@@ -54,7 +54,7 @@ def child_requests(n: int, on_stack: bool) -> dict:
     from forgetting_cli.pipeline import init
 
     init(root)
-    if on_stack:  # as `forget stack attach` (the parent made the git repository)
+    if on_stack:  # as `forget stack attach` (its first push makes the git repository)
         from tasks import shared
 
         e = os.environ

@@ -4,6 +4,7 @@ automation that marks the flow runs of a dead worker crashed."""
 from __future__ import annotations
 
 import contextlib
+import os
 
 from flows.team import team_requests_flow
 from tasks.git import git
@@ -11,6 +12,9 @@ from tasks.workspace import Workspace
 
 ZOMBIES = "forgetting: crash flow runs whose heartbeats stopped"
 HEARTBEAT_SECONDS = 30  # workers' flow runs beat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY)
+# a flow run whose beats stopped this long is marked Crashed (Prefect's minimum beat is 30 s;
+# tests shorten the wait through FORGET_CRASH_AFTER_SECONDS)
+CRASH_AFTER_SECONDS = int(os.environ.get("FORGET_CRASH_AFTER_SECONDS", 4 * HEARTBEAT_SECONDS))
 
 
 def deploy(ws: Workspace, pool: str, device: str | None = None, interval: int | None = None
@@ -42,8 +46,9 @@ def deploy(ws: Workspace, pool: str, device: str | None = None, interval: int | 
 
 def crash_silent_runs() -> None:
     """The automation Prefect documents for "zombie" flow runs (made once per server): a
-    run whose host died stays Running until its heartbeats are missed for 4 beats, then it
-    is marked Crashed. (The lock is released at once either way; this tidies the UI.)"""
+    run whose host died stays Running until its heartbeats are missed for
+    ``CRASH_AFTER_SECONDS`` (4 beats), then it is marked Crashed. (The lock is released at
+    once either way; this tidies the UI.)"""
     from datetime import timedelta
 
     from prefect.automations import Automation
@@ -62,6 +67,6 @@ def crash_silent_runs() -> None:
                 "prefect.flow-run.Crashed"},
         match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
         for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
-        within=timedelta(seconds=4 * HEARTBEAT_SECONDS)),
+        within=timedelta(seconds=CRASH_AFTER_SECONDS)),
         actions=[ChangeFlowRunState(state=StateType.CRASHED,
                                     message="no heartbeat: its host or worker died")]).create()

@@ -69,10 +69,24 @@ def _s3_identities(stack, change) -> None:
         os.kill(pid, signal.SIGHUP)  # SeaweedFS reloads its static config on SIGHUP
 
 
+def _revoke(name: str):
+    """SeaweedFS's reload applies a changed identity but keeps one that left the file (until
+    the gateway restarts): so the identity stays, disabled, with no rights and a secret nobody
+    has, and ``up`` drops it (``s3.start``)."""
+    def change(ids: list[dict]) -> None:
+        for i in ids:
+            if i["name"] == name:
+                i.update(actions=[], disabled=True)
+                for c in i.get("credentials", []):
+                    c["secretKey"] = secrets.token_urlsafe(30)
+    return change
+
+
 def add(stack, name: str, role: str, workspace: str, model: str | None = None) -> str:
     """The user in git, MLflow and S3 with ``role``'s rights on ``workspace``; returns the path
     of their exports file."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     if role not in RIGHTS:
         raise StackError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
@@ -89,10 +103,13 @@ def add(stack, name: str, role: str, workspace: str, model: str | None = None) -
         token = stack.users().add(name, role)  # refuses a name that exists
         try:
             auth.create_user(name, token)
-            auth.create_experiment_permission(exp.experiment_id, name, rights["mlflow"])
-            with contextlib.suppress(Exception):  # no model registered yet: none to grant
+            auth.grant_user_permission(name, "experiment", exp.experiment_id, rights["mlflow"])
+            try:
                 client.get_registered_model(model)
-                auth.create_registered_model_permission(model, name, rights["mlflow"])
+            except MlflowException:
+                model = None  # none registered yet: nothing to grant
+            if model:
+                auth.grant_user_permission(name, "registered_model", model, rights["mlflow"])
         except Exception:
             stack.users().remove(name)
             raise
@@ -121,6 +138,5 @@ def remove(stack, name: str) -> None:
     with _admin(stack) as (auth, _):
         with contextlib.suppress(Exception):  # gone already
             auth.delete_user(name)
-    _s3_identities(stack, lambda ids: ids.__setitem__(
-        slice(None), [i for i in ids if i["name"] != name]))
+    _s3_identities(stack, _revoke(name))
     (stack.dir / "users" / f"{name}.env").unlink(missing_ok=True)

@@ -22,7 +22,7 @@ def start(stack, s: dict, creds: dict) -> None:
              "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
     users = json.loads(config.read_text())["identities"] if config.is_file() else []
     write_private(config, json.dumps({"identities": [admin] + [  # users' (roles.py) kept
-        i for i in users if i["name"] != USER]}))
+        i for i in users if i["name"] != USER and not i.get("disabled")]}))
     (folder / "data").mkdir(exist_ok=True)
     h = s["host"]
     tls = stack.tls(s)

@@ -2,7 +2,7 @@
 process SIGKILLs itself when it reaches that point, exactly as an OOM kill or a power cut would
 stop it there; with ``FORGETTING_PAUSE_AT=<name>`` it writes ``$FORGETTING_PAUSE_FILE`` and
 waits until the test removes it (to break a server in the middle of a request), after passing
-the point ``$FORGETTING_PAUSE_SKIP`` times (default 0). Unset (always,
+the point ``$FORGETTING_PAUSE_SKIP`` times (default 0), and only once (``<file>.done``). Unset (always,
 outside tests) this does nothing."""
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ def crash_point(name: str) -> None:
             _seen[name] += 1  # pause at a later request of the same run
             return
         flag = Path(os.environ["FORGETTING_PAUSE_FILE"])
+        done = flag.with_name(flag.name + ".done")
+        if done.exists():  # paused once: the later flow runs of this worker go on
+            return
         flag.write_text(str(os.getpid()))
         while flag.exists():
             time.sleep(0.2)
+        done.touch()

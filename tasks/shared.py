@@ -119,6 +119,12 @@ def attach(ws: Workspace, git_url: str, s3_url: str, endpoint: str,
     """Point a workspace at the stack: DVC's default remote on S3 (endpoint committed, keys in
     DVC's ``--local`` config only), git's ``origin`` on the git server, push everything."""
     root = ws.root
+    # origin first: the commit below is pushed, and to the stack named now (a restored stack
+    # on a new address, say), not to the one before
+    remotes = git(root, "remote").split()
+    git(root, "remote", "set-url" if "origin" in remotes else "add", "origin", git_url)
+    git(root, "config", "forgetting.push", "true")
+    use_credentials(root)
     _dvc(root, "remote", "add", "-f", "-d", "stack", s3_url)
     _dvc(root, "remote", "modify", "stack", "endpointurl", endpoint)
     _dvc(root, "remote", "default", "--local", "stack")  # over ``forget init``'s local remote
@@ -129,11 +135,8 @@ def attach(ws: Workspace, git_url: str, s3_url: str, endpoint: str,
             _dvc(root, "remote", "modify", "--local", "stack", option, "--", value)
         except RuntimeError as e:
             raise RuntimeError(str(e).replace(value, "***")) from None
+    follow_endpoint(root)  # drops an override an earlier address left in config.local
     commit(root, [".dvc/config"], "DVC remote: the team stack's S3")
-    remotes = git(root, "remote").split()
-    git(root, "remote", "set-url" if "origin" in remotes else "add", "origin", git_url)
-    git(root, "config", "forgetting.push", "true")
-    use_credentials(root)
     if any((root / "data").glob("*.dvc")):  # data tracked before the attach
         _dvc(root, "push")
     push(root)

