@@ -43,7 +43,11 @@ def is_worker_clone(root: Path) -> bool:
 
 
 def push(root: Path) -> None:
-    """``git push`` the current branch to ``origin``'s main (called after each commit)."""
+    """``git push`` the current branch to ``origin``'s main (called after each commit), while
+    this process still holds the stack's run lock (``lock_guard``)."""
+    from .lock_guard import check
+
+    check()
     try:
         git(root, "push", "-q", "origin", "HEAD:refs/heads/main")
     except RuntimeError:  # someone pushed meanwhile (outside the lock): rebase once

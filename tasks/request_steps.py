@@ -18,7 +18,7 @@ from forgetting.preprocess import input_shape
 from forgetting.report import write_report
 from forgetting.requests import RequestError, validate_request
 
-from . import registry
+from . import lock_guard, registry
 from .contracts import RequestPlan, StartFailed, TrainingSummary
 from .evidence import evidence_gate, flat_figures, reference_kind
 from .faults import crash_point
@@ -94,6 +94,7 @@ def log_run(root: str, request_id: str, plan: RequestPlan, summary: TrainingSumm
     """The request's one finished MLflow run: params, metrics, and its model: the adapter with
     its lineage (re-used if a crashed attempt already finished it; an unfinished one is
     deleted and redone)."""
+    lock_guard.check()
     ws = Workspace.at(root)
     cfg = ws.config()
     adapter = ws.adapter_dir(request_id)
@@ -117,6 +118,7 @@ def log_run(root: str, request_id: str, plan: RequestPlan, summary: TrainingSumm
 @task(cache_policy=NO_CACHE)
 def register_version(root: str, request_id: str, run_id: str, plan: RequestPlan,
                      summary: TrainingSummary) -> int:
+    lock_guard.check()
     ws = Workspace.at(root)
     tags = {"parent_version": plan.parent, "adapter": ws.rel(ws.adapter_dir(request_id)),
             "adapter_sha256": summary.adapter_sha256, "dataset_version": plan.dataset_version,
@@ -132,6 +134,7 @@ def apply_gates(root: str, request_id: str, version: int, plan: RequestPlan, met
     """``candidate`` follows the newest version; ``production`` moves only if the gates pass
     (the metric gates, and the evidence gates when ``gates.evidence`` names attacks) and
     production is still the model this request built on. Returns the gate's verdict."""
+    lock_guard.check()
     ws = Workspace.at(root)
     c = registry.client(ws)
     gates = ws.config().gates

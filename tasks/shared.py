@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import lock_guard
 from .dvc import _dvc, _repo, commit
 from .git import git, is_worker_clone, push, use_credentials
 from .workspace import Workspace
@@ -66,8 +67,10 @@ def advisory_lock(url: str, name: str, what: str, timeout: float = -1) -> Iterat
                              f"before {what} (PostgreSQL lock {name!r})")
                     said = True
                 time.sleep(1)
+        lock_guard.hold(name, con)
         yield
     finally:
+        lock_guard.release(name)
         con.close()  # ends the session: PostgreSQL releases the lock
 
 
