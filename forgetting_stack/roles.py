@@ -27,7 +27,7 @@ import signal
 from collections.abc import Iterator
 
 from .settings import BUCKET, StackError, env_lines, write_private
-from .users import NAME, ROLES
+from .users import ROLES
 
 RIGHTS = {
     "reader": {"mlflow": "READ", "s3": ("Read", "List"), "prefect": False, "lock": False},
@@ -90,8 +90,6 @@ def add(stack, name: str, role: str, workspace: str, model: str | None = None) -
 
     if role not in RIGHTS:
         raise StackError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
-    if not NAME.match(name):
-        raise StackError(f"user name {name!r}: lower-case letters, digits, '-' and '_'")
     model = model or f"{workspace}-vit"
     rights = RIGHTS[role]
     with _admin(stack) as (auth, env):
@@ -114,9 +112,10 @@ def add(stack, name: str, role: str, workspace: str, model: str | None = None) -
             stack.users().remove(name)
             raise
     key, secret = "FU" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30)
-    _s3_identities(stack, lambda ids: ids.append({
-        "name": name, "credentials": [{"accessKey": key, "secretKey": secret}],
-        "actions": [f"{a}:{BUCKET}" for a in rights["s3"]]}))
+    _s3_identities(stack, lambda ids: ids.__setitem__(slice(None), [
+        i for i in ids if i["name"] != name] + [{  # (a disabled namesake removed earlier)
+            "name": name, "credentials": [{"accessKey": key, "secretKey": secret}],
+            "actions": [f"{a}:{BUCKET}" for a in rights["s3"]]}]))
     exports = {k: v for k, v in env.items()
                if not k.startswith("PREFECT_API_AUTH") and k != "FORGET_LOCK_URL"}
     exports.update(MLFLOW_TRACKING_USERNAME=name, MLFLOW_TRACKING_PASSWORD=token,

@@ -12,8 +12,8 @@ WORKER_DIR = "FORGET_WORKER_DIR"  # a worker's own folder, where it clones works
 # git asks this helper for the stack's user and token: they stay in the environment
 # (client.env), never in a file of the workspace. The empty entry before it drops the helpers
 # of the user's own config (a `store` helper would write the token to ~/.git-credentials).
-CREDENTIAL_HELPER = ('!f() { test "$1" = get || exit 0; echo "username=$FORGET_GIT_USERNAME"; '
-                     'echo "password=$FORGET_GIT_PASSWORD"; }; f')
+CREDENTIAL_HELPER = ('!f() { test "$1" = get && test -n "$FORGET_GIT_PASSWORD" || exit 0; '
+                     'echo "username=$FORGET_GIT_USERNAME"; echo "password=$FORGET_GIT_PASSWORD"; }; f')
 CREDENTIALS = ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}"]
 
 
@@ -61,14 +61,23 @@ def checkout(repo_url: str, name: str) -> Path:
     root = base / "workspaces" / name
     if not (root / ".git").exists():
         root.parent.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(["git", *CREDENTIALS, "clone", "-q", repo_url, str(root)],
-                             capture_output=True, text=True, env=_env())
+        ours = on_stack_git(repo_url)
+        res = subprocess.run(["git", *(CREDENTIALS if ours else []), "clone", "-q", repo_url,
+                              str(root)], capture_output=True, text=True, env=_env())
         if res.returncode != 0:
             raise RuntimeError(f"git clone {repo_url} failed: {res.stderr.strip()[-400:]}")
-        use_credentials(root)
+        if ours:
+            use_credentials(root)
         for k in ("forgetting.push", "forgetting.worker"):
             git(root, "config", k, "true")
     return root
+
+
+def on_stack_git(url: str) -> bool:
+    """``url`` is on the stack's git server (``FORGET_GIT_URL``): its login comes from the
+    environment; another server keeps the user's own git credentials."""
+    base = os.environ.get("FORGET_GIT_URL")
+    return bool(base) and url.startswith(base.rstrip("/") + "/")
 
 
 def use_credentials(root: Path) -> None:

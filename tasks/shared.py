@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import lock_guard
 from .dvc import _dvc, _repo, commit
-from .git import git, is_worker_clone, push, use_credentials
+from .git import git, is_worker_clone, on_stack_git, push, use_credentials
 from .workspace import Workspace
 
 log = logging.getLogger("forgetting")
@@ -127,7 +127,8 @@ def attach(ws: Workspace, git_url: str, s3_url: str, endpoint: str,
     remotes = git(root, "remote").split()
     git(root, "remote", "set-url" if "origin" in remotes else "add", "origin", git_url)
     git(root, "config", "forgetting.push", "true")
-    use_credentials(root)
+    if on_stack_git(git_url):
+        use_credentials(root)
     _dvc(root, "remote", "add", "-f", "-d", "stack", s3_url)
     _dvc(root, "remote", "modify", "stack", "endpointurl", endpoint)
     _dvc(root, "remote", "default", "--local", "stack")  # over ``forget init``'s local remote
