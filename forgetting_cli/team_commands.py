@@ -28,7 +28,7 @@ def _stack(d: Path):
 
 def up(dir: StackDir = None,
        host: Annotated[str | None, typer.Option(help="address the services listen on")] = None,
-       port_base: Annotated[int | None, typer.Option(help="first of 12 ports (default 17100)")]
+       port_base: Annotated[int | None, typer.Option(help="first of 13 ports (default 17100)")]
        = None) -> None:
     """Start the stack (what is not running yet); print what clients export."""
     from tasks import environment
