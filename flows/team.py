@@ -25,6 +25,9 @@ def team_requests_flow(repo: str, name: str, submit: dict | None = None) -> list
     # the library's progress lines ("waiting for the run in progress on another host", what
     # was queued, pushed) into the flow run's logs, as `forget` shows them on a terminal
     logging.getLogger("forgetting").setLevel(logging.INFO)
+    # and not DVC's hints to stage files in git (the pipeline commits them itself), twice a
+    # commit in the worker's log
+    logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
     root = checkout(repo, name)
     environment.apply(root / ".forgetting")
     return process_requests_flow(str(root))
