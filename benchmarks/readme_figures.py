@@ -71,7 +71,7 @@ def run_all(scale: bool = False) -> None:
     record_demo()
     # tune first: the later tables measure the defaults it chooses (set in params.yaml by hand)
     for name in ("tune", "methods", "embedding", "quality", "sequence", "throughput", "sampler",
-                 "registry", "stack", "import", *(["scale"] if scale else [])):
+                 "registry", "stack", "burst", "import", *(["scale"] if scale else [])):
         record(name, COMMANDS[name].split()[1:])
 
 
@@ -130,6 +130,7 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "scale": "python benchmarks/scale.py --json",
             "latency": "python benchmarks/cli_latency.py --root DEMO_FOLDER --json",
             "stack": "python benchmarks/stack.py --json",
+            "burst": "python benchmarks/burst.py --requests 20 --json",
             "methods": "python benchmarks/methods.py --methods gs-lora++,gs-lora++:4,retrain "
                        "--attacks identification,linear_probe,membership --json",
             "import": "python benchmarks/import_check.py --json",
@@ -304,12 +305,27 @@ def render_stack() -> str:
             f"evidence off): embedded {e['per_request']:.1f} s, on the stack "
             f"{s['per_request']:.1f} s ({r['stack_vs_embedded']:.2f}x: "
             f"{r['overhead_per_request']:+.1f} s per request for PostgreSQL-backed Prefect "
-            f"and MLflow over HTTP, S3, git pushes and the lock); submitting the "
+            f"and MLflow, S3 and git pushes, all over TLS, and the lock); submitting the "
             f"{r['requests']} requests as flow runs took {s['submit_seconds']:.1f} s.\n"
             f"- One request with its retrain reference and membership inference: retrain "
             f"after the forgetting run {ser['seconds']:.1f} s, beside it in a Dask worker "
             f"process (`evidence.parallel`) {par['seconds']:.1f} s "
             f"({r['parallel_speedup']:.2f}x) on {r['cpus']} cores.\n")
+
+
+def render_burst() -> str:
+    r = _load("burst")
+    once = ("exactly once, in its workspace's submission order" if r["each_once_in_order"]
+            else "NOT once and in order: " + "; ".join(r["problems"]))
+    return (f"Measured by `{COMMANDS['burst']}` (`benchmarks/results/burst.json`; "
+            f"{_on(r['machine'])}; three workspaces on one stack, a micro model on the digits, "
+            f"one thread per process, evidence off): {r['requests']} submissions from {r['clients']} "
+            f"client folders at once took {r['submit_seconds']:.0f} s to submit (one "
+            f"`forget request add` {r['submission_latency_median_s']:.1f} s median, "
+            f"{r['submission_latency_max_s']:.1f} s at most); {r['workers']} workers finished "
+            f"them {r['wall_seconds']:.0f} s after the first submission "
+            f"({r['requests_per_minute']:.1f} requests a minute on {r['cpus']} cores), each "
+            f"request {once}.\n")
 
 
 LABELS = {"gs-lora++": "GS-LoRA++", "gs-lora": "GS-LoRA", "fg-oriu": "FG-OrIU",
@@ -633,7 +649,7 @@ def render_references() -> str:
 RENDER = {"demo": render_demo_seeds, "repro": render_repro, "quality": render_quality,
           "sequence": render_sequence, "latency": render_latency,
           "scale": lambda: render_quality("scale"), "throughput": render_throughput,
-          "registry": render_registry, "stack": render_stack,
+          "registry": render_registry, "stack": render_stack, "burst": render_burst,
           "evidence": render_evidence_benches, "methods": render_methods_benches,
           "tune": render_tune_benches, "import": render_import, "gpu": render_gpu,
           "sampler": render_sampler, "embedding": render_embedding,
