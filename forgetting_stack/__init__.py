@@ -42,6 +42,7 @@ from .settings import (
     read_env_file,
     write_private,
 )
+from .tls_front import FRONTS
 from .users import ADMIN, UsersFile
 
 __all__ = ["BUCKET", "DEFAULT_DIR", "PORTS", "SERVICES", "USER", "Stack", "StackError",
@@ -190,8 +191,8 @@ class Stack:
         lines, waits, started = [], [], []
         try:
             for name in (n for n in SERVICES if n in only):
-                if self.pid(name) is not None and (name != "postgres"
-                                                   or self.pid(postgres.FRONT) is not None):
+                if self.pid(name) is not None and (name not in FRONTS
+                                                   or self.pid(FRONTS[name]) is not None):
                     lines.append(f"{name}: already running")
                     continue
                 if owner := port_owner(s["host"], s["ports"][name]):
@@ -231,6 +232,10 @@ class Stack:
         """Stop these services where they run as ours. The servers get SIGTERM together
         (SeaweedFS alone takes 15 s), PostgreSQL last."""
         pids = {name: self.pid(name) for name in reversed(SERVICES) if name in names}
+        for front in (FRONTS[n] for n in names if n in FRONTS):  # first: nothing new gets in
+            if (pid := self.pid(front)) is not None:
+                stop_group(pid)
+            self.pidfile(front).unlink(missing_ok=True)
         lines = [f"{name}: not running" for name, pid in pids.items() if pid is None]
         servers = {n: p for n, p in pids.items() if p is not None and n != "postgres"}
         with ThreadPoolExecutor(max(1, len(servers))) as pool:
@@ -238,7 +243,7 @@ class Stack:
         for name, pid in servers.items():
             self.pidfile(name).unlink(missing_ok=True)
             lines.append(f"{name}: stopped (pid {pid})")
-        if "postgres" in names and (pids["postgres"] or self.pid(postgres.FRONT)):
+        if pids.get("postgres") is not None:
             postgres.stop(self)
             lines.append(f"postgres: stopped (pid {pids['postgres']})")
         return lines

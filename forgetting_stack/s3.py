@@ -8,6 +8,7 @@ import json
 
 from tenacity import RetryError, retry, stop_after_delay, wait_fixed
 
+from . import tls_front
 from .processes import wait_port
 from .settings import BUCKET, USER, StackError, write_private
 
@@ -24,24 +25,24 @@ def start(stack, s: dict, creds: dict) -> None:
     write_private(config, json.dumps({"identities": [admin] + [  # users' (roles.py) kept
         i for i in users if i["name"] != USER and not i.get("disabled")]}))
     (folder / "data").mkdir(exist_ok=True)
-    h = s["host"]
-    tls = stack.tls(s)
-    # SeaweedFS's own servers (master, volume, filer: no authentication of their own) listen
-    # on loopback only; the S3 gateway, with identities and TLS, on the stack's address
+    # everything of SeaweedFS on loopback (its master, volume and filer servers and the S3
+    # gateway's gRPC port have no authentication of their own); S3 comes out through the TLS
+    # front (tls_front), on the stack's address
     proc = stack.spawn("s3", [
         stack.tool("weed"), "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1", f"-s3.ip.bind={h}", f"-s3.cert.file={tls['cert']}",
-        f"-s3.key.file={tls['key']}",
+        "-ip.bind=127.0.0.1", "-s3.ip.bind=127.0.0.1",
         f"-master.port={p['weed_master']}", f"-master.port.grpc={p['weed_master_grpc']}",
         f"-volume.port={p['weed_volume']}", f"-volume.port.grpc={p['weed_volume_grpc']}",
         "-filer", f"-filer.port={p['weed_filer']}", f"-filer.port.grpc={p['weed_filer_grpc']}",
-        "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", f"-s3.config={config}",
+        "-s3", f"-s3.port={p['s3_local']}", f"-s3.port.grpc={p['s3_grpc']}",
+        f"-s3.config={config}",
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
         # the volume server's 10 s pre-stop is for clusters; the filer still takes 15 s
         # to stop (its gRPC streams' graceful stop times out; measured)
         "-volume.max=0", "-master.volumeSizeLimitMB=256", "-volume.preStopSeconds=0"],
         {}, folder)
-    wait_port("s3", h, p["s3"], stack.logs / "s3.log", proc)
+    wait_port("s3", "127.0.0.1", p["s3_local"], stack.logs / "s3.log", proc)
+    tls_front.start(stack, "s3", s, p["s3_local"])
     ensure_bucket(stack.client_env())
 
 

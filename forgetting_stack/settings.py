@@ -13,9 +13,9 @@ from pathlib import Path
 # servers (and their gRPC ports, which default to port + 10000 and could collide).
 PORTS = {"postgres": 0, "prefect": 1, "mlflow": 2, "s3": 3, "git": 4, "weed_master": 5,
          "weed_master_grpc": 6, "weed_volume": 7, "weed_volume_grpc": 8, "weed_filer": 9,
-         "weed_filer_grpc": 10, "s3_grpc": 11, "postgres_local": 12}
-# "postgres" is the TLS front (pg_tls) other hosts reach; "postgres_local" the server itself,
-# on loopback only
+         "weed_filer_grpc": 10, "s3_grpc": 11, "postgres_local": 12, "s3_local": 13}
+# "postgres" and "s3" are the TLS fronts (tls_front) other hosts reach; "postgres_local" and
+# "s3_local" the servers themselves, on loopback only, like every weed_* and s3_grpc port
 SERVICES = ("postgres", "s3", "git", "prefect", "mlflow")  # start order; down is reversed
 USER = "forgetting"  # PostgreSQL role, S3 identity, MLflow admin, Prefect basic-auth user
 LOCK_USER = "forgetting_lock"  # PostgreSQL role of clients: the run locks' database only

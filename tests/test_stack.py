@@ -339,7 +339,8 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             # --- from another host: nothing without TLS, nothing without credentials --------
             settings = json.loads((stack_dir / "stack.json").read_text())
             internal = {f"{k}_from_outside": v for k, v in settings["ports"].items()
-                        if spaces[0] and (k.startswith("weed_") or k == "postgres_local")}
+                        if spaces[0] and (k.startswith("weed_") or k in (
+                            "postgres_local", "s3_local", "s3_grpc"))}
             probe = [sys.executable, "-m", "tests.stack_probe"]
             got = json.loads(subprocess.run(
                 ["ip", "netns", "exec", spaces[0], *probe] if spaces[0] else probe,
