@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/forget demo
 
+# three processes on two cores (pytest-xdist): the stack tests mostly wait on servers and
+# outages, so the rest runs beside them; the longest start first (tests/conftest.py)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3 --dist loadgroup
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

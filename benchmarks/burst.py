@@ -166,10 +166,9 @@ def check(env: dict, clients: list[Path], share: list[list[str]], done: list[lis
     run and one model version."""
     from mlflow import MlflowClient
 
+    from forgetting_stack import mlflow_login
+
     problems = []
-    os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_USERNAME",
-                                           "MLFLOW_TRACKING_PASSWORD",
-                                           "MLFLOW_TRACKING_SERVER_CERT_PATH")})
     ml = env["MLFLOW_TRACKING_URI"]
     c = MlflowClient(ml, ml)
     for i, (root, want, got) in enumerate(zip(clients, share, done, strict=True)):
@@ -181,15 +180,16 @@ def check(env: dict, clients: list[Path], share: list[list[str]], done: list[lis
         if len({f["submission"] for f in files}) != len(got) or not all(
                 f["submission"] for f in files):
             problems.append(f"team{i}: a submission queued twice, or not from a submission")
-        exp = c.get_experiment_by_name(f"team{i}").experiment_id
-        for r in got:
-            runs = c.search_runs([exp], f"tags.request_id = '{r['id']}'")
-            vs = c.search_model_versions(f"name = 'team{i}-vit' and "
-                                         f"tag.request_id = '{r['id']}'")
-            if len(runs) != 1 or len(vs) != 1:
-                problems.append(f"team{i} {r['id']}: {len(runs)} runs, {len(vs)} versions")
-            if r["status"] != "done":
-                problems.append(f"team{i} {r['id']}: {r['status']}")
+        with mlflow_login(env):
+            exp = c.get_experiment_by_name(f"team{i}").experiment_id
+            for r in got:
+                runs = c.search_runs([exp], f"tags.request_id = '{r['id']}'")
+                vs = c.search_model_versions(f"name = 'team{i}-vit' and "
+                                             f"tag.request_id = '{r['id']}'")
+                if len(runs) != 1 or len(vs) != 1:
+                    problems.append(f"team{i} {r['id']}: {len(runs)} runs, {len(vs)} versions")
+                if r["status"] != "done":
+                    problems.append(f"team{i} {r['id']}: {r['status']}")
     return problems
 
 

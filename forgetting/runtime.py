@@ -43,7 +43,9 @@ def setup_runtime(cfg: Config) -> torch.device:
     # FORGET_DEVICE: set by a deployment's job variables (``forget stack deploy --device``)
     # to route a workspace's requests to the GPU workers of its pool
     device = resolve_device(os.environ.get("FORGET_DEVICE") or cfg.device)
-    threads = cfg.threads
+    # FORGET_THREADS: a host that runs several jobs at once (workers sharing a machine, a
+    # parallel test run) caps each one's threads; runs repeat bit for bit at a fixed count
+    threads = int(os.environ["FORGET_THREADS"]) if os.environ.get("FORGET_THREADS") else cfg.threads
     if threads is not None and cfg.evidence.parallel:
         # two trainings at once (the request's and its retrain reference): each gets half,
         # or both run several times slower (measured: 5x on 2 cores with 2 threads each)

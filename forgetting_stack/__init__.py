@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import git_http, mlflow_server, postgres, prefect_server, s3, tls
+from .login import mlflow_login
 from .processes import alive, owned, port_owner, spawn, stop_group
 from .settings import (
     BUCKET,
@@ -46,7 +47,7 @@ from .tls_front import FRONTS
 from .users import ADMIN, UsersFile
 
 __all__ = ["BUCKET", "DEFAULT_DIR", "PORTS", "SERVICES", "USER", "Stack", "StackError",
-           "alive", "free_port_base", "read_env_file"]
+           "alive", "free_port_base", "mlflow_login", "read_env_file"]
 
 STARTERS = {"postgres": postgres.start, "s3": s3.start, "git": git_http.start,
             "prefect": prefect_server.start, "mlflow": mlflow_server.start}
@@ -260,17 +261,24 @@ class Stack:
 
 
 def free_port_base(host: str = "127.0.0.1") -> int:
-    """A --port-base whose whole block of ports is free on ``host`` now (tests, benchmarks)."""
+    """A --port-base whose whole block of ports is free now on ``host`` and on 127.0.0.1
+    (where the internal services listen), below the kernel's range for outgoing connections
+    (tests, benchmarks: a client's ephemeral port must not take one of the block's)."""
     import random
 
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    top = max(low - len(PORTS), 2000)
     for _ in range(100):
-        base = random.randint(20000, 40000)
+        base = random.randint(min(10000, top - 1000), top)
         socks: list[socket.socket] = []
         try:
-            for port in range(base, base + len(PORTS)):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind((host, port))
+            for address in dict.fromkeys((host, "127.0.0.1")):
+                for port in range(base, base + len(PORTS)):
+                    sock = socket.socket()
+                    socks.append(sock)
+                    sock.bind((address, port))
             return base
         except OSError:
             continue

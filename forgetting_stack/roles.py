@@ -26,6 +26,7 @@ import secrets
 import signal
 from collections.abc import Iterator
 
+from .login import mlflow_login
 from .settings import BUCKET, StackError, env_lines, write_private
 from .users import ROLES
 
@@ -44,18 +45,8 @@ def _admin(stack) -> Iterator:
     from mlflow.server.auth.client import AuthServiceClient
 
     env = stack.client_env()
-    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-            "MLFLOW_TRACKING_SERVER_CERT_PATH")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: env[k] for k in keys})
-    try:
+    with mlflow_login(env):
         yield AuthServiceClient(env["MLFLOW_TRACKING_URI"]), env
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _s3_identities(stack, change) -> None:

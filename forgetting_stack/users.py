@@ -50,6 +50,8 @@ class UsersFile:
         if role not in (*ROLES, ADMIN):
             raise StackError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
         users = self.read()
+        if self.check(name, token) == role:
+            return  # unchanged (``up`` sets its own identity each time): keep the file as is
         salt = secrets.token_hex(8)
         users[name] = {"role": role, "salt": salt, "sha256": _digest(salt, token)}
         self._write(users)

@@ -17,6 +17,11 @@ os.environ.update(
     TQDM_DISABLE="1",
     MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",  # a server a test stops must not stall for minutes
 )
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite in several processes on a 2-core machine: one torch thread
+    # each (set before torch is imported, inherited by every process a test starts), or they
+    # slow each other down several times over (docs/operations.md, "threads")
+    os.environ.update(FORGET_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 from tasks import environment  # noqa: E402
@@ -79,6 +84,21 @@ def base_model(digits, tiny_cfg, session_tmp):
 
 
 CPU = torch.device("cpu")
+
+# the longest tests, mostly waiting on servers and outages: started first, each in its own
+# worker (pytest-xdist's loadgroup), so the rest of the suite runs beside them
+LONGEST_FIRST = ("test_stack_faults.py", "test_stack.py::")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    def rank(item) -> int:
+        return next((i for i, name in enumerate(LONGEST_FIRST) if name in item.nodeid),
+                    len(LONGEST_FIRST))
+
+    for item in items:
+        if rank(item) < len(LONGEST_FIRST):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid))
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

