@@ -85,10 +85,16 @@ def base_model(digits, tiny_cfg, session_tmp):
 
 CPU = torch.device("cpu")
 
-# the longest tests, mostly waiting on servers and outages: started first, each in its own
-# worker (pytest-xdist's loadgroup), so the rest of the suite runs beside them
-LONGEST_FIRST = ("test_stack_faults.py", "test_stack.py::")
-
+# `make test` runs in three processes (pytest-xdist, --dist loadgroup --no-loadscope-reorder).
+# Each module is one unit, so a module's fixtures (trained models, a served workspace) are built
+# once, not once per process. Units start in this order: the two stack tests (mostly waiting on
+# servers and outages) each in its own process; xdist then queues one more unit behind each of
+# them at once, so two quick modules go there; then the modules that train the most, while the
+# rest fills in beside them
+LONGEST_FIRST = ("test_stack_faults.py", "test_stack.py::", "test_evidence.py", "test_gates.py",
+                 "test_losses.py", "test_pipeline.py", "test_crash.py", "test_repro.py",
+                 "test_gpu_check.py", "test_never_seen.py", "test_parallel_evidence.py",
+                 "test_timm_import.py", "test_cli.py")
 
 def pytest_collection_modifyitems(items: list) -> None:
     def rank(item) -> int:
@@ -96,8 +102,7 @@ def pytest_collection_modifyitems(items: list) -> None:
                     len(LONGEST_FIRST))
 
     for item in items:
-        if rank(item) < len(LONGEST_FIRST):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid))
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     items.sort(key=rank)  # stable: the rest keep their order
 
 
