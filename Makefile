@@ -19,7 +19,7 @@ demo: $(STAMP)
 # three processes on two cores (pytest-xdist), a module per unit: the stack tests mostly wait
 # on servers and outages, so the rest runs beside them; the longest start first (tests/conftest.py)
 test: $(STAMP)
-	$(PY) -m pytest -q -n 3 --dist loadgroup --no-loadscope-reorder
+	$(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -29,7 +29,8 @@ def start(stack, s: dict, creds: dict) -> None:
     # gateway's gRPC port have no authentication of their own); S3 comes out through the TLS
     # front (tls_front), on the stack's address
     proc = stack.spawn("s3", [
-        stack.tool("weed"), "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1",
+        # -logtostderr: its log goes to logs/s3.log with the rest, not to files in /tmp
+        stack.tool("weed"), "-logtostderr", "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1", "-s3.ip.bind=127.0.0.1",
         f"-master.port={p['weed_master']}", f"-master.port.grpc={p['weed_master_grpc']}",
         f"-volume.port={p['weed_volume']}", f"-volume.port.grpc={p['weed_volume_grpc']}",

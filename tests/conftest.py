@@ -7,6 +7,7 @@ project's offline defaults (``tasks.environment``) and a temporary Prefect home.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -48,9 +49,18 @@ MICRO = {
 }
 
 
+def session_folder() -> Path:
+    """This test process's temporary folder: removed when its session ends."""
+    return _SESSION_TMP
+
+
 @pytest.fixture(scope="session")
 def session_tmp() -> Path:
     return _SESSION_TMP
+
+
+def pytest_sessionfinish(session) -> None:
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)  # it made it; nothing else is in it
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +95,8 @@ def base_model(digits, tiny_cfg, session_tmp):
 
 CPU = torch.device("cpu")
 
-# `make test` runs in three processes (pytest-xdist, --dist loadgroup --no-loadscope-reorder).
+# `make test` runs in three processes (pytest-xdist, --dist loadfile --no-loadscope-reorder;
+# not loadgroup: xdist 3.8 writes its group into ``item._nodeid``, which pytest 9 no longer reads).
 # Each module is one unit, so a module's fixtures (trained models, a served workspace) are built
 # once, not once per process. Units start in this order: the two stack tests (mostly waiting on
 # servers and outages) each in its own process; xdist then queues one more unit behind each of
@@ -101,8 +112,6 @@ def pytest_collection_modifyitems(items: list) -> None:
         return next((i for i, name in enumerate(LONGEST_FIRST) if name in item.nodeid),
                     len(LONGEST_FIRST))
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     items.sort(key=rank)  # stable: the rest keep their order
 
 

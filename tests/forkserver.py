@@ -75,7 +75,9 @@ class Forked:
 
     def __init__(self, argv: list[str], env: dict, cwd: Path | None = None):
         self.args = ["forget", *argv]
-        d = Path(tempfile.mkdtemp(prefix="forget-cmd-"))
+        from .conftest import session_folder
+
+        d = Path(tempfile.mkdtemp(prefix="forget-cmd-", dir=session_folder()))
         self._out, self._err = d / "stdout", d / "stderr"
         self._read = 0
         self._proc = _CTX.Process(target=_child, args=(argv, env, str(cwd or os.getcwd()),

@@ -132,6 +132,7 @@ def test_commands_that_change_models_or_data_wait_for_the_run_lock(cli_env, ws):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
     assert registry.alias_version(c, "production") == 1
+    assert registry.production_history(c)[-2:] == [prod, 1], registry.production_history(c)
     assert file_sha256(w.dataset) == dataset_sha  # the same source again: the same dataset
     forget(cli_env, w.root, "rollback", "--reason", "restore")
     assert registry.alias_version(c, "production") == prod
