@@ -133,6 +133,20 @@ class EmbeddingConfig(_Strict):
         return self.relabel > 0 or self.uniformity > 0 or self.keep_retained > 0
 
 
+class AugmentConfig(_Strict):
+    """Random views of the request's images at every step (forgetting/augment.py): what a
+    k-shot request, k images a class, trains and distils on; off for full-data requests."""
+
+    shift: int = Field(0, ge=0, description="each image moved by up to this many pixels "
+                                            "(edges replicated); 0: not moved")
+    hflip: bool = Field(False, description="each image mirrored at random (not for data whose "
+                                           "meaning a mirror changes: digits, text)")
+
+    @property
+    def active(self) -> bool:
+        return self.shift > 0 or self.hflip
+
+
 class ForgetBase(_Strict):
     """One erasure request's training, whatever its method. Defaults measured on the embedded
     digits; each method's own options are a section of their own (``ForgetConfig``)."""
@@ -192,6 +206,7 @@ class ForgetBase(_Strict):
     dropout: float | None = Field(None, ge=0, lt=1, description="ViT dropout while "
                                   "forgetting; null: the model's own (0 here); authors 0.1")
     embedding: EmbeddingConfig = EmbeddingConfig()
+    augment: AugmentConfig = AugmentConfig()
     # k images per class make another problem (the retained classes rest on k images each):
     # its settings are chosen on val apart (benchmarks/results/tune.json, 4-shot space)
     fewshot: dict = Field(default_factory=lambda: {"embedding": {"uniformity": 1.0,

@@ -23,6 +23,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
 from . import methods
+from .augment import BatchViews, batch_views
 from .config import ForgetConfig
 from .data import DataError
 from .datasets import request_data
@@ -91,6 +92,7 @@ class Run:
     cfg: ForgetConfig
     device: torch.device
     t0: float
+    views: BatchViews | None = None  # forget.augment: a random view of each image per step
     ema: ModelEmaV3 | None = None
     step: int = 0
     candidates: list[dict] = field(default_factory=list)
@@ -162,7 +164,8 @@ def setup(model: Classifier, train_ds, val_ds, forget: Sequence[int], cfg: Forge
                               t_in_epochs=False)
     return Run(model, peft_model, objective, embedding, opt, sched,
                _batches(_cycle(load_r), load_f, load_o),
-               steps_per_epoch, val_ds, forget, earlier, missing, val_before, cfg, device, t0)
+               steps_per_epoch, val_ds, forget, earlier, missing, val_before, cfg, device, t0,
+               views=batch_views(cfg.augment, cfg.seed + 3))
 
 
 def _batches(load_r, load_f, load_o):
@@ -172,13 +175,16 @@ def _batches(load_r, load_f, load_o):
 
 
 def forward(base: Classifier, retained: tuple, forgotten: tuple, earlier: tuple | None,
-            alpha: float, device: torch.device, hooked: bool = False) -> Batch:
+            alpha: float, device: torch.device, hooked: bool = False,
+            views: BatchViews | None = None) -> Batch:
     """One forward of [retained, forgotten, earlier-forgotten] (images, labels) through the
-    LoRA model's ``base``. The backbone is compiled when enabled, except when ``hooked`` (an
-    objective that reads its blocks' outputs)."""
+    LoRA model's ``base``, each image as a random view of it with ``views``. The backbone is
+    compiled when enabled, except when ``hooked`` (an objective that reads its blocks'
+    outputs)."""
     (x_r, y_r), (x_f, y_f) = retained, forgotten
     x_o, y_o = earlier if earlier is not None else (x_f[:0], y_f[:0])
-    x = to_device(torch.cat([x_r, x_f, x_o]), device)
+    x = torch.cat([x_r, x_f, x_o])
+    x = to_device(views(x) if views is not None else x, device)
     y_r, y_f, y_o = (y.to(device, non_blocking=True) for y in (y_r, y_f, y_o))
     backbone = base.backbone if hooked else compiled(base.backbone)
     with autocast(device), taps(backbone) if hooked else nullcontext() as got:
@@ -196,7 +202,8 @@ def train_epoch(run: Run, epoch: int) -> dict:
     # summed on the device and read once per epoch: no host sync inside the step loop
     sums: dict[str, torch.Tensor] = {}
     for _ in range(run.steps_per_epoch):
-        batch = forward(run.base, *next(run.batches), alpha, run.device, objective.taps)
+        batch = forward(run.base, *next(run.batches), alpha, run.device, objective.taps,
+                        run.views)
         terms = objective.terms(batch)
         if run.embedding is not None:
             terms.loss.update(run.embedding.terms(batch))

@@ -185,6 +185,37 @@ def test_fewshot_prototypes_over_randaugment_views(digits):
     assert torch.equal(aug.present, plain.present)
 
 
+def test_training_views_shift_each_image_within_its_bound_and_repeat_with_the_seed():
+    from forgetting.augment import batch_views
+    from forgetting.config import AugmentConfig
+
+    assert batch_views(AugmentConfig(), 0) is None  # off by default: the batch as it is
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    views = batch_views(AugmentConfig(shift=2), 0)
+    out = [views(x) for _ in range(4)]
+    assert all(o.shape == x.shape for o in out)
+    padded = F.pad(x, (2, 2, 2, 2), mode="replicate")
+    windows = {(dy, dx) for dy in range(5) for dx in range(5)}
+    for o in out:
+        for i in range(2):  # each image is one window of its padded self, all channels alike
+            assert sum(torch.equal(o[i], padded[i, :, dy:dy + 8, dx:dx + 8])
+                       for dy, dx in windows) >= 1
+    assert any(not torch.equal(o, x) for o in out)  # it moves them
+    again = batch_views(AugmentConfig(shift=2), 0)
+    assert all(torch.equal(o, again(x)) for o in out)  # seeded: a run repeats
+    flips = batch_views(AugmentConfig(hflip=True), 1)
+    seen = [flips(x) for _ in range(4)]
+    assert all(torch.equal(s[i], x[i]) or torch.equal(s[i], x[i].flip(-1))
+               for s in seen for i in range(2))
+    assert any(torch.equal(s[i], x[i].flip(-1)) for s in seen for i in range(2))
+    # a training step sees the views, the parent's terms included (they read the batch's x)
+    base = add_lora(_tiny("linear"), 2, 2.0).get_base_model()
+    x, y = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 0, 2, 2, 1])
+    b = forward(base, (x[:3], y[:3]), (x[3:5], y[3:5]), (x[5:], y[5:]), 0.5,
+                torch.device("cpu"), views=batch_views(AugmentConfig(shift=1), 7))
+    assert torch.equal(b.x, batch_views(AugmentConfig(shift=1), 7)(x))
+
+
 def _digits_model():
     torch.manual_seed(0)
     return create_model(ModelConfig(embed_dim=32, depth=2, num_heads=2, image_size=16,
