@@ -70,8 +70,9 @@ def _save(name: str, data: dict) -> None:
 def run_all(scale: bool = False) -> None:
     record_demo()
     # tune first: the later tables measure the defaults it chooses (set in params.yaml by hand)
-    for name in ("tune", "methods", "embedding", "quality", "sequence", "throughput", "sampler",
-                 "registry", "stack", "burst", "import", *(["scale"] if scale else [])):
+    for name in ("tune", "tune-views", "methods", "embedding", "quality", "sequence",
+                 "throughput", "sampler", "registry", "stack", "burst", "import",
+                 *(["scale"] if scale else [])):
         record(name, COMMANDS[name].split()[1:])
 
 
@@ -138,6 +139,8 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "embedding": "python benchmarks/embedding_candidates.py --json",
             "demo": "python benchmarks/readme_figures.py --only demo",
             "tune": "python benchmarks/tune.py --spaces embedding,4-shot --json",
+            "tune-views": "python benchmarks/tune.py --spaces 4-shot-views --configs "
+                          "benchmarks/configs/fashion-mnist-small.yaml --seeds 2 --json",
             "references": "python benchmarks/references.py --seeds 5,2 --requests 4,3 --json"}
 
 
@@ -408,22 +411,22 @@ def _verdict_cell(v: dict) -> str:
     return f"{v['method']:.2f} vs {v['retrain']:.2f} ({short})"
 
 
-def render_tune_benches() -> str:
-    r = _load("tune")
-    out = [f"Measured by `{COMMANDS['tune']}` (`benchmarks/results/tune.json`; "
+def render_tune_benches(name: str = "tune") -> str:
+    r = _load(name)
+    out = [f"Measured by `{COMMANDS[name]}` (`benchmarks/results/{name}.json`; "
            f"{_on(r['machine'])}; **validation split**; "
            + ", ".join(f"{_bench(Path(c).stem)}: {n} base models" for c, n in
                        zip(r["configs"], r["seeds"], strict=True))
            + f", {r['steps']} one-class requests each; means over the base models; the evidence"
              " columns are k-NN identification and the linear probe on every class forgotten "
              f"by step {r['steps']}, against retrain):"]
-    for name, sp in r["spaces"].items():
+    for space, sp in r["spaces"].items():
         keys = sorted({k for row in sp["rows"] for k in row["setting"]})
         benches = list(sp["benches"])
         shots = f" at {sp['shots']} shots" if sp.get("shots") else ""
         rule = ", evidence in the rule" if sp["evidence_rule"] else ""
         base = ", ".join(f"`{k}` {v}" for k, v in sp["on_top_of"].items()) or "the defaults"
-        out += ["", f"Space `{name}`: `{sp['method']}`{shots} (Acc_f bar "
+        out += ["", f"Space `{space}`: `{sp['method']}`{shots} (Acc_f bar "
                 f"{100 * sp['acc_f_bar']:.0f} %, Acc_o bar {100 * sp['acc_o_bar']:.0f} %{rule}; "
                 f"on top of {base}):", ""]
         head = ["setting"]
@@ -433,7 +436,8 @@ def render_tune_benches() -> str:
                      "steps retaining more (k-NN, probe)"]
         out += ["| " + " | ".join([*head, ""]) + " |", "|---" * (len(head) + 1) + "|"]
         for row in sp["rows"]:
-            cells = [", ".join(f"`{k}` {row['setting'][k]}" for k in keys if k in row["setting"])]
+            cells = [", ".join(f"`{k}` {row['setting'][k]}" for k in keys if k in row["setting"])
+                     or "the defaults"]
             for b in benches:
                 sc = row["per_bench"][b]
                 ev = sc.get("evidence") or {}
@@ -447,8 +451,9 @@ def render_tune_benches() -> str:
                     "" if row["score"]["admissible"] else "not admissible")
             out.append("| " + " | ".join([*cells, mark]) + " |")
         if not sp["chosen_admissible"]:
-            out.append(f"\nNo setting of `{name}` was admissible on every bench; the chosen one "
-                       "fails the fewest evidence checks (of 5 steps × 2 attacks × 2 benches).")
+            out.append(f"\nNo setting of `{space}` was admissible on every bench; the chosen "
+                       f"one fails the fewest evidence checks (of {r['steps']} steps × 2 attacks "
+                       f"× {len(benches)} bench{'es' if len(benches) > 1 else ''}).")
     return "\n".join(out) + "\n"
 
 
@@ -651,7 +656,8 @@ RENDER = {"demo": render_demo_seeds, "repro": render_repro, "quality": render_qu
           "scale": lambda: render_quality("scale"), "throughput": render_throughput,
           "registry": render_registry, "stack": render_stack, "burst": render_burst,
           "evidence": render_evidence_benches, "methods": render_methods_benches,
-          "tune": render_tune_benches, "import": render_import, "gpu": render_gpu,
+          "tune": render_tune_benches, "tune-views": lambda: render_tune_benches("tune-views"),
+          "import": render_import, "gpu": render_gpu,
           "sampler": render_sampler, "embedding": render_embedding,
           "references": render_references}
 

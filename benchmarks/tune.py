@@ -60,6 +60,15 @@ SPACES: dict[str, tuple[str, int | None, float, bool, dict | list]] = {
         {"fewshot.embedding.uniformity": 0.5, "fewshot.embedding.keep_retained": 4.0},
         {"fewshot.embedding.uniformity": 1.0, "fewshot.embedding.keep_retained": 4.0},
     ]),
+    # what keeps the retained classes at 4 shots on top of the 4-shot choice: random views of
+    # the images (forget.augment; shifts only: mirrored digits are other digits) and the
+    # retained distillation's weight with them; {} (the choice before) last, as the check
+    # that this machine repeats the earlier run
+    "4-shot-views": ("gs-lora++", 4, 0.05, True, [
+        {"fewshot.augment.shift": 2},
+        {"fewshot.augment.shift": 2, "fewshot.embedding.keep_retained": 8.0},
+        {},
+    ]),
     # earlier spaces (digits only, before the embedding terms): kept runnable
     "full": ("gs-lora++", None, 0.01, False, {"alpha": [0.5, 0.1],
                                               "prototypes.kl_direction": ["p_to_proto",
