@@ -62,8 +62,8 @@ SPACES: dict[str, tuple[str, int | None, float, bool, dict | list]] = {
     ]),
     # what keeps the retained classes at 4 shots on top of the 4-shot choice: random views of
     # the images (forget.augment; shifts only: mirrored digits are other digits) and the
-    # retained distillation's weight with them; {} (the choice before) last, as the check
-    # that this machine repeats the earlier run
+    # retained distillation's weight with them; {} (today's 4-shot default) last: the
+    # baseline on the same base models
     "4-shot-views": ("gs-lora++", 4, 0.05, True, [
         {"fewshot.augment.shift": 2},
         {"fewshot.augment.shift": 2, "fewshot.embedding.keep_retained": 8.0},

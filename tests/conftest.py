@@ -49,11 +49,6 @@ MICRO = {
 }
 
 
-def session_folder() -> Path:
-    """This test process's temporary folder: removed when its session ends."""
-    return _SESSION_TMP
-
-
 @pytest.fixture(scope="session")
 def session_tmp() -> Path:
     return _SESSION_TMP
@@ -133,7 +128,7 @@ def cli_env(prefect_api) -> dict:
     they come from (tests/forkserver.py)."""
     from . import forkserver
 
-    forkserver.start(prefect_api)
+    forkserver.start(prefect_api, _SESSION_TMP)
     return {**os.environ, "PREFECT_API_URL": prefect_api}
 
 

@@ -24,8 +24,9 @@ _CTX = multiprocessing.get_context("forkserver")
 _STARTED: dict[str, str] = {}
 
 
-def start(api_url: str) -> None:
-    """Start the fork server for ``api_url`` (its Prefect settings are fixed at import)."""
+def start(api_url: str, folder: Path) -> None:
+    """Start the fork server for ``api_url`` (its Prefect settings are fixed at import);
+    commands write their output under ``folder`` (the test session's, removed at its end)."""
     if _STARTED.get("api") == api_url:
         return
     assert not _STARTED, "one fork server per session"
@@ -41,7 +42,7 @@ def start(api_url: str) -> None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = saved
-    _STARTED["api"] = api_url
+    _STARTED.update(api=api_url, folder=str(folder))
 
 
 def _child(argv: list[str], env: dict, cwd: str, out: str, err: str) -> None:
@@ -75,9 +76,7 @@ class Forked:
 
     def __init__(self, argv: list[str], env: dict, cwd: Path | None = None):
         self.args = ["forget", *argv]
-        from .conftest import session_folder
-
-        d = Path(tempfile.mkdtemp(prefix="forget-cmd-", dir=session_folder()))
+        d = Path(tempfile.mkdtemp(prefix="forget-cmd-", dir=_STARTED.get("folder")))
         self._out, self._err = d / "stdout", d / "stderr"
         self._read = 0
         self._proc = _CTX.Process(target=_child, args=(argv, env, str(cwd or os.getcwd()),
