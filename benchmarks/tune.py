@@ -69,6 +69,18 @@ SPACES: dict[str, tuple[str, int | None, float, bool, dict | list]] = {
         {"fewshot.augment.shift": 2, "fewshot.embedding.keep_retained": 8.0},
         {},
     ]),
+    # what takes the forgotten classes out of the embedding when views hold the retained one
+    # (4-shot-views left k-NN identification above retrain's): more views of each image per
+    # step (the uniformity's pairs then span each image's neighbourhood), or heavier forgetting
+    # terms with the views
+    "4-shot-repeats": ("gs-lora++", 4, 0.05, True, [
+        {"fewshot.augment.shift": 2, "fewshot.augment.repeats": 4},
+        {"fewshot.augment.shift": 2, "fewshot.augment.repeats": 4,
+         "fewshot.embedding.uniformity": 2.0},
+        {"fewshot.augment.shift": 2, "fewshot.embedding.uniformity": 2.0,
+         "fewshot.embedding.relabel": 2.0},
+        {},
+    ]),
     # earlier spaces (digits only, before the embedding terms): kept runnable
     "full": ("gs-lora++", None, 0.01, False, {"alpha": [0.5, 0.1],
                                               "prototypes.kl_direction": ["p_to_proto",

@@ -23,7 +23,7 @@ class BatchViews:
     ``hflip``, mirroring at random; seeded, on the CPU, so a run repeats on any device."""
 
     def __init__(self, cfg: AugmentConfig, seed: int) -> None:
-        self.shift, self.hflip = cfg.shift, cfg.hflip
+        self.shift, self.hflip, self.repeats = cfg.shift, cfg.hflip, cfg.repeats
         self.g = torch.Generator().manual_seed(seed)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,6 +40,14 @@ class BatchViews:
             cols = torch.where(flip[:, None], cols.flip(1), cols)
         return x[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+    def repeat(self, *parts: tuple[torch.Tensor, torch.Tensor]
+               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each (images, labels) part with every image ``repeats`` times in a row, so that
+        each copy becomes a view of its own."""
+        return [(x.repeat_interleave(self.repeats, 0), y.repeat_interleave(self.repeats, 0))
+                for x, y in parts]
 
 
 def batch_views(cfg: AugmentConfig, seed: int) -> BatchViews | None:

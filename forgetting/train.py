@@ -181,8 +181,11 @@ def forward(base: Classifier, retained: tuple, forgotten: tuple, earlier: tuple 
     LoRA model's ``base``, each image as a random view of it with ``views``. The backbone is
     compiled when enabled, except when ``hooked`` (an objective that reads its blocks'
     outputs)."""
-    (x_r, y_r), (x_f, y_f) = retained, forgotten
-    x_o, y_o = earlier if earlier is not None else (x_f[:0], y_f[:0])
+    x_f, y_f = forgotten
+    earlier = earlier if earlier is not None else (x_f[:0], y_f[:0])
+    if views is not None and views.repeats > 1:
+        retained, forgotten, earlier = views.repeat(retained, forgotten, earlier)
+    (x_r, y_r), (x_f, y_f), (x_o, y_o) = retained, forgotten, earlier
     x = torch.cat([x_r, x_f, x_o])
     x = to_device(views(x) if views is not None else x, device)
     y_r, y_f, y_o = (y.to(device, non_blocking=True) for y in (y_r, y_f, y_o))

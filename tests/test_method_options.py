@@ -214,6 +214,17 @@ def test_training_views_shift_each_image_within_its_bound_and_repeat_with_the_se
     b = forward(base, (x[:3], y[:3]), (x[3:5], y[3:5]), (x[5:], y[5:]), 0.5,
                 torch.device("cpu"), views=batch_views(AugmentConfig(shift=1), 7))
     assert torch.equal(b.x, batch_views(AugmentConfig(shift=1), 7)(x))
+    # repeats: every image that many times in a row, each copy a view of its own, the parts'
+    # boundaries (retained | forgotten | earlier) moved with them
+    b = forward(base, (x[:3], y[:3]), (x[3:5], y[3:5]), (x[5:], y[5:]), 0.5,
+                torch.device("cpu"), views=batch_views(AugmentConfig(shift=1, repeats=3), 7))
+    assert (b.n_r, b.n_f, len(b.feats)) == (9, 15, 18)
+    assert torch.equal(b.y_f, y[3:5].repeat_interleave(3))
+    copies = b.x[:3]  # three views of the first image: one window each, not all the same
+    padded = F.pad(x[:1], (1, 1, 1, 1), mode="replicate")[0]
+    assert all(any(torch.equal(c, padded[:, dy:dy + 8, dx:dx + 8])
+                   for dy in range(3) for dx in range(3)) for c in copies)
+    assert not (torch.equal(copies[0], copies[1]) and torch.equal(copies[1], copies[2]))
 
 
 def _digits_model():
