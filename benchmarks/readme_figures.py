@@ -648,6 +648,23 @@ def render_references() -> str:
                       f"{two['missed_controls']['never-seen']} of {one['controls']}, retrained "
                       f"models flagged {one['retrain_flagged_by_never_seen']} / "
                       f"{two['retrain_flagged_by_never_seen']} of {n}."]
+        if "partition" in b:
+            p = b["partition"]
+            parts += ["", f"Partition reference (classes in groups of {p['size']}, one model "
+                          f"trained without each group, {p['models_per_base']:.0f} per base "
+                          f"model, {p['seconds_per_model']:.0f} s each, once per dataset "
+                          "version; judged by the retrain rule):", "",
+                      "| attack | partition agrees with retrain (GS-LoRA++, original, head-only) "
+                      "| on GS-LoRA++: flagged by partition / by retrain | positive controls "
+                      "missed: partition / retrain | retrained model flagged by partition |",
+                      "|---|---|---|---|---|"]
+            for a, s_ in p["summary"].items():
+                parts.append(
+                    f"| {a} | {100 * s_['agreement']:.0f} % of {s_['pairs']} | "
+                    f"{s_['candidate_flagged']['partition']} / "
+                    f"{s_['candidate_flagged']['retrain']} of {n} | "
+                    f"{s_['missed_controls']['partition']} / {s_['missed_controls']['retrain']}"
+                    f" of {s_['controls']} | {s_['retrain_flagged_by_partition']} of {n} |")
     return "\n".join(parts) + "\n"
 
 

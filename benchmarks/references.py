@@ -28,6 +28,13 @@ decision the gates take) over the candidates and the positive controls; how ofte
 reference misses a positive control; how often the never-seen reference flags the retrained
 model; and the seconds each reference costs per request beside the forgetting run. Every
 request is cached, so an interrupted run resumes.
+
+The partition reference (``--partition-size``): per base model, the classes a request may
+name are split, seeded, into groups of that size, and one model per group is trained from
+scratch without it, once: for a request on class c, the model of c's group is a model that
+never saw c, with c's own difficulty, whatever the sequence of requests. It is judged by the
+retrain reference's rule (a gap beyond twice the noise) and costs one pretraining per group
+per dataset version instead of one per request.
 """
 
 from __future__ import annotations
@@ -84,9 +91,23 @@ def seeded_bench(config: str | None, seed: int, n_ref: int, cache: Path, device)
     return Bench(Path(config).stem if config else "defaults", cfg, sp, cache, dev)
 
 
-def request(bench: Bench, seed: int, c: int, attacks: tuple[str, ...]) -> dict:
-    """Every model's figures (and the never-seen reference's) for one request; cached."""
+def partition(pool: list[int], seed: int, size: int) -> list[list[int]]:
+    """The request-able classes in seeded groups of ``size`` (the last may be smaller)."""
+    order = [int(c) for c in np.random.default_rng(3000 + seed).permutation(pool)]
+    return [sorted(order[i:i + size]) for i in range(0, len(order), size)]
+
+
+def request(bench: Bench, seed: int, c: int, attacks: tuple[str, ...],
+            group: list[int] | None = None) -> dict:
+    """Every model's figures (and the never-seen reference's) for one request, and, with
+    ``group``, the partition model's (the model trained without c's group); cached."""
     path = bench.cache / "references-study" / f"{bench.key('never-seen', seed, c, attacks)}.json"
+    if path.exists() and group is not None:
+        out = json.loads(path.read_text())
+        if out.get("partition", {}).get("group") != [bench.names[k] for k in group]:
+            out.update(partition_figures(bench, seed, c, group, attacks))
+            path.write_text(json.dumps(out))
+        return out
     if path.exists():
         return json.loads(path.read_text())
     cfg = bench.cfg.evidence.model_copy(update={"attacks": list(attacks)})
@@ -121,9 +142,22 @@ def request(bench: Bench, seed: int, c: int, attacks: tuple[str, ...]) -> dict:
     out["seconds"].update(
         retrain=retrain_s + secs["retrain"][0] + secs["original"][0] + secs["gs-lora++"][0],
         never_seen=secs["original"][1] + secs["gs-lora++"][1], retrain_training=retrain_s)
+    if group is not None:
+        out.update(partition_figures(bench, seed, c, group, attacks))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))
     return out
+
+
+def partition_figures(bench: Bench, seed: int, c: int, group: list[int],
+                      attacks: tuple[str, ...]) -> dict:
+    """The partition model's figures on class c (the model of c's group; cached with the
+    retrain references, so each group trains once per base model)."""
+    cfg = bench.cfg.evidence.model_copy(update={"attacks": list(attacks)})
+    model, train_s = retrain(bench, seed, group)
+    fig = measure(model, bench.splits["train"], bench.splits["val"], [c], bench.device, cfg)
+    return {"partition": {"group": [bench.names[k] for k in group], "training": train_s,
+                          "figures": {a: fig["now"][a]["figure"] for a in attacks}}}
 
 
 def flagged(line: str) -> bool:
@@ -143,42 +177,50 @@ def judged(r: dict, k: float) -> dict:
             out[who]["never-seen"][a] = flagged(verdict(
                 Figure(**f[who]["now"][a]), Figure(**f[who]["never_seen"][a]["figure"]), a, low,
                 "never-seen classes", k))
+            if "partition" in r:
+                out[who].setdefault("partition", {})[a] = flagged(verdict(
+                    Figure(**fig), Figure(**r["partition"]["figures"][a]), a, low))
     return out
 
 
-def summarise(rows: list[dict], attacks: tuple[str, ...], k: float) -> dict:
-    """Per attack: agreement, missed positive controls, flagged negative controls, with the
-    never-seen verdicts at noise multiple ``k``."""
+def summarise(rows: list[dict], attacks: tuple[str, ...], k: float,
+              cheap: str = "never-seen") -> dict:
+    """Per attack, of the ``cheap`` reference against retrain: agreement, missed positive
+    controls, flagged negative controls (never-seen verdicts at noise multiple ``k``)."""
     out = {}
     flags = [judged(r, k) for r in rows]
     for a in attacks:
-        pairs = [(v[w]["never-seen"][a], v[w]["retrain"][a]) for v in flags for w in CANDIDATES]
-        controls = [{kind: not v[w][kind][a] for kind in v[w]} for v in flags for w in CONTROLS]
-        cand = [(v["gs-lora++"]["never-seen"][a], v["gs-lora++"]["retrain"][a]) for v in flags]
+        pairs = [(v[w][cheap][a], v[w]["retrain"][a]) for v in flags for w in CANDIDATES]
+        controls = [{kind: not v[w][kind][a] for kind in (cheap, "retrain")}
+                    for v in flags for w in CONTROLS]
+        cand = [(v["gs-lora++"][cheap][a], v["gs-lora++"]["retrain"][a]) for v in flags]
         out[a] = {
             "agreement": float(np.mean([n == t for n, t in pairs])),
             "agreement_candidate": float(np.mean([n == t for n, t in cand])),
-            "candidate_flagged": {"never-seen": int(sum(n for n, _ in cand)),
+            "candidate_flagged": {cheap: int(sum(n for n, _ in cand)),
                                   "retrain": int(sum(t for _, t in cand))},
             "missed_controls": {kind: int(sum(c[kind] for c in controls))
-                                for kind in ("never-seen", "retrain")},
+                                for kind in (cheap, "retrain")},
             "controls": len(controls),
-            "retrain_flagged_by_never_seen": int(sum(v["retrain"]["never-seen"][a]
-                                                     for v in flags)),
+            f"retrain_flagged_by_{cheap.replace('-', '_')}": int(sum(
+                v["retrain"][cheap][a] for v in flags)),
             "pairs": len(pairs)}
     return out
 
 
 def study(config: str | None, seeds: int, per_seed: int, n_ref: int, cache: Path, device,
-          attacks: tuple[str, ...]) -> dict:
-    rows, seconds = [], []
+          attacks: tuple[str, ...], part: int = 0) -> dict:
+    rows, seconds, groups = [], [], []
     for s in range(seeds):
         bench = seeded_bench(config, s, n_ref, cache, device)
         ref = set(bench.cfg.data.reference_classes)
         pool = [i for i, n in enumerate(bench.names) if n not in ref]
         picks = np.random.default_rng(2000 + s).choice(pool, per_seed, replace=False)
+        parts = partition(pool, s, part) if part else []
+        groups.append(len(parts))
         for c in sorted(int(x) for x in picks):
-            r = request(bench, s, c, attacks)
+            r = request(bench, s, c, attacks,
+                        next((g for g in parts if c in g), None) if part else None)
             rows.append({**{k: v for k, v in r.items() if k != "verdicts"}, "seed": s,
                          "reference_classes": sorted(ref)})
             seconds.append(r["seconds"])
@@ -190,10 +232,17 @@ def study(config: str | None, seeds: int, per_seed: int, n_ref: int, cache: Path
     cost = {k: float(np.mean([s[k] for s in seconds])) for k in ("forget", "retrain",
                                                                  "never_seen",
                                                                  "retrain_training")}
-    return {"requests": rows, "seconds": cost, "reference_classes": n_ref, "seeds": seeds,
-            "noise_multiple": NEVER_SEEN_NOISE,
-            "summary": summarise(rows, attacks, NEVER_SEEN_NOISE),
-            "summary_at_2": summarise(rows, attacks, 2.0)}
+    out = {"requests": rows, "seconds": cost, "reference_classes": n_ref, "seeds": seeds,
+           "noise_multiple": NEVER_SEEN_NOISE,
+           "summary": summarise(rows, attacks, NEVER_SEEN_NOISE),
+           "summary_at_2": summarise(rows, attacks, 2.0)}
+    if part:
+        # the groups' models train once per base model: their seconds, per model and in all
+        out["partition"] = {
+            "size": part, "models_per_base": float(np.mean(groups)),
+            "seconds_per_model": float(np.mean([r["partition"]["training"] for r in rows])),
+            "summary": summarise(rows, attacks, NEVER_SEEN_NOISE, "partition")}
+    return out
 
 
 def print_summary(name: str, res: dict) -> None:
@@ -209,12 +258,23 @@ def print_summary(name: str, res: dict) -> None:
               f"{s['missed_controls']['never-seen']}/{s['controls']} / "
               f"{s['missed_controls']['retrain']}/{s['controls']} | "
               f"{s['retrain_flagged_by_never_seen']}/{len(res['requests'])}")
+    if "partition" in res:
+        p = res["partition"]
+        print(f"partition reference: groups of {p['size']}, {p['models_per_base']:.0f} models "
+              f"per base model, {p['seconds_per_model']:.0f} s each, once")
+        for a, s in p["summary"].items():
+            print(f"{a} | {s['agreement']:.2f} ({s['pairs']}) | "
+                  f"{s['agreement_candidate']:.2f} | "
+                  f"{s['missed_controls']['partition']}/{s['controls']} | "
+                  f"{s['retrain_flagged_by_partition']}/{len(res['requests'])}")
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", default="4,3", help="one-class requests per base model")
     ap.add_argument("--reference-classes", type=int, default=2)
+    ap.add_argument("--partition-size", type=int, default=2,
+                    help="classes per partition model (0: no partition reference)")
     bench_args(ap, "5,2", "base models per config", ATTACKS)
     args = ap.parse_args(argv)
     configs, seeds, per = listed(args.configs), listed(args.seeds, int), listed(args.requests, int)
@@ -225,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     for config, n, k in zip(configs, seeds, per, strict=True):
         name = Path(config).stem
         res = study(config, n, k, args.reference_classes, Path(args.cache), args.device,
-                    attacks)
+                    attacks, args.partition_size)
         result["benches"][name] = res
         result.update(threads=torch.get_num_threads())
         print_summary(name, res)
