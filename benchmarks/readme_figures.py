@@ -70,7 +70,7 @@ def _save(name: str, data: dict) -> None:
 def run_all(scale: bool = False) -> None:
     record_demo()
     # tune first: the later tables measure the defaults it chooses (set in params.yaml by hand)
-    for name in ("tune", "tune-views", "methods", "embedding", "quality", "sequence",
+    for name in ("tune", "tune-views", "tune-repeats", "methods", "embedding", "quality", "sequence",
                  "throughput", "sampler", "registry", "stack", "burst", "import",
                  *(["scale"] if scale else [])):
         record(name, COMMANDS[name].split()[1:])
@@ -141,6 +141,9 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "tune": "python benchmarks/tune.py --spaces embedding,4-shot --json",
             "tune-views": "python benchmarks/tune.py --spaces 4-shot-views --configs "
                           "benchmarks/configs/fashion-mnist-small.yaml --seeds 2 --json",
+            "tune-repeats": "python benchmarks/tune.py --spaces 4-shot-repeats --configs "
+                            "params.yaml,benchmarks/configs/fashion-mnist-small.yaml --seeds 5,2 "
+                            "--json",
             "references": "python benchmarks/references.py --seeds 5,2 --requests 4,3 --json"}
 
 
@@ -437,7 +440,7 @@ def render_tune_benches(name: str = "tune") -> str:
         out += ["| " + " | ".join([*head, ""]) + " |", "|---" * (len(head) + 1) + "|"]
         for row in sp["rows"]:
             cells = [", ".join(f"`{k}` {row['setting'][k]}" for k in keys if k in row["setting"])
-                     or "the defaults"]
+                     or "the defaults of the measured commit"]
             for b in benches:
                 sc = row["per_bench"][b]
                 ev = sc.get("evidence") or {}
@@ -674,6 +677,7 @@ RENDER = {"demo": render_demo_seeds, "repro": render_repro, "quality": render_qu
           "registry": render_registry, "stack": render_stack, "burst": render_burst,
           "evidence": render_evidence_benches, "methods": render_methods_benches,
           "tune": render_tune_benches, "tune-views": lambda: render_tune_benches("tune-views"),
+          "tune-repeats": lambda: render_tune_benches("tune-repeats"),
           "import": render_import, "gpu": render_gpu,
           "sampler": render_sampler, "embedding": render_embedding,
           "references": render_references}
