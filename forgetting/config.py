@@ -143,7 +143,7 @@ class AugmentConfig(_Strict):
                                            "meaning a mirror changes: digits, text)")
     # k images a class give the within-class uniformity k(k-1)/2 pairs a step: more views of
     # each image give it pairs across an image's neighbourhood, which is what a new image of
-    # the class lands in (benchmarks/results/tune-views.json)
+    # the class lands in (benchmarks/results/tune-repeats.json)
     repeats: int = Field(1, ge=1, description="views of each image in every step's batch "
                                               "(with shift or hflip)")
 
