@@ -41,7 +41,6 @@ class BatchViews:
         return x[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
                  rows[:, None, :, None], cols[:, None, None, :]]
 
-
     def repeat(self, *parts: tuple[torch.Tensor, torch.Tensor]
                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each (images, labels) part with every image ``repeats`` times in a row, so that

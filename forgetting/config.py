@@ -141,11 +141,18 @@ class AugmentConfig(_Strict):
                                             "(edges replicated); 0: not moved")
     hflip: bool = Field(False, description="each image mirrored at random (not for data whose "
                                            "meaning a mirror changes: digits, text)")
-    # k images a class give the within-class uniformity k(k-1)/2 pairs a step: more views of
-    # each image give it pairs across an image's neighbourhood, which is what a new image of
-    # the class lands in (benchmarks/results/tune-repeats.json)
+    # k images a class give the within-class uniformity k(k-1)/2 pairs a step, all between
+    # the same k points; more views give it each image's neighbourhood. At 4 shots it kept
+    # Acc_r, not the forgetting in the embedding (benchmarks/results/tune-repeats.json)
     repeats: int = Field(1, ge=1, description="views of each image in every step's batch "
                                               "(with shift or hflip)")
+
+    @model_validator(mode="after")
+    def _repeats_need_views(self):
+        if self.repeats > 1 and not self.active:
+            raise ValueError("augment.repeats > 1 repeats each image as views of it: set "
+                             "augment.shift or augment.hflip too (copies alone change nothing)")
+        return self
 
     @property
     def active(self) -> bool:

@@ -225,6 +225,8 @@ def test_training_views_shift_each_image_within_its_bound_and_repeat_with_the_se
     assert all(any(torch.equal(c, padded[:, dy:dy + 8, dx:dx + 8])
                    for dy in range(3) for dx in range(3)) for c in copies)
     assert not (torch.equal(copies[0], copies[1]) and torch.equal(copies[1], copies[2]))
+    with pytest.raises(ValueError, match="augment.shift or augment.hflip"):
+        AugmentConfig(repeats=2)  # copies of the same image: nothing would change
 
 
 def _digits_model():
