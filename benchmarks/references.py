@@ -102,14 +102,13 @@ def request(bench: Bench, seed: int, c: int, attacks: tuple[str, ...],
     """Every model's figures (and the never-seen reference's) for one request, and, with
     ``group``, the partition model's (the model trained without c's group); cached."""
     path = bench.cache / "references-study" / f"{bench.key('never-seen', seed, c, attacks)}.json"
-    if path.exists() and group is not None:
+    if path.exists():  # a request measured before: add the partition model's figures if new
         out = json.loads(path.read_text())
-        if out.get("partition", {}).get("group") != [bench.names[k] for k in group]:
+        if group is not None and out.get("partition", {}).get("group") != [
+                bench.names[k] for k in group]:
             out.update(partition_figures(bench, seed, c, group, attacks))
             path.write_text(json.dumps(out))
         return out
-    if path.exists():
-        return json.loads(path.read_text())
     cfg = bench.cfg.evidence.model_copy(update={"attacks": list(attacks)})
     ns = NeverSeen.of(bench.splits)
     train, val = bench.splits["train"], bench.splits["val"]
@@ -219,8 +218,7 @@ def study(config: str | None, seeds: int, per_seed: int, n_ref: int, cache: Path
         parts = partition(pool, s, part) if part else []
         groups.append(len(parts))
         for c in sorted(int(x) for x in picks):
-            r = request(bench, s, c, attacks,
-                        next((g for g in parts if c in g), None) if part else None)
+            r = request(bench, s, c, attacks, next((g for g in parts if c in g), None))
             rows.append({**{k: v for k, v in r.items() if k != "verdicts"}, "seed": s,
                          "reference_classes": sorted(ref)})
             seconds.append(r["seconds"])
@@ -237,10 +235,13 @@ def study(config: str | None, seeds: int, per_seed: int, n_ref: int, cache: Path
            "summary": summarise(rows, attacks, NEVER_SEEN_NOISE),
            "summary_at_2": summarise(rows, attacks, 2.0)}
     if part:
-        # the groups' models train once per base model: their seconds, per model and in all
+        # each group's model trains once per base model: its seconds counted once, however
+        # many requests it judged
+        trained = {(r["seed"], tuple(r["partition"]["group"])): r["partition"]["training"]
+                   for r in rows}
         out["partition"] = {
             "size": part, "models_per_base": float(np.mean(groups)),
-            "seconds_per_model": float(np.mean([r["partition"]["training"] for r in rows])),
+            "seconds_per_model": float(np.mean(list(trained.values()))),
             "summary": summarise(rows, attacks, NEVER_SEEN_NOISE, "partition")}
     return out
 
