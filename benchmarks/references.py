@@ -34,7 +34,8 @@ name are split, seeded, into groups of that size, and one model per group is tra
 scratch without it, once: for a request on class c, the model of c's group is a model that
 never saw c, with c's own difficulty, whatever the sequence of requests. It is judged by the
 retrain reference's rule (a gap beyond twice the noise) and costs one pretraining per group
-per dataset version instead of one per request.
+per dataset version instead of one per request: the pipeline's ``evidence.reference:
+partition`` (the same groups, ``forgetting/evidence/partition.py``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from forgetting.config import load_config
 from forgetting.datasets import reference_splits
 from forgetting.evidence import ATTACKS, NeverSeen, measure
 from forgetting.evidence.never_seen import NEVER_SEEN_NOISE
+from forgetting.evidence.partition import groups
 from forgetting.evidence.stats import Figure, passes, verdict
 from forgetting.runtime import setup_runtime
 from forgetting.train import forget_classes
@@ -89,12 +91,6 @@ def seeded_bench(config: str | None, seed: int, n_ref: int, cache: Path, device)
     path, sp = dataset(cfg, cache)
     sp = {**sp, **reference_splits(path, cfg.model)}
     return Bench(Path(config).stem if config else "defaults", cfg, sp, cache, dev)
-
-
-def partition(pool: list[int], seed: int, size: int) -> list[list[int]]:
-    """The request-able classes in seeded groups of ``size`` (the last may be smaller)."""
-    order = [int(c) for c in np.random.default_rng(3000 + seed).permutation(pool)]
-    return [sorted(order[i:i + size]) for i in range(0, len(order), size)]
 
 
 def request(bench: Bench, seed: int, c: int, attacks: tuple[str, ...],
@@ -209,14 +205,14 @@ def summarise(rows: list[dict], attacks: tuple[str, ...], k: float,
 
 def study(config: str | None, seeds: int, per_seed: int, n_ref: int, cache: Path, device,
           attacks: tuple[str, ...], part: int = 0) -> dict:
-    rows, seconds, groups = [], [], []
+    rows, seconds, n_groups = [], [], []
     for s in range(seeds):
         bench = seeded_bench(config, s, n_ref, cache, device)
         ref = set(bench.cfg.data.reference_classes)
         pool = [i for i, n in enumerate(bench.names) if n not in ref]
         picks = np.random.default_rng(2000 + s).choice(pool, per_seed, replace=False)
-        parts = partition(pool, s, part) if part else []
-        groups.append(len(parts))
+        parts = groups(pool, s, part) if part else []  # the pipeline's, pretrain.seed = s
+        n_groups.append(len(parts))
         for c in sorted(int(x) for x in picks):
             r = request(bench, s, c, attacks, next((g for g in parts if c in g), None))
             rows.append({**{k: v for k, v in r.items() if k != "verdicts"}, "seed": s,
@@ -240,7 +236,7 @@ def study(config: str | None, seeds: int, per_seed: int, n_ref: int, cache: Path
         trained = {(r["seed"], tuple(r["partition"]["group"])): r["partition"]["training"]
                    for r in rows}
         out["partition"] = {
-            "size": part, "models_per_base": float(np.mean(groups)),
+            "size": part, "models_per_base": float(np.mean(n_groups)),
             "seconds_per_model": float(np.mean(list(trained.values()))),
             "summary": summarise(rows, attacks, NEVER_SEEN_NOISE, "partition")}
     return out

@@ -284,10 +284,13 @@ class EvidenceConfig(_Strict):
     membership_inference: bool = True
     # what each attack's verdict compares the candidate with: a model retrained from scratch
     # (one pretraining per request), or the candidate's own figures on classes it never saw
-    # (data.reference_classes: no training at all); auto: retrain, unless the workspace set
-    # classes aside for never-seen (agreement with retrain's verdicts: 98 % on the digits, 61 %
-    # on Fashion-MNIST, benchmarks/results/references.json). Resolved: Config.evidence_reference
-    reference: Literal["auto", "retrain", "never-seen"] = "auto"
+    # (data.reference_classes: no training at all), or models trained once without a group of
+    # classes each (forgetting/evidence/partition.py); auto: retrain, unless the workspace set
+    # classes aside for never-seen. Agreement with retrain's verdicts:
+    # benchmarks/results/references.json. Resolved: Config.evidence_reference
+    reference: Literal["auto", "retrain", "never-seen", "partition"] = "auto"
+    partition_size: int = Field(2, ge=1, description="classes per partition model (evidence."
+                                                     "reference: partition)")
     # a model trained from scratch without every forgotten class, per request (the report's
     # Acc columns beside it; one pretraining each); auto: when it is the reference
     retrain_baseline: bool | Literal["auto"] = "auto"
@@ -387,7 +390,7 @@ class Config(_Strict):
         return data
 
     @property
-    def evidence_reference(self) -> Literal["retrain", "never-seen"]:
+    def evidence_reference(self) -> Literal["retrain", "never-seen", "partition"]:
         """What the verdicts compare with (``evidence.reference`` with auto resolved)."""
         if self.evidence.reference == "auto":
             return "never-seen" if self.data.reference_classes else "retrain"
@@ -406,11 +409,12 @@ class Config(_Strict):
         if never_seen and not self.data.reference_classes:
             raise ValueError("evidence.reference: never-seen needs data.reference_classes "
                              "(names, or how many to draw) set aside at import")
-        if self.gates.evidence and not never_seen and not self.trains_retrain:
+        if (self.gates.evidence and self.evidence_reference == "retrain"
+                and not self.trains_retrain):
             raise ValueError("gates.evidence compares with the retrain reference: it needs "
                              "evidence.retrain_baseline: true, or evidence.reference: "
-                             "never-seen (or gates.evidence: [] to promote without the "
-                             "evidence gate)")
+                             "never-seen or partition (or gates.evidence: [] to promote "
+                             "without the evidence gate)")
         if missing := sorted(set(self.gates.evidence) - set(self.evidence.attacks)):
             raise ValueError(f"gates.evidence names attacks that evidence.attacks does not "
                              f"run: {', '.join(missing)}")

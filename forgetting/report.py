@@ -133,6 +133,15 @@ NEVER_SEEN_NOTE = (
     "from one that was (not) forgotten. Membership scores are uncalibrated (no reference "
     "models): their chance level, 0.5, is what the never-seen classes give.")
 
+PARTITION_NOTE = (
+    "The reference here is the partition models: the classes a request may name were split "
+    "into groups ({groups}) and one model per group was trained from scratch without it, the "
+    "first time a request named one of its classes. Each class is judged against the model of "
+    "its group, which never saw it, by the retrain rule (a gap beyond twice the noise). It "
+    "shows what a retrain shows for that class; for several classes its figure is the mean of "
+    "per-class figures from different models, and each group model also lacks the other "
+    "classes of its group.")
+
 
 def _reference_column(ev: dict) -> str:
     return ev.get("column") or "retrain"
@@ -227,6 +236,9 @@ def sections(d: dict) -> list[tuple[str, list[str] | None, list[list[str]] | str
         if ev.get("reference") == "never-seen":
             out.append(("What the never-seen reference shows", None, NEVER_SEEN_NOTE.format(
                 classes=", ".join(ev.get("reference_classes") or []))))
+        if ev.get("reference") == "partition":
+            out.append(("What the partition reference shows", None, PARTITION_NOTE.format(
+                groups="; ".join(", ".join(g) for g in ev.get("partition_groups") or []))))
         out.append(("Seconds per attack", ["model", *sorted({k for s in ev["seconds"].values()
                                                               for k in s})],
                     [[m, *(_secs(s.get(k)) for k in sorted({k for s in ev["seconds"].values()

@@ -5,11 +5,13 @@ and retrain models, the verdicts the report shows and the optional gates read.""
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
 from forgetting.config import Config
+from forgetting.files import write_json_atomic
 
 from .workspace import Workspace
 
@@ -76,22 +78,74 @@ def measure_model(ws: Workspace, model, sp: dict, forget: list[int], earlier: li
     return out
 
 
+def partition_reference(ws: Workspace, sp: dict, forget: list[int], earlier: list[int],
+                        dataset_version: str, dev: torch.device) -> dict:
+    """The partition reference of a request (``forgetting.evidence.partition``): every
+    attack's figures on each class from the model of its group, that group's model trained
+    from scratch without it the first time a request needs it, then read from
+    ``.forgetting/evidence/partition-<key>/`` (a file lock per group, as ``references``)."""
+    import time
+
+    from forgetting.data import reference_class_names
+    from forgetting.evidence import measure
+    from forgetting.evidence.partition import group_of, groups, reference
+    from forgetting.pretrain import retrain_baseline
+
+    cfg = ws.config()
+    names = sp["train"].info.class_names
+    held_out = set(reference_class_names(ws.dataset))
+    parts = groups([i for i, n in enumerate(names) if n not in held_out], cfg.pretrain.seed,
+                   cfg.evidence.partition_size)
+    folder = (ws.state / "evidence" /
+              f"partition-{_key(cfg, dataset_version)}-{cfg.evidence.partition_size}")
+    folder.mkdir(parents=True, exist_ok=True)
+    per_class: dict[int, dict] = {}
+    trained_s = 0.0
+    heldout = sp["val"].joined(sp["test"])
+    for group in {tuple(group_of(parts, c)) for c in earlier + forget}:
+        path = folder / f"group-{'-'.join(map(str, group))}.json"
+        with FileLock(str(path) + ".lock"):
+            if not path.is_file():
+                t0 = time.perf_counter()
+                res = retrain_baseline(cfg.model, len(names), sp["train"], sp["val"],
+                                       cfg.pretrain, dev,
+                                       [i for i in range(len(names)) if i not in group],
+                                       progress=False)
+                refs = references(ws, sp, dataset_version, dev)
+                figs = {c: measure(res.model, sp["train"], heldout, [c], dev, cfg.evidence,
+                                   refs)["now"] for c in group}
+                write_json_atomic(path, {"classes": [names[c] for c in group],
+                                         "seconds": time.perf_counter() - t0,
+                                         "figures": {str(c): f for c, f in figs.items()}})
+                trained_s += time.perf_counter() - t0
+            stored = json.loads(path.read_text())
+        per_class.update({int(c): f for c, f in stored["figures"].items()})
+    out = reference(per_class, forget, earlier + forget)
+    out["groups"] = [[names[c] for c in g] for g in parts]
+    out["seconds"] = {"training": trained_s}  # the groups this request trained (most: none)
+    return out
+
+
 def reference_kind(metrics: dict) -> str:
     """What the verdicts of a request's evidence compare with: its record says (the
-    candidate's figures on never-seen classes are stored beside its own when it used them)."""
-    return "never-seen" if ((metrics.get("evidence") or {}).get("after") or {}).get(
-        "reference") else "retrain"
+    candidate's figures on never-seen classes are stored beside its own when it used them,
+    the partition models' beside both)."""
+    ev = metrics.get("evidence") or {}
+    if ev.get("partition"):
+        return "partition"
+    return "never-seen" if (ev.get("after") or {}).get("reference") else "retrain"
 
 
 def evidence_verdicts(metrics: dict, retrain: dict | None) -> dict:
     """``{"original": {scope: {attack: line}}, "after": ...}`` against the request's
-    reference: the retrain model, or each model's own figures on the never-seen classes."""
+    reference: the retrain model, the partition models, or each model's own figures on the
+    never-seen classes."""
     from forgetting.evidence import verdicts
 
     ev = metrics.get("evidence") or {}
-    ref = (retrain or {}).get("evidence")
-    return {who: verdicts(ev[who], ref, reference_kind(metrics))
-            for who in ("original", "after") if ev.get(who)}
+    kind = reference_kind(metrics)
+    ref = ev["partition"] if kind == "partition" else (retrain or {}).get("evidence")
+    return {who: verdicts(ev[who], ref, kind) for who in ("original", "after") if ev.get(who)}
 
 
 def evidence_gate(metrics: dict, retrain: dict | None, attacks: list[str]) -> str | None:

@@ -36,7 +36,7 @@ from forgetting.train import forget_classes
 
 from . import registry
 from .contracts import TrainingSummary
-from .evidence import measure_model
+from .evidence import measure_model, partition_reference
 from .workspace import Workspace
 
 TRAINING_SUMMARY = "training.json"  # stored in the adapter folder, next to the weights
@@ -263,6 +263,9 @@ def evaluate_request(root: str, checkpoint: str, request_id: str, forget: list[i
         metrics["evidence"] = {
             who: measure_model(ws, m, sp, forget, earlier, version, dev)
             for who, m in (("original", parent.to(dev)), ("after", after_model))}
+        if cfg.evidence_reference == "partition":
+            metrics["evidence"]["partition"] = partition_reference(ws, sp, forget, earlier,
+                                                                   version, dev)
     write_json_atomic(ws.work_dir(request_id) / "metrics.json", metrics)
     return metrics
 

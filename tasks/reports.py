@@ -59,6 +59,8 @@ def evidence_section(metrics: dict, retrain: dict | None) -> dict | None:
     models = {"before (parent)": ev.get("original"), "after forgetting": ev["after"]}
     if kind == "retrain":
         models[column] = (retrain or {}).get("evidence")
+    elif kind == "partition":
+        models[column] = ev["partition"]
     lines = evidence_verdicts(metrics, retrain)
     attacks = []
     for name, title in TITLES.items():
@@ -80,7 +82,8 @@ def evidence_section(metrics: dict, retrain: dict | None) -> dict | None:
     seconds = {k: {a: round(s, 2) for a, s in (m or {}).get("seconds", {}).items()}
                for k, m in models.items() if m}
     return {"attacks": attacks, "seconds": seconds, "reference": kind, "column": column,
-            "reference_classes": ev["after"].get("reference_class_names", [])}
+            "reference_classes": ev["after"].get("reference_class_names", []),
+            "partition_groups": (ev.get("partition") or {}).get("groups", [])}
 
 
 def markdown_summary(data: ReportData) -> str:

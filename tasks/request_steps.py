@@ -83,6 +83,7 @@ def _flat_metrics(metrics: dict, retrain: dict | None, summary: TrainingSummary)
     for who, prefix in (("original", "before_"), ("after", "")):
         flat.update(flat_figures(ev.get(who), prefix))
     flat.update(flat_figures((retrain or {}).get("evidence"), "retrain_"))
+    flat.update(flat_figures(ev.get("partition"), "partition_"))
     flat.update(groups_kept=len(summary.kept_groups), adapter_bytes=summary.adapter_bytes,
                 train_seconds=summary.train_seconds)
     return flat

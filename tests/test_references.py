@@ -1,5 +1,5 @@
 """benchmarks/references.py's agreement study, on fixed figures: the partition reference's
-groups and its verdicts beside the retrain reference's."""
+verdicts beside the retrain reference's."""
 
 import sys
 from pathlib import Path
@@ -7,15 +7,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import references  # noqa: E402
-
-
-def test_partition_covers_each_request_able_class_once_in_seeded_groups():
-    pool = [0, 2, 3, 5, 6, 8, 9]
-    groups = references.partition(pool, seed=1, size=2)
-    assert sorted(c for g in groups for c in g) == pool
-    assert [len(g) for g in groups] == [2, 2, 2, 1]
-    assert groups == references.partition(pool, seed=1, size=2)
-    assert groups != references.partition(pool, seed=2, size=2)
 
 
 def _fig(value: float, se: float = 0.02) -> dict:

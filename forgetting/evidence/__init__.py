@@ -10,7 +10,8 @@ standard error):
 ``measure`` runs them on one model for this request's classes ("now") and, in a sequence, for
 every class forgotten so far ("so_far"); ``verdicts`` puts a model's figures beside its
 reference's: a model retrained without the classes, or the same model's figures on classes
-it never trained on (``never_seen.py``). Pure PyTorch/scikit-learn: the pipeline adds
+it never trained on (``never_seen.py``), or models trained once without a group of classes
+each (``partition.py``). Pure PyTorch/scikit-learn: the pipeline adds
 storage and logging.
 """
 
@@ -89,14 +90,16 @@ def measure(model: torch.nn.Module, train_ds, heldout_ds, classes: list[int], de
     return result
 
 
-REFERENCES = {"retrain": "retrain", "never-seen": "never-seen classes"}
+REFERENCES = {"retrain": "retrain", "never-seen": "never-seen classes",
+              "partition": "partition models"}
 
 
 def verdicts(model: dict, retrain: dict | None, reference: str = "retrain"
              ) -> dict[str, dict[str, str]]:
     """One line per attack and scope: ``{"now": {attack: line}, "so_far": {...}}``, against
-    the retrain model's figures or (``reference="never-seen"``) the model's own figures on the
-    never-seen classes (``measure(..., never_seen=...)``)."""
+    ``retrain``: the retrain model's figures, or the partition models' (``partition.reference``,
+    the same rule), or (``reference="never-seen"``) the model's own figures on the never-seen
+    classes (``measure(..., never_seen=...)``)."""
     out: dict[str, dict[str, str]] = {}
     for scope in ("now", "so_far"):
         lines = {}
