@@ -656,7 +656,11 @@ def render_references() -> str:
             parts += ["", f"Partition reference (classes in groups of {p['size']}, one model "
                           f"trained without each group, {p['models_per_base']:.0f} per base "
                           f"model, {p['seconds_per_model']:.0f} s each, once per dataset "
-                          "version; judged by the retrain rule):", "",
+                          "version: if every request-able class is asked for once, "
+                          f"{p['seconds_per_model'] / p['size']:.0f} s of training per request, "
+                          f"{p['seconds_per_model'] / p['size'] / c['forget']:.1f}× the "
+                          "forgetting, beside the attacks on the parent and the candidate; "
+                          "judged by the retrain rule):", "",
                       "| attack | partition agrees with retrain (GS-LoRA++, original, head-only) "
                       "| on GS-LoRA++: flagged by partition / by retrain | positive controls "
                       "missed: partition / retrain | retrained model flagged by partition |",

@@ -99,7 +99,8 @@ CPU = torch.device("cpu")
 # rest fills in beside them
 LONGEST_FIRST = ("test_stack_faults.py", "test_stack.py::", "test_evidence.py", "test_gates.py",
                  "test_losses.py", "test_pipeline.py", "test_crash.py", "test_repro.py",
-                 "test_gpu_check.py", "test_never_seen.py", "test_parallel_evidence.py",
+                 "test_gpu_check.py", "test_never_seen.py", "test_partition.py",
+                 "test_parallel_evidence.py",
                  "test_timm_import.py", "test_cli.py")
 
 def pytest_collection_modifyitems(items: list) -> None:
