@@ -11,7 +11,7 @@ import json
 import pytest
 
 from forgetting.config import load_config
-from forgetting.evidence import verdicts
+from forgetting.evidence import passes, verdicts
 from forgetting.evidence.partition import group_of, groups, mean_of, reference
 from forgetting.evidence.stats import Figure
 
@@ -29,7 +29,11 @@ def test_groups_cover_every_class_once_and_repeat_for_a_seed():
     with pytest.raises(ValueError, match="class 12 is in no group"):
         group_of(parts, 12)
     pool = [0, 2, 3, 5, 6, 8, 9]  # a workspace with never-seen classes: gaps in the indices
-    assert sorted(c for g in groups(pool, seed=1, size=2) for c in g) == pool
+    in_pairs = groups(pool, seed=1, size=2)
+    assert sorted(c for g in in_pairs for c in g) == pool
+    assert [len(g) for g in in_pairs] == [2, 2, 2, 1]
+    assert in_pairs == groups(pool, seed=1, size=2)
+    assert in_pairs != groups(pool, seed=2, size=2)
 
 
 def test_a_reference_is_the_mean_of_per_class_figures_with_the_noise_of_a_mean():
@@ -90,6 +94,5 @@ def test_requests_with_the_partition_reference_train_each_group_once_and_no_retr
         assert "Evidence against the partition models reference" in md
         assert "What the partition reference shows" in md
         ident = next(a for a in ev["attacks"] if a["name"] == "identification")
-        from forgetting.evidence import passes
         assert (out["status"] == "failed_gate") == (not passes(ident["now"]["verdict"]))
     assert trained[0] > 0 and trained[1] == 0  # the group's model trained once, then read

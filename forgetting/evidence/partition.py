@@ -5,7 +5,7 @@ the classes a request may name into seeded groups (``evidence.partition_size`` c
 and trains one model without each group, the first time a request names a class of it: for
 class c, the model of c's group is a model that never saw c, whatever was forgotten before or
 after, so its figures on c stand in for a retrain's. Each attack's figure on each class of the
-group is kept (``class_figures`` in ``tasks.evidence``); a request's reference is the mean over
+group is kept (``tasks.evidence.partition_reference``); a request's reference is the mean over
 its classes of those per-class figures, judged by the retrain rule (a gap beyond twice the
 noise).
 
