@@ -413,8 +413,9 @@ def ui_commands(ws) -> dict[str, str]:
     # `mlflow models serve --env-manager local` starts `uvicorn` from PATH: the venv's bin first
     venv_bin = str(Path(tool("mlflow")).parent)
     return {
+        # one worker process, not MLflow's four (each imports MLflow): a UI for one person
         "MLflow UI": shell_command(["mlflow", "ui", "--backend-store-uri", ws.tracking_uri,
-                                    "--host", "127.0.0.1", "--port", "5000"]),
+                                    "--host", "127.0.0.1", "--port", "5000", "--workers", "1"]),
         "Prefect UI": shell_command(["prefect", "server", "start", "--host", "127.0.0.1",
                                      "--port", "4200"], state=ws.state),
         "DVC": shell_command(["dvc", "status"], cwd=ws.root),

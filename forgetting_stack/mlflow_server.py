@@ -31,7 +31,8 @@ def start(stack, s: dict, creds: dict) -> Callable[[], None]:
            "AWS_ACCESS_KEY_ID": creds["AWS_ACCESS_KEY_ID"],
            "AWS_SECRET_ACCESS_KEY": creds["AWS_SECRET_ACCESS_KEY"],
            "AWS_DEFAULT_REGION": "us-east-1",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # (tasks/environment.py)
     proc = stack.spawn("mlflow", [
         stack.tool("mlflow"), "server", "--backend-store-uri", stack.pg_url("mlflow"),
         "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", h, "--port", str(port),

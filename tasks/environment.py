@@ -27,6 +27,10 @@ OFFLINE = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # Dask's connection lines (evidence.parallel's local cluster)
     "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning",
+    # MLflow 3's server runs GenAI jobs (scorers, trace roll-ups) by default: a job runner and
+    # five Huey consumer processes per server, unused here (measured: 213 s of CPU in one
+    # `make test`, a tenth of the suite)
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
 
 
