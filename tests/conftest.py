@@ -12,6 +12,11 @@ import tempfile
 from pathlib import Path
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="forgetting-tests-"))
+if not os.environ.get("PYTEST_XDIST_WORKER"):
+    # what every process of the run can share (the tiny base model): made by the process that
+    # starts the run, before pytest-xdist starts its workers (they inherit the variable)
+    os.environ["FORGETTING_TESTS_SHARED"] = str(_SESSION_TMP / "shared")
+_SHARED = Path(os.environ["FORGETTING_TESTS_SHARED"])
 os.environ.update(
     PREFECT_HOME=str(_SESSION_TMP / "prefect"),
     DVC_SITE_CACHE_DIR=str(_SESSION_TMP / "dvc-site"),
@@ -74,18 +79,25 @@ def digits(session_tmp):
 
 
 @pytest.fixture(scope="session")
-def base_model(digits, tiny_cfg, session_tmp):
-    """(model, checkpoint path) of a tiny ViT pretrained on digits (~96 % val accuracy)."""
-    from forgetting.model import save_checkpoint
+def base_model(digits, tiny_cfg):
+    """(model, checkpoint path) of a tiny ViT pretrained on digits (~96 % val accuracy):
+    trained once per run, by the first process to need it (the others wait for it, then load
+    the same bytes)."""
+    from filelock import FileLock
+
+    from forgetting.model import load_checkpoint, save_checkpoint
     from forgetting.pretrain import pretrain
     from forgetting.runtime import setup_runtime
 
-    dev = setup_runtime(tiny_cfg)
-    res = pretrain(tiny_cfg.model, 10, digits["train"], digits["val"], tiny_cfg.pretrain,
-                   dev, progress=False)
-    path = session_tmp / "base.safetensors"
-    save_checkpoint(res.model, path, digits["info"].class_names)
-    return res.model, path
+    dev = setup_runtime(tiny_cfg)  # (in every process: its threads and determinism)
+    path = _SHARED / "base.safetensors"
+    _SHARED.mkdir(parents=True, exist_ok=True)
+    with FileLock(_SHARED / "base.lock"):
+        if not path.exists():
+            res = pretrain(tiny_cfg.model, 10, digits["train"], digits["val"],
+                           tiny_cfg.pretrain, dev, progress=False)
+            save_checkpoint(res.model, path, digits["info"].class_names)  # written atomically
+    return load_checkpoint(path)[0], path
 
 
 CPU = torch.device("cpu")
