@@ -353,7 +353,7 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
                 if spaces[i]:
                     cmd = ["ip", "netns", "exec", spaces[i], *cmd]
                 e = {**env, "PREFECT_HOME": str(d / "prefect"),
-                     "DVC_SITE_CACHE_DIR": str(d / "dvc-site"), "PREFECT_WORKER_QUERY_SECONDS": "3",
+                     "DVC_SITE_CACHE_DIR": str(d / "dvc-site"),
                      **extra}
                 p = subprocess.Popen(cmd, env=e, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                      cwd=d, start_new_session=True)
@@ -495,8 +495,7 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             if spaces[1]:
                 cmd = ["ip", "netns", "exec", spaces[1], *cmd]
             w3 = subprocess.Popen(cmd, env={**env2, "PREFECT_HOME": str(d / "prefect"),
-                                            "DVC_SITE_CACHE_DIR": str(d / "dvc-site"),
-                                            "PREFECT_WORKER_QUERY_SECONDS": "3"},
+                                            "DVC_SITE_CACHE_DIR": str(d / "dvc-site")},
                                   stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=d,
                                   start_new_session=True)
             workers.append((w3, log))

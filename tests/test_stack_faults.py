@@ -59,8 +59,7 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
                                   "--name", name],
                                  env={**env, "PREFECT_HOME": str(d / "prefect"),
                                       "DVC_SITE_CACHE_DIR": str(d / "dvc-site"),
-                                      # (every poll costs CPU the rest of the suite shares)
-                                      "PREFECT_WORKER_QUERY_SECONDS": "3", **extra},
+                                      **extra},
                                  stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=d,
                                  start_new_session=True)
             workers.append(p)
