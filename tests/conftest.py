@@ -16,7 +16,7 @@ if not os.environ.get("PYTEST_XDIST_WORKER"):
     # what every process of the run can share (the tiny base model): made by the process that
     # starts the run, before pytest-xdist starts its workers (they inherit the variable)
     os.environ["FORGETTING_TESTS_SHARED"] = str(_SESSION_TMP / "shared")
-_SHARED = Path(os.environ["FORGETTING_TESTS_SHARED"])
+_SHARED = Path(os.environ.get("FORGETTING_TESTS_SHARED", _SESSION_TMP / "shared"))
 os.environ.update(
     PREFECT_HOME=str(_SESSION_TMP / "prefect"),
     DVC_SITE_CACHE_DIR=str(_SESSION_TMP / "dvc-site"),
