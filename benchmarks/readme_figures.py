@@ -70,8 +70,8 @@ def _save(name: str, data: dict) -> None:
 def run_all(scale: bool = False) -> None:
     record_demo()
     # tune first: the later tables measure the defaults it chooses (set in params.yaml by hand)
-    for name in ("tune", "tune-views", "tune-repeats", "methods", "embedding", "quality", "sequence",
-                 "throughput", "sampler", "registry", "stack", "burst", "import",
+    for name in ("tune", "tune-views", "tune-repeats", "tune-replay", "methods", "embedding",
+                 "quality", "sequence", "throughput", "sampler", "registry", "stack", "burst", "import",
                  *(["scale"] if scale else [])):
         record(name, COMMANDS[name].split()[1:])
 
@@ -144,6 +144,7 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
             "tune-repeats": "python benchmarks/tune.py --spaces 4-shot-repeats --configs "
                             "params.yaml,benchmarks/configs/fashion-mnist-small.yaml --seeds 5,2 "
                             "--json",
+            "tune-replay": "python benchmarks/tune.py --spaces 4-shot-replay --json",
             "references": "python benchmarks/references.py --seeds 5,2 --requests 4,3 --json"}
 
 
@@ -682,6 +683,7 @@ RENDER = {"demo": render_demo_seeds, "repro": render_repro, "quality": render_qu
           "evidence": render_evidence_benches, "methods": render_methods_benches,
           "tune": render_tune_benches, "tune-views": lambda: render_tune_benches("tune-views"),
           "tune-repeats": lambda: render_tune_benches("tune-repeats"),
+          "tune-replay": lambda: render_tune_benches("tune-replay"),
           "import": render_import, "gpu": render_gpu,
           "sampler": render_sampler, "embedding": render_embedding,
           "references": render_references}

@@ -81,6 +81,16 @@ SPACES: dict[str, tuple[str, int | None, float, bool, dict | list]] = {
          "fewshot.embedding.relabel": 2.0},
         {},
     ]),
+    # a buffer of retained training images (forget.replay) beside the k shots: the retained
+    # CE and distillation rest on more than k points a class, so the forgetting terms may be
+    # as heavy as with full data; {} (today's 4-shot default) last: the baseline
+    "4-shot-replay": ("gs-lora++", 4, 0.05, True, [
+        {"fewshot.replay": 16},
+        {"fewshot.replay": 32},
+        {"fewshot.replay": 32, "fewshot.embedding.keep_retained": 1.0,
+         "fewshot.embedding.uniformity": 2.0},
+        {},
+    ]),
     # earlier spaces (digits only, before the embedding terms): kept runnable
     "full": ("gs-lora++", None, 0.01, False, {"alpha": [0.5, 0.1],
                                               "prototypes.kl_direction": ["p_to_proto",

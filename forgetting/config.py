@@ -204,6 +204,14 @@ class ForgetBase(_Strict):
         0.01, ge=0, description="epochs within this val H-Mean of the best: keep the sparsest")
     group_threshold: float = Field(0.02, ge=0, description="groups under this norm are dropped")
     shots: int | None = Field(None, ge=1, description="k images per class (GS-LoRA++ few-shot)")
+    # a k-shot request's retained classes rest on k images each, and the LoRA change that
+    # forgets is free everywhere else. A buffer of the retained classes' training images
+    # (the pipeline holds them all: the dataset version the base model was registered with)
+    # gives the retained CE and distillation more than k points a class. What it costs: the
+    # buffer's images in every request's steps; what it leaks: nothing the dataset version
+    # does not already hold
+    replay: int = Field(0, ge=0, description="k-shot requests: retained images per class "
+                                             "(a fixed buffer; 0 or at most k: just the k shots)")
     ema_decay: float | None = Field(0.9, gt=0, lt=1)
     ema_start_epoch: int = Field(3, ge=0)
     # "step": ours, an average over about 1 / (1 - decay) = 10 steps; "epoch": the authors',

@@ -233,8 +233,11 @@ class RequestData:
 
 
 def request_data(train: ParquetImageDataset, forget: Sequence[int], retained: Sequence[int],
-                 earlier: Sequence[int], shots: int | None, seed: int) -> RequestData:
-    """Forgotten, retained and earlier-forgotten training images; k per class when ``shots``.
+                 earlier: Sequence[int], shots: int | None, seed: int, replay: int = 0
+                 ) -> RequestData:
+    """Forgotten, retained and earlier-forgotten training images; k per class when ``shots``,
+    and ``replay`` per retained class when that is more (``forget.replay``: a buffer of the
+    retained classes' training images, drawn with the request's seed like the shots).
 
     The one draw shared by the prototypes and the training of a request (same seeds, same
     images). Earlier classes with fewer than ``shots`` images left (a purge removes them all)
@@ -246,7 +249,7 @@ def request_data(train: ParquetImageDataset, forget: Sequence[int], retained: Se
     f, r = train.with_classes(forget), train.with_classes(retained)
     o = train.with_classes(held) if held else None
     if shots is not None:
-        f, r = k_shot(f, shots, seed, forget), k_shot(r, shots, seed + 1, retained)
+        f, r = k_shot(f, shots, seed, forget), k_shot(r, max(shots, replay), seed + 1, retained)
         o = k_shot(o, shots, seed + 2, held) if held else None
     return RequestData(f, r, o)
 

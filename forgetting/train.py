@@ -129,7 +129,8 @@ def setup(model: Classifier, train_ds, val_ds, forget: Sequence[int], cfg: Forge
         raise RequestError("no retained class with training images left")
     method = methods.spec(cfg.method).load()
     data = request_data(train_ds, forget, retained,
-                        earlier if method.uses_earlier(cfg) else [], cfg.shots, cfg.seed)
+                        earlier if method.uses_earlier(cfg) else [], cfg.shots, cfg.seed,
+                        cfg.replay)
     if len(data.forget) == 0:
         raise DataError("the forgotten classes have no training images")
     model = model.to(device).eval()

@@ -185,7 +185,8 @@ def prototypes(root: str, checkpoint: str, request_id: str, forget: list[int], e
     dev = setup_runtime(cfg)
     model, names, _ = load_checkpoint(checkpoint)
     data = request_data(workspace_splits(ws)["train"], forget,
-                        _retained(len(names), forget, earlier), [], shots, cfg.forget.seed)
+                        _retained(len(names), forget, earlier), [], shots, cfg.forget.seed,
+                        cfg.forget.for_request(shots).replay)
     protos = request_prototypes(model.to(dev), data.forget, data.retained, len(names), dev,
                                 cfg.forget.prototypes, shots is not None, cfg.forget.seed)
     out = ws.work_dir(request_id) / "prototypes.safetensors"
