@@ -59,6 +59,23 @@ def test_k_shot_is_seeded_and_exact(digits):
         k_shot(digits["train"], 10_000, seed=0)
 
 
+def test_replay_gives_retained_classes_a_buffer_and_forgotten_ones_k(digits):
+    from forgetting.datasets import request_data
+
+    retained = [c for c in range(10) if c not in (3, 5)]
+    plain = request_data(digits["train"], [3], retained, [5], 4, seed=0)
+    data = request_data(digits["train"], [3], retained, [5], 4, seed=0, replay=12)
+    assert np.bincount(data.retained.labels, minlength=10)[retained].tolist() == [12] * 8
+    # the forgotten and earlier-forgotten draws are the k shots, as without the buffer
+    assert np.array_equal(data.forget.rows, plain.forget.rows)
+    assert np.array_equal(data.earlier.rows, plain.earlier.rows)
+    # at most k: the k shots themselves; full-data requests take every image
+    small = request_data(digits["train"], [3], retained, [5], 4, seed=0, replay=2)
+    assert np.array_equal(small.retained.rows, plain.retained.rows)
+    full = request_data(digits["train"], [3], retained, [5], None, seed=0, replay=12)
+    assert len(full.retained) == len(digits["train"].with_classes(retained))
+
+
 @pytest.mark.parametrize("name", ["../etc", "a/b", "a\\b", "..", "", " x", "x" * 200, "a\nb"])
 def test_class_names_that_could_escape_paths_are_refused(name):
     with pytest.raises(DataError, match="invalid class name"):
