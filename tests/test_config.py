@@ -62,3 +62,23 @@ def test_shipped_configs_load_and_build_their_model(name):
               "benchmarks/configs/fashion-mnist.yaml": (0.5e6, 1.5e6)}[name]
     assert expect[0] < params < expect[1], params
     assert len(data_config(cfg.model)["mean"]) == cfg.model.in_chans
+
+
+def test_params_yaml_writes_out_every_key():
+    """The repo's params.yaml says it carries every parameter: a key added to the config and
+    not to the file is a default a reader of the file cannot see (values may differ where the
+    file says why)."""
+    import yaml
+
+    from forgetting.config import Config, dump_config
+
+    def keys(d: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and k != "fewshot":  # fewshot is a partial override
+                out |= keys(v, f"{prefix}{k}.")
+        return out
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    assert keys(yaml.safe_load(dump_config(Config()))) - keys(shipped) == set()
