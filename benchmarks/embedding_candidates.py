@@ -124,7 +124,8 @@ class Uniformity(Candidate):
         return uniformity(f_gone, y_gone, self.cfg.temperature)
 
 
-CANDIDATES = {"none": None, "nearest-image": NearestImage, "resemble": Resemble,
+# "defaults": the embedding terms as params.yaml sets them (what the candidates led to)
+CANDIDATES = {"none": None, "defaults": None, "nearest-image": NearestImage, "resemble": Resemble,
               "push-centroid": PushCentroid, "disperse-all": DisperseAll,
               "disperse-class": DisperseClass, "uniformity": Uniformity}
 
@@ -134,7 +135,8 @@ def run(bench, seeds: int, steps: int, names: list[str]) -> dict:
     refs = [reference_rows(bench, s, orders[s], "val") for s in range(seeds)]
     out = {"seeds": seeds, "steps": steps, "orders": [[bench.names[c] for c in o]
                                                       for o in orders],
-           "retrain": _summary(refs), "candidates": {}}
+           "retrain": _summary(refs), "candidates": {},
+           "defaults": bench.cfg.forget.embedding.model_dump(mode="json")}
     # the candidate's weight; keep_retained 1 (the distillation kept), earlier images 32
     fcfg = bench.cfg.forget.model_copy(update={
         "earlier_batch_size": 32,
@@ -144,6 +146,8 @@ def run(bench, seeds: int, steps: int, names: list[str]) -> dict:
         cls = CANDIDATES[name]
         cfg = fcfg if cls is None else fcfg.model_copy(update={
             "embedding": fcfg.embedding.model_copy(update={"keep_retained": 1.0})})
+        if name == "defaults":
+            cfg = bench.cfg.forget
         original = train.EmbeddingForgetting
         train.EmbeddingForgetting = cls or original
         try:

@@ -581,8 +581,10 @@ def render_embedding() -> str:
         return " ".join(f"{100 * x:.1f}" if pct else f"{x:.2f}" for x in v)
 
     for name, c in [*r["candidates"].items(), ("retrain", r["retrain"])]:
-        label = {"none": "none (GS-LoRA++ alone)", "retrain": "retrain reference"}.get(name,
-                                                                                     name)
+        label = {"none": "none (GS-LoRA++ alone)", "retrain": "retrain reference",
+                 "defaults": "**the defaults**: " + ", ".join(
+                     f"{k} {v:g}" for k, v in r.get("defaults", {}).items()
+                     if k in ("relabel", "uniformity", "keep_retained"))}.get(name, name)
         rows.append(f"| {label} | {fmt(c['acc_r'], True)} | {fmt(c['identification'])} "
                     f"| {fmt(c['linear_probe'])} |")
     return (f"Measured by `{COMMANDS['embedding']}` (`benchmarks/results/embedding.json`; "
