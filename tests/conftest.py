@@ -102,18 +102,19 @@ def base_model(digits, tiny_cfg):
 
 CPU = torch.device("cpu")
 
-# `make test` runs in three processes (pytest-xdist, --dist loadfile --no-loadscope-reorder;
+# `make test` runs in four processes (pytest-xdist, --dist loadfile --no-loadscope-reorder;
 # not loadgroup: xdist 3.8 writes its group into ``item._nodeid``, which pytest 9 no longer reads).
 # Each module is one unit, so a module's fixtures (trained models, a served workspace) are built
 # once, not once per process. Units start in this order: the two stack tests (mostly waiting on
-# servers and outages) each in its own process; xdist then queues one more unit behind each of
-# them at once, so two quick modules go there; then the modules that train the most, while the
-# rest fills in beside them
-LONGEST_FIRST = ("test_stack_faults.py", "test_stack.py::", "test_evidence.py", "test_gates.py",
-                 "test_losses.py", "test_pipeline.py", "test_crash.py", "test_repro.py",
+# servers and outages) each in its own process, the two modules that train the most in the
+# other two; xdist then queues one more unit behind each at once, so two quick modules go behind
+# the stack tests; the rest fills in as processes free up
+LONGEST_FIRST = ("test_stack_faults.py", "test_stack.py::", "test_evidence.py", "test_pipeline.py",
+                 "test_gates.py", "test_losses.py", "test_crash.py", "test_repro.py",
                  "test_gpu_check.py", "test_never_seen.py", "test_partition.py",
                  "test_parallel_evidence.py",
                  "test_timm_import.py", "test_cli.py")
+
 
 def pytest_collection_modifyitems(items: list) -> None:
     def rank(item) -> int:
