@@ -43,6 +43,7 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
                 FORGET_CRASH_AFTER_SECONDS="45")
     workers: list[subprocess.Popen] = []
     table: list[dict] = []
+    t_setup = time.monotonic()
     try:
         st.up("127.0.0.1", free_port_base())
         client = read_env_file(st.client_file)
@@ -51,6 +52,7 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
         for args in (["init"], ["stack", "attach"], ["ingest"], ["pretrain"],
                      ["stack", "deploy", "--interval", "30"]):  # runs pick up what one left
             _run(env, *args, "--root", str(ws))
+        print(f"fault test set-up (stack up, init … deploy): {time.monotonic() - t_setup:.0f} s")
 
         def worker(name: str, **extra: str) -> tuple[subprocess.Popen, Path]:
             d, log = top / name, top / f"{name}.log"
@@ -90,7 +92,7 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
         ]
         classes = ["digit_1", "digit_2", "digit_3", "digit_4", "digit_5"]
         # a worker SIGKILLed while it holds the lock mid-training; another takes the request
-        pause = top / "pause-kill"
+        pause, t_fault = top / "pause-kill", time.monotonic()
         p, log = worker("w-killed", FORGETTING_PAUSE_AT="after-start",
                         FORGETTING_PAUSE_FILE=str(pause))
         assert "submitted" in _run(env, "request", "add", classes[0], "--root", str(ws))
@@ -105,10 +107,11 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
         table.append({"fault": "worker SIGKILLed holding the lock", "request": "req-0001",
                       "recovered_s": round(time.monotonic() - t0, 1)})
         stop(p2)  # (its flow run is marked Crashed meanwhile: checked at the end)
+        table[-1]["total_s"] = round(time.monotonic() - t_fault, 1)  # worker start to stop
 
         for i, (what, point, brk, fix) in enumerate(faults):
             req, version = f"req-000{i + 2}", i + 3
-            pause = top / f"pause-{i}"
+            pause, t_fault = top / f"pause-{i}", time.monotonic()
             p, log = worker(f"w{i}", FORGETTING_PAUSE_AT=point, FORGETTING_PAUSE_FILE=str(pause))
             assert "submitted" in _run(env, "request", "add", classes[i + 1], "--root",
                                        str(ws))
@@ -124,6 +127,7 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
                           "recovered_s": round(time.monotonic() - t0, 1),
                           "the failed run": _first_error(log)})
             stop(p)
+            table[-1]["total_s"] = round(time.monotonic() - t_fault, 1)
 
         poll(lambda: killed[0] in _flow_runs(client, "CRASHED"),
              "the automation marks the killed worker's flow run Crashed", 240, every=5)
