@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 # four processes on two cores (pytest-xdist), a module per unit: the two stack tests mostly wait
 # on servers and outages, so two processes train beside them; the longest start first
-# (tests/conftest.py). 16 min 39 s here with four, 19 min 4 s with three: the fault test
+# (tests/conftest.py). 14 min 8 s to 16 min 39 s here with four, 19 min 4 s with three: the fault test
 # alone (14 min) is the floor
 test: $(STAMP)
 	$(PY) -m pytest -q -n 4 --dist loadfile --no-loadscope-reorder
