@@ -18,8 +18,8 @@ demo: $(STAMP)
 
 # four processes on two cores (pytest-xdist), a module per unit: the two stack tests mostly wait
 # on servers and outages, so two processes train beside them; the longest start first
-# (tests/conftest.py). 14 min 8 s to 16 min 39 s here with four, 19 min 4 s with three: the fault test
-# alone (14 min) is the floor
+# (tests/conftest.py). 14 min 8 s to 16 min 39 s here with four, 19 min 4 s with three; the
+# floor is the fault test (9 min 23 s alone, 14 min beside the rest)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 4 --dist loadfile --no-loadscope-reorder
 
