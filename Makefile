@@ -20,12 +20,13 @@ demo: $(STAMP)
 # on servers and outages, so two processes train beside them; the longest start first
 # (tests/conftest.py). 14 min 8 s to 16 min 39 s here with four, 19 min 4 s with three; the
 # floor is the fault test (9 min 23 s alone, 14 min beside the rest)
+XDIST := --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
-	$(PY) -m pytest -q -n 4 --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q -n 4 $(XDIST)
 
 # the quick half in two processes: 2 min 55 s here (4 min 22 s in one)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
+	$(PY) -m pytest -q -n 2 $(XDIST) -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

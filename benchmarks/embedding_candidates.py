@@ -144,10 +144,11 @@ def run(bench, seeds: int, steps: int, names: list[str]) -> dict:
             "relabel": 0.0, "uniformity": 0.0, "keep_retained": 0.0})})
     for name in names:
         cls = CANDIDATES[name]
-        cfg = fcfg if cls is None else fcfg.model_copy(update={
-            "embedding": fcfg.embedding.model_copy(update={"keep_retained": 1.0})})
         if name == "defaults":
             cfg = bench.cfg.forget
+        else:
+            cfg = fcfg if cls is None else fcfg.model_copy(update={
+                "embedding": fcfg.embedding.model_copy(update={"keep_retained": 1.0})})
         original = train.EmbeddingForgetting
         train.EmbeddingForgetting = cls or original
         try:
