@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 # four processes on two cores (pytest-xdist), a module per unit: the two stack tests mostly wait
 # on servers and outages, so two processes train beside them; the longest start first
-# (tests/conftest.py). 14 min 8 s to 16 min 39 s here with four, 19 min 4 s with three; the
+# (tests/conftest.py). 14 min 8 s to 18 min 14 s here over three runs with four, 19 min 4 s once with three; the
 # floor is the fault test (9 min 23 s alone, 14 min beside the rest)
 XDIST := --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
