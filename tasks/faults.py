@@ -2,7 +2,9 @@
 process SIGKILLs itself when it reaches that point, exactly as an OOM kill or a power cut would
 stop it there; with ``FORGETTING_PAUSE_AT=<name>`` it writes ``$FORGETTING_PAUSE_FILE`` and
 waits until the test removes it (to break a server in the middle of a request), after passing
-the point ``$FORGETTING_PAUSE_SKIP`` times (default 0), and only once (``<file>.done``). Unset (always,
+the point ``$FORGETTING_PAUSE_SKIP`` times (default 0), and only once (``<file>.done``).
+``FORGETTING_PAUSE_PLAN=<file>`` does the same with ``<name> <pause file>`` read from that file
+at every point, so that one long-lived worker can be told where to pause next. Unset (always,
 outside tests) this does nothing."""
 
 from __future__ import annotations
@@ -28,11 +30,20 @@ def crash_point(name: str) -> None:
         if _seen.setdefault(name, 0) < int(os.environ.get("FORGETTING_PAUSE_SKIP", "0")):
             _seen[name] += 1  # pause at a later request of the same run
             return
-        flag = Path(os.environ["FORGETTING_PAUSE_FILE"])
-        done = flag.with_name(flag.name + ".done")
-        if done.exists():  # paused once: the later flow runs of this worker go on
-            return
-        flag.write_text(str(os.getpid()))
-        while flag.exists():
-            time.sleep(0.2)
-        done.touch()
+        _pause(Path(os.environ["FORGETTING_PAUSE_FILE"]))
+    plan = os.environ.get("FORGETTING_PAUSE_PLAN")
+    if plan and Path(plan).exists():
+        point, flag = Path(plan).read_text().split(maxsplit=1)
+        if point == name:
+            _pause(Path(flag.strip()))
+
+
+def _pause(flag: Path) -> None:
+    """Write ``flag``, wait until it is removed; once per flag (the later flow runs go on)."""
+    done = flag.with_name(flag.name + ".done")
+    if done.exists():
+        return
+    flag.write_text(str(os.getpid()))
+    while flag.exists():
+        time.sleep(0.2)
+    done.touch()

@@ -101,18 +101,23 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
         assert len(killed) == 1, killed
         _kill_tree(p.pid)
         t0, killed_at = time.monotonic(), dt.datetime.now(dt.UTC)
-        p2, log2 = worker("w-next")
-        poll(lambda: done(log2, "req-0001", 2), "the next worker finishes req-0001", 300,
-             procs=[(p2, log2)])
+        # the next worker takes req-0001, then lives through every server outage, told where
+        # to pause next through its plan file (one worker, one clone: as a team runs them)
+        plan = top / "pause-plan"
+        p, log = worker("w-next", FORGETTING_PAUSE_PLAN=str(plan))
+        poll(lambda: done(log, "req-0001", 2), "the next worker finishes req-0001", 300,
+             procs=[(p, log)])
         table.append({"fault": "worker SIGKILLed holding the lock", "request": "req-0001",
-                      "recovered_s": round(time.monotonic() - t0, 1)})
-        stop(p2)  # (its flow run is marked Crashed meanwhile: checked at the end)
-        table[-1]["total_s"] = round(time.monotonic() - t_fault, 1)  # worker start to stop
+                      "recovered_s": round(time.monotonic() - t0, 1),
+                      "total_s": round(time.monotonic() - t_fault, 1)})
 
         for i, (what, point, brk, fix) in enumerate(faults):
             req, version = f"req-000{i + 2}", i + 3
             pause, t_fault = top / f"pause-{i}", time.monotonic()
-            p, log = worker(f"w{i}", FORGETTING_PAUSE_AT=point, FORGETTING_PAUSE_FILE=str(pause))
+            seen = len(log.read_text())  # the worker's log before this fault
+            tmp = plan.with_suffix(".tmp")
+            tmp.write_text(f"{point} {pause}")
+            tmp.replace(plan)  # whole, as the worker reads it at every fault point
             assert "submitted" in _run(env, "request", "add", classes[i + 1], "--root",
                                        str(ws))
             poll(pause.exists, f"{what}: the worker reaches {point}", 300, procs=[(p, log)])
@@ -121,13 +126,13 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
             time.sleep(OUTAGE)
             t0 = time.monotonic()
             fix()
-            poll(lambda log=log, req=req, v=version: done(log, req, v), f"{what}: {req} done",
-                 300, procs=[(p, log)])
+            poll(lambda req=req, v=version: done(log, req, v), f"{what}: {req} done", 300,
+                 procs=[(p, log)])
             table.append({"fault": what, "request": req,
                           "recovered_s": round(time.monotonic() - t0, 1),
-                          "the failed run": _first_error(log)})
-            stop(p)
-            table[-1]["total_s"] = round(time.monotonic() - t_fault, 1)
+                          "the failed run": _first_error(log.read_text()[seen:]),
+                          "total_s": round(time.monotonic() - t_fault, 1)})
+        stop(p)  # (the killed worker's flow run is marked Crashed meanwhile: checked next)
 
         poll(lambda: killed[0] in _flow_runs(client, "CRASHED"),
              "the automation marks the killed worker's flow run Crashed", 240, every=5)
@@ -160,9 +165,9 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
         shutil.rmtree(top, ignore_errors=True)
 
 
-def _first_error(log: Path) -> str:
+def _first_error(log: str) -> str:
     """What stopped the run the fault broke, as its flow run logged it."""
-    for line in log.read_text().splitlines():
+    for line in log.splitlines():
         if "Encountered exception during execution:" in line:
             return line.split("execution:", 1)[1].strip()[:160]
     return "no run failed (retried through the outage)"
