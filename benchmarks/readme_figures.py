@@ -9,10 +9,10 @@ cannot go stale.
 ``forget demo`` in a fresh folder (``demo.json``), ``dvc repro``'s committed metrics
 (``data/repro/*.json``), ``quality.py --quick`` (``quality.json``), ``sequence.py``
 (``sequence.json``), ``throughput.py``, ``registry_bytes.py`` and the CLI latencies
-(``latency.json``); with ``--scale`` also ``scale.py`` (Fashion-MNIST, about an hour). The
-README holds each figure between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->``;
-the test suite runs ``--check``, so a figure in the README is always the one in the results
-beside it.
+(``latency.json``); with ``--scale`` also ``scale.py`` and ``cost.py`` (Fashion-MNIST, about
+an hour each). The README holds each figure between ``<!-- figures:NAME -->`` and
+``<!-- /figures:NAME -->``; the test suite runs ``--check``, so a figure in the README is
+always the one in the results beside it.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def run_all(scale: bool = False) -> None:
     # tune first: the later tables measure the defaults it chooses (set in params.yaml by hand)
     for name in ("tune", "tune-views", "tune-repeats", "tune-replay", "methods", "embedding",
                  "quality", "sequence", "throughput", "sampler", "registry", "stack", "burst", "import",
-                 *(["scale"] if scale else [])):
+                 *(["scale", "cost"] if scale else [])):
         record(name, COMMANDS[name].split()[1:])
 
 
@@ -145,7 +145,8 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
                             "params.yaml,benchmarks/configs/fashion-mnist-small.yaml --seeds 5,2 "
                             "--json",
             "tune-replay": "python benchmarks/tune.py --spaces 4-shot-replay --json",
-            "references": "python benchmarks/references.py --seeds 5,2 --requests 4,3 --json"}
+            "references": "python benchmarks/references.py --seeds 5,2 --requests 4,3 --json",
+            "cost": "python benchmarks/cost.py --json"}
 
 
 def _load(name: str) -> dict:
@@ -593,6 +594,38 @@ def render_embedding() -> str:
             f"probe on every class forgotten so far):\n\n" + "\n".join(rows) + "\n")
 
 
+def render_cost() -> str:
+    if not _recorded("cost"):
+        return f"Not recorded yet: `{COMMANDS['cost']}`.\n"
+    r = _load("cost")
+    rows = ["| steps per epoch at most | seconds | of the retrain | val Acc_f | val Acc_r | "
+            "val H-Mean | k-NN identification | linear probe | equal quality |",
+            "|---|---|---|---|---|---|---|---|---|"]
+
+    def ev(c: dict, a: str) -> str:
+        return f"{c[a]['value']:.3f} ± {c[a]['se']:.3f}"
+
+    for cap, c in r["caps"].items():
+        rows.append(f"| {cap} | {c['seconds']:.0f} | {c['of_retrain']:.3f} | {_pct(c['acc_f'])} "
+                    f"| {_pct(c['acc_r'])} | {_pct(c['h_mean'])} | {ev(c, 'identification')} | "
+                    f"{ev(c, 'linear_probe')} | {'yes' if c['equal_quality'] else 'no'} |")
+    v = r["retrain"]["val"]
+    rows.append(f"| retrain from scratch | {v['seconds']:.0f} | 1 | {_pct(v['acc_f'])} | "
+                f"{_pct(v['acc_r'])} | | {ev(v, 'identification')} | {ev(v, 'linear_probe')} | |")
+    t, tr = r["test"]["chosen"], r["test"]["retrain"]
+    return (f"Measured by `{COMMANDS['cost']}` (`benchmarks/results/cost.json`; "
+            f"{_on(r['machine'])}, {r['threads']} threads), one request forgetting "
+            f"`{r['class']}` on Fashion-MNIST ({r['train_images']:,} training images), the "
+            f"**validation split** (equal quality: against the first row, val Acc_f at most 1 "
+            f"point higher, H-Mean within {100 * r['tolerance']:.1f} point, each probe within "
+            "twice the noise of the difference):\n\n" + "\n".join(rows) + "\n\n"
+            f"Chosen: at most {r['chosen']} steps per epoch. On the **test split**, once: "
+            f"{t['seconds']:.0f} s against the retrain's {tr['seconds']:.0f} s "
+            f"(**{r['of_retrain']:.3f}** of it), Acc_f {_pct(t['acc_f'])}, Acc_r "
+            f"{_pct(t['acc_r'])} (retrain {_pct(tr['acc_r'])}), k-NN identification "
+            f"{ev(t, 'identification')} (retrain {ev(tr, 'identification')}).\n")
+
+
 def render_demo_seeds() -> str:
     d = _load("demo")
     if "runs" not in d:  # recorded before the demo ran over several pretraining seeds
@@ -688,7 +721,7 @@ RENDER = {"demo": render_demo_seeds, "repro": render_repro, "quality": render_qu
           "tune-replay": lambda: render_tune_benches("tune-replay"),
           "import": render_import, "gpu": render_gpu,
           "sampler": render_sampler, "embedding": render_embedding,
-          "references": render_references}
+          "references": render_references, "cost": render_cost}
 
 
 def rendered(text: str) -> str:
@@ -702,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="store_true", help="run the benchmarks first (~2 h)")
     ap.add_argument("--scale", action="store_true",
-                    help="with --run, also benchmarks/scale.py (Fashion-MNIST, about an hour)")
+                    help="with --run, also benchmarks/scale.py and cost.py (Fashion-MNIST)")
     ap.add_argument("--check", action="store_true", help="exit 1 if README is not up to date")
     ap.add_argument("--only", choices=sorted([*(k for k, v in COMMANDS.items()
                                                  if "DEMO" not in v), "demo"]),
