@@ -18,8 +18,9 @@ demo: $(STAMP)
 
 # four processes on two cores (pytest-xdist), a module per unit: the two stack tests mostly wait
 # on servers and outages, so two processes train beside them; the longest start first
-# (tests/conftest.py). Here: 14 min 8 s to 18 min 14 s over three runs with four, 19 min 4 s
-# once with three; the floor is the fault test (9 min 23 s alone, 14 min beside the rest)
+# (tests/conftest.py). Here: 14 min 8 s to 18 min 14 s over six runs; the suite is CPU-bound
+# (1,751-1,901 busy CPU-seconds per run, 97-98 % of both cores), so its floor is its CPU, not the
+# fault test (6 min 29 s alone)
 XDIST := --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(PY) -m pytest -q -n 4 $(XDIST)
