@@ -8,11 +8,12 @@ split at equal quality, then reported once on the test split.
 Seed 0's base model forgets ``tshirt_top`` (one request, full data) once per cap; each is
 measured on val: Acc_f, Acc_r, H-Mean, k-NN identification and the linear probe of the class,
 and the request's seconds, beside the retrain reference (a model trained from scratch without
-the class; its seconds are the denominator). Equal quality, against the largest cap (the
-config's): val Acc_f no higher than its Acc_f + 1 point, val H-Mean within ``--tolerance`` of
-it, identification and probe no higher than its figure + twice the noise of the difference.
-The chosen cap is the smallest of equal quality; only it is measured on test. Base model,
-retrain and runs are cached (``--cache``), so a second run only reads.
+the class; its seconds are the denominator). Equal quality, against the largest cap given (by
+default 200, the config's): val Acc_f no higher than its Acc_f + 1 point, val H-Mean within
+``--tolerance`` of it, identification and probe no higher than its figure + twice the noise of
+the difference. The chosen cap is the smallest of equal quality (the largest always is); only
+it is measured on test. Base model, retrain and runs are cached (``--cache``), so a second run
+only reads.
 """
 
 from __future__ import annotations
