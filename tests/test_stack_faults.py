@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from forgetting.files import write_text_atomic
+
 from .conftest import MICRO, write_params
 from .helpers import poll
 from .test_stack import FORGET, PREFECT_OFF, _kill_tree, _run
@@ -115,9 +117,7 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
             req, version = f"req-000{i + 2}", i + 3
             pause, t_fault = top / f"pause-{i}", time.monotonic()
             seen = len(log.read_text())  # the worker's log before this fault
-            tmp = plan.with_suffix(".tmp")
-            tmp.write_text(f"{point} {pause}")
-            tmp.replace(plan)  # whole, as the worker reads it at every fault point
+            write_text_atomic(plan, f"{point} {pause}")  # the worker reads it at every point
             assert "submitted" in _run(env, "request", "add", classes[i + 1], "--root",
                                        str(ws))
             poll(pause.exists, f"{what}: the worker reaches {point}", 300, procs=[(p, log)])
