@@ -127,6 +127,24 @@ def test_verdict_and_tpr_at_low_fpr_on_fixed_numbers():
     assert verdict(Figure(0.80, 0.02), Figure(0.71, 0.02), "x").startswith("retains more")
 
 
+def test_auc_and_tpr_at_fpr_are_sklearns_figures_on_tied_scores():
+    """Counted by hand for speed (stats.py): the same figures as sklearn, at every threshold
+    (``drop_intermediate=False``: sklearn's default drops collinear points, corners included,
+    and understates the TPR there)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from forgetting.evidence.stats import auc
+
+    rng = np.random.default_rng(0)
+    for n1, n0, decimals in ((150, 120, 1), (40, 300, 2), (7, 9, 0)):
+        m, nm = np.round(rng.normal(0.4, 1, n1), decimals), np.round(rng.normal(0, 1, n0), decimals)
+        y, s = np.r_[np.ones(n1), np.zeros(n0)], np.r_[m, nm]
+        assert auc(m, nm) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        f, t, _ = roc_curve(y, s, drop_intermediate=False)
+        for fpr in (0.0, 0.01, 0.1, 0.5):
+            assert tpr_at_fpr(m, nm, fpr) == pytest.approx(float(t[f <= fpr].max()), abs=1e-12)
+
+
 def _result(**figures):
     return {"now": {a: {"figure": Figure(v, 0.01).as_dict()} for a, v in figures.items()}}
 
