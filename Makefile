@@ -18,9 +18,9 @@ demo: $(STAMP)
 
 # four processes on two cores (pytest-xdist), a module per unit: the two stack tests mostly wait
 # on servers and outages, so two processes train beside them; the longest start first
-# (tests/conftest.py). Here: 14 min 8 s to 18 min 14 s over six runs; the suite is CPU-bound
-# (1,751-1,901 busy CPU-seconds per run, 97-98 % of both cores), so its floor is its CPU, not the
-# fault test (6 min 29 s alone)
+# (tests/conftest.py). The suite is CPU-bound (97-99 % of both cores), so its time is its
+# CPU-seconds over 2: benchmarks/suite_cpu.py says which tests and processes spend them
+# (docs/benchmarks.md, "The test suite's CPU")
 XDIST := --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(PY) -m pytest -q -n 4 $(XDIST)

@@ -8,11 +8,11 @@ cannot go stale.
 ``--run`` (about 2 hours on 2 CPU cores) records, each with the machine it ran on:
 ``forget demo`` in a fresh folder (``demo.json``), ``dvc repro``'s committed metrics
 (``data/repro/*.json``), ``quality.py --quick`` (``quality.json``), ``sequence.py``
-(``sequence.json``), ``throughput.py``, ``registry_bytes.py`` and the CLI latencies
-(``latency.json``); with ``--scale`` also ``scale.py`` and ``cost.py`` (Fashion-MNIST, about
-an hour each). The README holds each figure between ``<!-- figures:NAME -->`` and
-``<!-- /figures:NAME -->``; the test suite runs ``--check``, so a figure in the README is
-always the one in the results beside it.
+(``sequence.json``), ``throughput.py``, ``registry_bytes.py``, the CLI latencies
+(``latency.json``) and the test suite's CPU (``suite_cpu.py``, 15 min); with ``--scale``
+also ``scale.py`` and ``cost.py`` (Fashion-MNIST, about an hour each). The README holds each
+figure between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->``; the test suite runs
+``--check``, so a figure in the README is always the one in the results beside it.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def run_all(scale: bool = False) -> None:
     # tune first: the later tables measure the defaults it chooses (set in params.yaml by hand)
     for name in ("tune", "tune-views", "tune-repeats", "tune-replay", "methods", "embedding",
                  "quality", "sequence", "throughput", "sampler", "registry", "stack", "burst", "import",
-                 *(["scale", "cost"] if scale else [])):
+                 "suite-cpu", *(["scale", "cost"] if scale else [])):
         record(name, COMMANDS[name].split()[1:])
 
 
@@ -146,7 +146,8 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
                             "--json",
             "tune-replay": "python benchmarks/tune.py --spaces 4-shot-replay --json",
             "references": "python benchmarks/references.py --seeds 5,2 --requests 4,3 --json",
-            "cost": "python benchmarks/cost.py --json"}
+            "cost": "python benchmarks/cost.py --json",
+            "suite-cpu": "python benchmarks/suite_cpu.py --json"}
 
 
 def _load(name: str) -> dict:
@@ -711,6 +712,30 @@ def render_references() -> str:
     return "\n".join(parts) + "\n"
 
 
+def render_suite_cpu() -> str:
+    if not _recorded("suite-cpu"):
+        return f"Not recorded yet: `{COMMANDS['suite-cpu']}`.\n"
+    r = _load("suite-cpu")
+    kinds = ["| kind of process | CPU-s | processes |", "|---|---|---|",
+             *(f"| {k} | {v['cpu_s']:.0f} | {v['processes']} |" for k, v in r["kinds"].items())]
+    mods = ["| test module | CPU-s in its pytest process (own + waited-for children) | "
+            "wall s | tests |", "|---|---|---|---|",
+            *(f"| `{k}` | {m['self'] + m['children']:.0f} ({m['self']:.0f} + "
+              f"{m['children']:.0f}) | {m['wall']:.0f} | {m['tests']} |"
+              for k, m in r["modules"].items() if m["self"] + m["children"] >= 5)]
+    return (f"Measured by `{COMMANDS['suite-cpu']}` (`benchmarks/results/suite-cpu.json`; "
+            f"{_on(r['machine'])}): `make test`'s run "
+            f"({'passed' if r['returncode'] == 0 else 'FAILED, exit ' + str(r['returncode'])}) "
+            f"took {r['wall_s']:.0f} s and "
+            f"**{r['busy_cpu_s']:.0f} busy CPU-seconds** on {r['cores']} cores "
+            f"({100 * r['busy_share']:.0f} % of them), so its time cannot fall below "
+            f"{r['busy_cpu_s'] / r['cores']:.0f} s without less CPU. Every process the run "
+            f"started, sampled each second ({r['sampled_cpu_s']:.0f} CPU-s seen):\n\n"
+            + "\n".join(kinds) + "\n\nEach test module (modules under 5 CPU-s left out; "
+            "servers and fork-server processes are not a module's children, so they show "
+            "above, not here):\n\n" + "\n".join(mods) + "\n")
+
+
 RENDER = {"demo": render_demo_seeds, "repro": render_repro, "quality": render_quality,
           "sequence": render_sequence, "latency": render_latency,
           "scale": lambda: render_quality("scale"), "throughput": render_throughput,
@@ -721,7 +746,8 @@ RENDER = {"demo": render_demo_seeds, "repro": render_repro, "quality": render_qu
           "tune-replay": lambda: render_tune_benches("tune-replay"),
           "import": render_import, "gpu": render_gpu,
           "sampler": render_sampler, "embedding": render_embedding,
-          "references": render_references, "cost": render_cost}
+          "references": render_references, "cost": render_cost,
+          "suite-cpu": render_suite_cpu}
 
 
 def rendered(text: str) -> str:
