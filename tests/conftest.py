@@ -6,6 +6,7 @@ project's offline defaults (``tasks.environment``) and a temporary Prefect home.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -60,6 +61,8 @@ def session_tmp() -> Path:
 
 
 def pytest_sessionfinish(session) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the process that began the run: last out
+        _stop_shared_prefect()
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)  # it made it; nothing else is in it
 
 
@@ -126,13 +129,77 @@ def pytest_collection_modifyitems(items: list) -> None:
 
 @pytest.fixture(scope="session")
 def prefect_api() -> str:
-    """One Prefect server for the session (Prefect's test harness: a real server process on
-    127.0.0.1 with a temporary database), for in-process flows and ``forget`` subprocesses."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+    """One Prefect server for the whole run, shared by pytest-xdist's processes: a real server
+    process on 127.0.0.1 with its own SQLite database, started as Prefect's test harness starts
+    one, by the first process to need it; the process that began the run stops it
+    (``pytest_sessionfinish``). One per process cost each ~10 CPU-s to start and 1 a minute
+    idle, on a machine the suite keeps busy (benchmarks/suite_cpu.py)."""
+    import prefect.context
+    from filelock import FileLock
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
+    from .servers import wait_for
+
+    _SHARED.mkdir(parents=True, exist_ok=True)
+    url_file = _SHARED / "prefect-api"
+    with FileLock(_SHARED / "prefect.lock"):
+        if not url_file.exists():
+            _start_shared_prefect(url_file, wait_for)
+    with temporary_settings({PREFECT_API_URL: url_file.read_text()}):
+        # also as the process-wide settings, as prefect_test_harness does: Prefect's threads
+        # started before this (log and event workers) read those, and without an API URL
+        # they would start a temporary server of their own
+        with prefect.context._temporary_global_settings_context(
+                prefect.context.get_settings_context()):
+            yield url_file.read_text()
+
+
+def _start_shared_prefect(url_file: Path, wait_for) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = _SHARED / "prefect-server.log"
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+           "PREFECT__SERVER_FINAL": "1",
+           "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{_SHARED}/prefect.db"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    (_SHARED / "prefect-server.pid").write_text(str(proc.pid))
+    wait_for(f"http://127.0.0.1:{port}/api/health", 120, proc, log)
+    url_file.write_text(f"http://127.0.0.1:{port}/api")
+
+
+def _stop_shared_prefect() -> None:
+    """The shared server's process group, where this run started one."""
+    import signal
+    import time
+
+    pid_file = _SHARED / "prefect-server.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if not _alive(pid):
+            return
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="session")
