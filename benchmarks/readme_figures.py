@@ -723,9 +723,10 @@ def render_suite_cpu() -> str:
             *(f"| `{k}` | {m['self'] + m['children']:.0f} ({m['self']:.0f} + "
               f"{m['children']:.0f}) | {m['wall']:.0f} | {m['tests']} |"
               for k, m in r["modules"].items() if m["self"] + m["children"] >= 5)]
+    outcome = "passed" if r["returncode"] == 0 else "FAILED: " + ", ".join(
+        r.get("failed") or [f"exit {r['returncode']}"])
     return (f"Measured by `{COMMANDS['suite-cpu']}` (`benchmarks/results/suite-cpu.json`; "
-            f"{_on(r['machine'])}): `make test`'s run "
-            f"({'passed' if r['returncode'] == 0 else 'FAILED, exit ' + str(r['returncode'])}) "
+            f"{_on(r['machine'])}): `make test`'s run ({outcome}) "
             f"took {r['wall_s']:.0f} s and "
             f"**{r['busy_cpu_s']:.0f} busy CPU-seconds** on {r['cores']} cores "
             f"({100 * r['busy_share']:.0f} % of them), so its time cannot fall below "

@@ -97,12 +97,15 @@ class Sampler(threading.Thread):
             self.stop.wait(self.every)
 
 
-def _modules(folder: Path) -> dict[str, dict]:
+def _modules(folder: Path, failed: list[str]) -> dict[str, dict]:
+    """Per test module, and the tests that failed into ``failed``."""
     mods: dict[str, dict] = defaultdict(lambda: {"self": 0.0, "children": 0.0, "wall": 0.0,
                                                  "tests": 0})
     for f in folder.glob("*.tsv"):
         for line in f.read_text().splitlines():
-            node, own, kids, wall = line.split("\t")
+            node, own, kids, wall, bad = line.split("\t")
+            if bad == "1":
+                failed.append(node)
             m = mods[node.split("::")[0]]
             m["self"] += float(own)
             m["children"] += float(kids)
@@ -134,12 +137,14 @@ def main(argv: list[str] | None = None) -> dict:
     for cmd, cpu in sampler.seen.values():
         kinds[_kind(cmd)][0] += cpu
         kinds[_kind(cmd)][1] += 1
-    modules = _modules(per_test)
+    failed: list[str] = []
+    modules = _modules(per_test, failed)
     for f in per_test.glob("*.tsv"):
         f.unlink()
     per_test.rmdir()  # the folder it made
     result = {
-        "pytest_args": args.pytest_args or MAKE_TEST, "returncode": rc, "wall_s": round(wall, 1),
+        "pytest_args": args.pytest_args or MAKE_TEST, "returncode": rc, "failed": sorted(failed),
+        "wall_s": round(wall, 1),
         "busy_cpu_s": round(busy, 1), "cores": os.cpu_count(),
         "busy_share": round(busy / (wall * os.cpu_count()), 3),
         "sampled_cpu_s": round(sum(c for c, _ in kinds.values()), 1),
@@ -160,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     for k, v in modules.items():
         print(f"  {v['self'] + v['children']:7.1f} CPU-s ({v['self']:.1f} + {v['children']:.1f}), "
               f"{v['wall']:6.1f} s wall, {v['tests']:3d} tests  {k}")
+    if failed:
+        print("failed: " + ", ".join(sorted(failed)))
     if args.json:
         print(json.dumps(result))
     return result

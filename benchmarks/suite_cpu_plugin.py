@@ -1,6 +1,6 @@
 """pytest plugin of ``suite_cpu.py``: each test's CPU-seconds in its pytest process (itself,
-and the children it waited for) and its wall time, one line per test in a file per xdist
-worker under ``SUITE_CPU_DIR``."""
+and the children it waited for), its wall time and whether it failed, one line per test in a
+file per xdist worker under ``SUITE_CPU_DIR``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ def _cpu() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
+_FAILED: set[str] = set()
+
+
+def pytest_runtest_logreport(report) -> None:
+    if report.failed:
+        _FAILED.add(report.nodeid)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):  # noqa: ARG001 (pytest passes it by name)
     own0, kids0 = _cpu()
@@ -26,4 +34,4 @@ def pytest_runtest_protocol(item, nextitem):  # noqa: ARG001 (pytest passes it b
     folder = Path(os.environ["SUITE_CPU_DIR"])
     with open(folder / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.tsv", "a") as f:
         f.write(f"{item.nodeid}\t{own1 - own0:.2f}\t{kids1 - kids0:.2f}\t"
-                f"{time.monotonic() - t0:.2f}\n")
+                f"{time.monotonic() - t0:.2f}\t{int(item.nodeid in _FAILED)}\n")
