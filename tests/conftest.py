@@ -138,13 +138,11 @@ def prefect_api() -> str:
     from filelock import FileLock
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from .servers import wait_for
-
     _SHARED.mkdir(parents=True, exist_ok=True)
     url_file = _SHARED / "prefect-api"
     with FileLock(_SHARED / "prefect.lock"):
         if not url_file.exists():
-            _start_shared_prefect(url_file, wait_for)
+            _start_shared_prefect(url_file)
     with temporary_settings({PREFECT_API_URL: url_file.read_text()}):
         # also as the process-wide settings, as prefect_test_harness does: Prefect's threads
         # started before this (log and event workers) read those, and without an API URL
@@ -154,22 +152,24 @@ def prefect_api() -> str:
             yield url_file.read_text()
 
 
-def _start_shared_prefect(url_file: Path, wait_for) -> None:
-    import socket
+def _start_shared_prefect(url_file: Path) -> None:
+    """The server process (in its own session: it outlives the process that starts it, until
+    ``_stop_shared_prefect``), as Prefect's harness runs it."""
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = _SHARED / "prefect-server.log"
+    from .servers import free_port, wait_for
+
+    port, log = free_port(), _SHARED / "prefect-server.log"
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
            "PREFECT__SERVER_FINAL": "1",
            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{_SHARED}/prefect.db"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
+             "--lifespan", "on"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     (_SHARED / "prefect-server.pid").write_text(str(proc.pid))
     wait_for(f"http://127.0.0.1:{port}/api/health", 120, proc, log)
     url_file.write_text(f"http://127.0.0.1:{port}/api")
@@ -195,6 +195,9 @@ def _stop_shared_prefect() -> None:
 
 
 def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):  # our own child (no xdist): reap it
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
