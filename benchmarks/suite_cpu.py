@@ -35,6 +35,7 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+# the Makefile's test target's arguments (keep them equal)
 MAKE_TEST = ["-q", "-n", "4", "--dist", "loadfile", "--no-loadscope-reorder"]
 
 # (kind, pattern on the command line), first match wins

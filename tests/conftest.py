@@ -154,7 +154,9 @@ def prefect_api() -> str:
 
 def _start_shared_prefect(url_file: Path) -> None:
     """The server process (in its own session: it outlives the process that starts it, until
-    ``_stop_shared_prefect``), as Prefect's harness runs it."""
+    ``_stop_shared_prefect``), as Prefect's harness runs it. Not the harness's own
+    ``SubprocessASGIServer``: that one stops when the process that made it exits, and here that
+    is whichever xdist process came first, not the last to finish."""
     import subprocess
     import sys
 
@@ -176,33 +178,24 @@ def _start_shared_prefect(url_file: Path) -> None:
 
 
 def _stop_shared_prefect() -> None:
-    """The shared server's process group, where this run started one."""
+    """The shared server's process group, where this run started one (psutil waits on it
+    whether or not this process is its parent)."""
     import signal
-    import time
+
+    import psutil
 
     pid_file = _SHARED / "prefect-server.pid"
     if not pid_file.exists():
         return
     pid = int(pid_file.read_text())
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.2)
-        if not _alive(pid):
-            return
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):  # our own child (no xdist): reap it
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+        server = psutil.Process(pid)
+        os.killpg(pid, signal.SIGTERM)
+        try:
+            server.wait(10)
+        except psutil.TimeoutExpired:
+            os.killpg(pid, signal.SIGKILL)
+            server.wait(10)
 
 
 @pytest.fixture(scope="session")
