@@ -145,7 +145,7 @@ COMMANDS = {"quality": "python benchmarks/quality.py --quick --json",
                             "params.yaml,benchmarks/configs/fashion-mnist-small.yaml --seeds 5,2 "
                             "--json",
             "tune-replay": "python benchmarks/tune.py --spaces 4-shot-replay --json",
-            "references": "python benchmarks/references.py --seeds 5,2 --requests 4,3 --json",
+            "references": "python benchmarks/references.py --seeds 5,5 --requests 4,4 --json",
             "cost": "python benchmarks/cost.py --json",
             "suite-cpu": "python benchmarks/suite_cpu.py --json"}
 
@@ -648,6 +648,25 @@ def render_demo_seeds() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _agreement_table(summary: dict, cheap: str, n: int) -> list[str]:
+    """Per attack: how often the ``cheap`` reference's verdict is the retrain reference's, on
+    the requests (the GS-LoRA++ candidates: the verdict a request gets) and on all three models
+    (the positive controls too, where the retrain reference itself may miss)."""
+    rows = [f"| attack | {cheap} agrees with retrain: on the requests (GS-LoRA++) / on all three "
+            f"models (with the positive controls) | on GS-LoRA++: flagged by {cheap} / by "
+            f"retrain | positive controls missed: {cheap} / retrain | retrained model flagged "
+            f"by {cheap} |", "|---|---|---|---|---|"]
+    flagged = f"retrain_flagged_by_{cheap.replace('-', '_')}"
+    for a, s_ in summary.items():
+        rows.append(
+            f"| {a} | {100 * s_['agreement_candidate']:.0f} % of {n} / "
+            f"{100 * s_['agreement']:.0f} % of {s_['pairs']} | "
+            f"{s_['candidate_flagged'][cheap]} / {s_['candidate_flagged']['retrain']} of {n} | "
+            f"{s_['missed_controls'][cheap]} / {s_['missed_controls']['retrain']} of "
+            f"{s_['controls']} | {s_[flagged]} of {n} |")
+    return rows
+
+
 def render_references() -> str:
     if not _recorded("references"):
         return f"Not recorded yet: `{COMMANDS['references']}`.\n"
@@ -661,7 +680,10 @@ def render_references() -> str:
     for name, b in r["benches"].items():
         c = b["seconds"]
         n = len(b["requests"])
-        parts += ["", f"**{_bench(name)}**: {n} requests over {b['seeds']} base models "
+        # a bench re-run alone keeps its own record (the other's cache was not on the machine)
+        alone = (f" (this bench: {_on(b['machine'])})"
+                 if b.get("machine", r["machine"]) != r["machine"] else "")
+        parts += ["", f"**{_bench(name)}**{alone}: {n} requests over {b['seeds']} base models "
                       f"(reference classes per seed: "
                       + "; ".join(sorted({", ".join(q["reference_classes"])
                                           for q in b["requests"]})) + "). Seconds per request: "
@@ -669,17 +691,7 @@ def render_references() -> str:
                       f"{c['retrain']:.0f} ({c['retrain'] / c['forget']:.1f}× the forgetting, "
                       f"its training {c['retrain_training']:.0f}); with the never-seen reference "
                       f"{c['never_seen']:.0f} ({c['never_seen'] / c['forget']:.1f}×).", "",
-                  "| attack | never-seen agrees with retrain (GS-LoRA++, original, head-only) "
-                  "| on GS-LoRA++: flagged by never-seen / by retrain | positive controls "
-                  "missed: never-seen / retrain | retrained model flagged by never-seen |",
-                  "|---|---|---|---|---|"]
-        for a, s_ in b["summary"].items():
-            parts.append(
-                f"| {a} | {100 * s_['agreement']:.0f} % of {s_['pairs']} | "
-                f"{s_['candidate_flagged']['never-seen']} / {s_['candidate_flagged']['retrain']}"
-                f" of {n} | {s_['missed_controls']['never-seen']} / "
-                f"{s_['missed_controls']['retrain']} of {s_['controls']} | "
-                f"{s_['retrain_flagged_by_never_seen']} of {n} |")
+                  *_agreement_table(b["summary"], "never-seen", n)]
         one, two = b["summary"]["identification"], b["summary_at_2"]["identification"]
         parts += ["", f"Identification, never-seen verdicts at {b['noise_multiple']:g}× their "
                       f"noise (the table) / at 2×: agreement {100 * one['agreement']:.0f} % / "
@@ -690,25 +702,21 @@ def render_references() -> str:
                       f"{two['retrain_flagged_by_never_seen']} of {n}."]
         if "partition" in b:
             p = b["partition"]
+            train = p["seconds_per_model"] / p["size"]
+            # recorded since the attacks' own seconds were kept apart (older rows: training only)
+            whole = (f" = {p['evidence_per_request']:.0f} s of evidence per request with the "
+                     f"attacks on the parent and the candidate and the group model's on the "
+                     f"class, {p['evidence_per_request'] / c['forget']:.1f}× the forgetting"
+                     if "evidence_per_request" in p
+                     else ", beside the attacks on the parent and the candidate")
             parts += ["", f"Partition reference (classes in groups of {p['size']}, one model "
                           f"trained without each group, {p['models_per_base']:.0f} per base "
                           f"model, {p['seconds_per_model']:.0f} s each, once per dataset "
                           "version: if every request-able class is asked for once, "
-                          f"{p['seconds_per_model'] / p['size']:.0f} s of training per request, "
-                          f"{p['seconds_per_model'] / p['size'] / c['forget']:.1f}× the "
-                          "forgetting, beside the attacks on the parent and the candidate; "
+                          f"{train:.0f} s of training per request, "
+                          f"{train / c['forget']:.1f}× the forgetting{whole}; "
                           "judged by the retrain rule):", "",
-                      "| attack | partition agrees with retrain (GS-LoRA++, original, head-only) "
-                      "| on GS-LoRA++: flagged by partition / by retrain | positive controls "
-                      "missed: partition / retrain | retrained model flagged by partition |",
-                      "|---|---|---|---|---|"]
-            for a, s_ in p["summary"].items():
-                parts.append(
-                    f"| {a} | {100 * s_['agreement']:.0f} % of {s_['pairs']} | "
-                    f"{s_['candidate_flagged']['partition']} / "
-                    f"{s_['candidate_flagged']['retrain']} of {n} | "
-                    f"{s_['missed_controls']['partition']} / {s_['missed_controls']['retrain']}"
-                    f" of {s_['controls']} | {s_['retrain_flagged_by_partition']} of {n} |")
+                      *_agreement_table(p["summary"], "partition", n)]
     return "\n".join(parts) + "\n"
 
 

@@ -2,7 +2,7 @@
 behind ``evidence.reference``.
 
     python benchmarks/references.py [--configs params.yaml,benchmarks/configs/fashion-mnist-small.yaml]
-        [--seeds 5,2] [--requests 4,3] [--reference-classes 2]
+        [--seeds 5,5] [--requests 4,4] [--reference-classes 2]
         [--attacks identification,linear_probe,membership,relearning] [--json]
 
 Per bench and seed s: ``--reference-classes`` classes drawn with seed s are set aside as
@@ -136,7 +136,8 @@ def request(bench: Bench, seed: int, c: int, attacks: tuple[str, ...],
     # retrain reference its training and its own attacks (reference models not counted)
     out["seconds"].update(
         retrain=retrain_s + secs["retrain"][0] + secs["original"][0] + secs["gs-lora++"][0],
-        never_seen=secs["original"][1] + secs["gs-lora++"][1], retrain_training=retrain_s)
+        never_seen=secs["original"][1] + secs["gs-lora++"][1], retrain_training=retrain_s,
+        attacks=secs["original"][0] + secs["gs-lora++"][0])
     if group is not None:
         out.update(partition_figures(bench, seed, c, group, attacks))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +151,10 @@ def partition_figures(bench: Bench, seed: int, c: int, group: list[int],
     retrain references, so each group trains once per base model)."""
     cfg = bench.cfg.evidence.model_copy(update={"attacks": list(attacks)})
     model, train_s = retrain(bench, seed, group)
+    t0 = time.perf_counter()
     fig = measure(model, bench.splits["train"], bench.splits["val"], [c], bench.device, cfg)
     return {"partition": {"group": [bench.names[k] for k in group], "training": train_s,
+                          "measure": time.perf_counter() - t0,
                           "figures": {a: fig["now"][a]["figure"] for a in attacks}}}
 
 
@@ -239,7 +242,22 @@ def study(config: str | None, seeds: int, per_seed: int, n_ref: int, cache: Path
             "size": part, "models_per_base": float(np.mean(n_groups)),
             "seconds_per_model": float(np.mean(list(trained.values()))),
             "summary": summarise(rows, attacks, NEVER_SEEN_NOISE, "partition")}
+        if (cost := partition_cost(rows, part)) is not None:
+            out["partition"]["evidence_per_request"] = cost
     return out
+
+
+def partition_cost(rows: list[dict], part: int) -> float | None:
+    """Seconds of a request's evidence with the partition reference: the attacks on the parent
+    and the candidate, the group model's on the class, and the request's share of the groups'
+    training if every class a request may name is asked for once (rows measured before the
+    attacks' seconds were kept apart: none)."""
+    if not all("attacks" in r["seconds"] and "measure" in r["partition"] for r in rows):
+        return None
+    trained = {(r["seed"], tuple(r["partition"]["group"])): r["partition"]["training"]
+               for r in rows}
+    return (float(np.mean(list(trained.values()))) / part
+            + float(np.mean([r["seconds"]["attacks"] + r["partition"]["measure"] for r in rows])))
 
 
 def print_summary(name: str, res: dict) -> None:
@@ -268,11 +286,11 @@ def print_summary(name: str, res: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", default="4,3", help="one-class requests per base model")
+    ap.add_argument("--requests", default="4,4", help="one-class requests per base model")
     ap.add_argument("--reference-classes", type=int, default=2)
     ap.add_argument("--partition-size", type=int, default=2,
                     help="classes per partition model (0: no partition reference)")
-    bench_args(ap, "5,2", "base models per config", ATTACKS)
+    bench_args(ap, "5,5", "base models per config", ATTACKS)
     args = ap.parse_args(argv)
     configs, seeds, per = listed(args.configs), listed(args.seeds, int), listed(args.requests, int)
     if not len(seeds) == len(per) == len(configs):
