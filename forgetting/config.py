@@ -293,9 +293,10 @@ class EvidenceConfig(_Strict):
     # what each attack's verdict compares the candidate with: a model retrained from scratch
     # (one pretraining per request), or the candidate's own figures on classes it never saw
     # (data.reference_classes: no training at all), or models trained once without a group of
-    # classes each (forgetting/evidence/partition.py); auto: retrain, unless the workspace set
-    # classes aside for never-seen. Agreement with retrain's verdicts:
-    # benchmarks/results/references.json. Resolved: Config.evidence_reference
+    # classes each (forgetting/evidence/partition.py); auto: partition (its verdicts are
+    # retrain's on every request measured, it catches every positive control, and its models
+    # train once per dataset version), or never-seen where the workspace set classes aside.
+    # Measured: benchmarks/results/references.json. Resolved: Config.evidence_reference
     reference: Literal["auto", "retrain", "never-seen", "partition"] = "auto"
     partition_size: int = Field(2, ge=1, description="classes per partition model (evidence."
                                                      "reference: partition)")
@@ -401,7 +402,7 @@ class Config(_Strict):
     def evidence_reference(self) -> Literal["retrain", "never-seen", "partition"]:
         """What the verdicts compare with (``evidence.reference`` with auto resolved)."""
         if self.evidence.reference == "auto":
-            return "never-seen" if self.data.reference_classes else "retrain"
+            return "never-seen" if self.data.reference_classes else "partition"
         return self.evidence.reference
 
     @property

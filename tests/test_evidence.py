@@ -162,11 +162,17 @@ def test_the_evidence_gate_refuses_only_what_retains_more_than_retrain():
     assert "membership: not measured" in evidence_gate(metrics, retrain, ["membership"])
 
 
-def test_the_identification_gate_is_on_by_default_and_needs_the_retrain_reference():
+def test_the_identification_gate_is_on_by_default_against_the_partition_models():
     from forgetting.config import Config, ConfigError, load_config
 
-    assert Config().gates.evidence == ["identification"]
+    default = Config()
+    assert default.gates.evidence == ["identification"]
+    # no model trained from scratch per request: benchmarks/results/references.json
+    assert default.evidence_reference == "partition" and not default.trains_retrain
+    aside = load_config(None, {"data": {"reference_classes": 2}})
+    assert aside.evidence_reference == "never-seen" and not aside.trains_retrain
     with pytest.raises(ConfigError, match="needs evidence.retrain_baseline: true"):
-        load_config(None, {"evidence": {"retrain_baseline": False}})
-    off = load_config(None, {"evidence": {"retrain_baseline": False}, "gates": {"evidence": []}})
-    assert off.gates.evidence == []
+        load_config(None, {"evidence": {"reference": "retrain", "retrain_baseline": False}})
+    off = load_config(None, {"evidence": {"reference": "retrain", "retrain_baseline": False},
+                             "gates": {"evidence": []}})
+    assert off.gates.evidence == [] and not off.trains_retrain

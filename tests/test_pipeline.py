@@ -30,9 +30,10 @@ from .servers import free_port, server_process, wait_for
 PARAMS = {**TINY, "forget": {"epochs": 2}, "pretrain": {**TINY["pretrain"], "epochs": 8},
           "gates": {"max_acc_f": 1.0, "max_acc_r_drop": 1.0, "max_class_drop": 1.0,
                     "evidence": []},
-          # every attack, at a cost a test can pay (the figures are not what is tested here)
-          "evidence": {"reference_models": 2, "reference_epochs": 2, "relearn_max_steps": 5,
-                       "relearn_repeats": 2}}
+          # every attack, at a cost a test can pay (the figures are not what is tested here),
+          # against the retrain reference (the partition models': tests/test_partition.py)
+          "evidence": {"reference": "retrain", "reference_models": 2, "reference_epochs": 2,
+                       "relearn_max_steps": 5, "relearn_repeats": 2}}
 
 
 def _set_params(ws, **sections) -> None:
