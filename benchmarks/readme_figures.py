@@ -717,6 +717,14 @@ def render_references() -> str:
                           f"{train / c['forget']:.1f}× the forgetting{whole}; "
                           "judged by the retrain rule):", "",
                       *_agreement_table(p["summary"], "partition", n)]
+            for alt in b.get("partition_other", []):  # other group sizes, the same requests
+                cost = alt["evidence_per_request"]
+                parts += ["", f"Groups of {alt['size']} (`{alt['command']}`: the same requests "
+                              f"and models, {alt['models_per_base']:.0f} group models per base "
+                              f"model, {alt['seconds_per_model']:.0f} s each; {cost:.0f} s of "
+                              f"evidence per request, {cost / c['forget']:.1f}× the "
+                              "forgetting):", "",
+                          *_agreement_table(alt["summary"], "partition", n)]
     return "\n".join(parts) + "\n"
 
 
