@@ -52,6 +52,7 @@ def test_a_reference_is_the_mean_of_per_class_figures_with_the_noise_of_a_mean()
     lines = verdicts({"now": {"identification": {"figure": Figure(0.9, 0.01).as_dict()}}},
                      ref, "partition")["now"]
     assert lines["identification"].startswith("retains more than partition models")
+    assert lines["identification"].endswith("images only: one model per group)")
 
 
 def test_the_partition_reference_is_a_choice_gates_accept_without_a_retrain():

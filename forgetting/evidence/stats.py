@@ -92,8 +92,9 @@ def verdict(fig: Figure, ref: Figure | None, what: str, lower_is_retained: bool 
     gap = (ref.value - fig.value) if lower_is_retained else fig.value - ref.value
     noise = k * float(np.sqrt((fig.se or 0.0) ** 2 + (ref.se or 0.0) ** 2
                               + (ref.spread or 0.0) ** 2))
-    seeds = "" if ref.spread is not None else f", images only: one {against} " + (
-        "seed" if against == "retrain" else "class")
+    one = {"retrain": "one retrain seed", "partition models": "one model per group"}.get(
+        against, "one never-seen class")
+    seeds = "" if ref.spread is not None else f", images only: {one}"
     detail = (f"{what} {fig.value:.3f} vs {against} {ref.value:.3f} "
               f"(gap {fig.value - ref.value:+.3f}, noise ±{noise:.3f}{seeds})")
     if abs(gap) <= noise:
