@@ -234,17 +234,21 @@ def study(config: str | None, seeds: int, per_seed: int, n_ref: int, cache: Path
            "summary": summarise(rows, attacks, NEVER_SEEN_NOISE),
            "summary_at_2": summarise(rows, attacks, 2.0)}
     if part:
-        # each group's model trains once per base model: its seconds counted once, however
-        # many requests it judged
-        trained = {(r["seed"], tuple(r["partition"]["group"])): r["partition"]["training"]
-                   for r in rows}
         out["partition"] = {
             "size": part, "models_per_base": float(np.mean(n_groups)),
-            "seconds_per_model": float(np.mean(list(trained.values()))),
+            "seconds_per_model": seconds_per_model(rows),
             "summary": summarise(rows, attacks, NEVER_SEEN_NOISE, "partition")}
         if (cost := partition_cost(rows, part)) is not None:
             out["partition"]["evidence_per_request"] = cost
     return out
+
+
+def seconds_per_model(rows: list[dict]) -> float:
+    """A group model's training seconds: each group counted once per base model, however
+    many requests it judged."""
+    trained = {(r["seed"], tuple(r["partition"]["group"])): r["partition"]["training"]
+               for r in rows}
+    return float(np.mean(list(trained.values())))
 
 
 def partition_cost(rows: list[dict], part: int) -> float | None:
@@ -254,9 +258,7 @@ def partition_cost(rows: list[dict], part: int) -> float | None:
     attacks' seconds were kept apart: none)."""
     if not all("attacks" in r["seconds"] and "measure" in r["partition"] for r in rows):
         return None
-    trained = {(r["seed"], tuple(r["partition"]["group"])): r["partition"]["training"]
-               for r in rows}
-    return (float(np.mean(list(trained.values()))) / part
+    return (seconds_per_model(rows) / part
             + float(np.mean([r["seconds"]["attacks"] + r["partition"]["measure"] for r in rows])))
 
 
