@@ -34,6 +34,9 @@ def test_groups_cover_every_class_once_and_repeat_for_a_seed():
     assert [len(g) for g in in_pairs] == [2, 2, 2, 1]
     assert in_pairs == groups(pool, seed=1, size=2)
     assert in_pairs != groups(pool, seed=2, size=2)
+    # a group holds at most half the classes: each group model has classes left to learn
+    assert [len(g) for g in groups([0, 1, 2, 3], seed=0, size=4)] == [2, 2]
+    assert [len(g) for g in groups([0, 1, 2], seed=0, size=4)] == [1, 1, 1]
 
 
 def test_a_reference_is_the_mean_of_per_class_figures_with_the_noise_of_a_mean():

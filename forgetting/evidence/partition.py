@@ -26,7 +26,10 @@ from .stats import Figure
 
 def groups(classes: list[int], seed: int, size: int) -> list[list[int]]:
     """``classes`` in seeded groups of ``size`` (the last may be smaller); the same for a
-    workspace every time (its seed is the pretraining's)."""
+    workspace every time (its seed is the pretraining's). A group holds at most half the
+    classes: a model trained without more than that is a model of some other, smaller task,
+    and one trained without all of them has nothing to learn from."""
+    size = min(size, max(1, len(classes) // 2))
     order = [int(c) for c in np.random.default_rng(3000 + seed).permutation(sorted(classes))]
     return [sorted(order[i:i + size]) for i in range(0, len(order), size)]
 
