@@ -670,6 +670,9 @@ def _agreement_table(summary: dict, cheap: str, n: int) -> list[str]:
 def render_references() -> str:
     if not _recorded("references"):
         return f"Not recorded yet: `{COMMANDS['references']}`.\n"
+    from forgetting.config import EvidenceConfig
+
+    default_size = EvidenceConfig.model_fields["partition_size"].default
     r = _load("references")
     parts = [f"Measured by `{COMMANDS['references']}` (`benchmarks/results/references.json`; "
              f"{_on(r['machine'])}; **validation split** as the probes; per bench, base models "
@@ -709,7 +712,8 @@ def render_references() -> str:
                      f"class, {p['evidence_per_request'] / c['forget']:.1f}× the forgetting"
                      if "evidence_per_request" in p
                      else ", beside the attacks on the parent and the candidate")
-            parts += ["", f"Partition reference (classes in groups of {p['size']}, one model "
+            mark = " (the default)" if p["size"] == default_size else ""
+            parts += ["", f"Partition reference{mark} (classes in groups of {p['size']}, one model "
                           f"trained without each group, {p['models_per_base']:.0f} per base "
                           f"model, {p['seconds_per_model']:.0f} s each, once per dataset "
                           "version: if every request-able class is asked for once, "
@@ -719,11 +723,15 @@ def render_references() -> str:
                       *_agreement_table(p["summary"], "partition", n)]
             for alt in b.get("partition_other", []):  # other group sizes, the same requests
                 cost = alt["evidence_per_request"]
-                parts += ["", f"Groups of {alt['size']} (`{alt['command']}`: the same requests "
+                # its own run's forgetting where it kept it (the same requests, another hour)
+                forget = alt.get("forget_seconds", c["forget"])
+                on = f"; {_on(alt['machine'])}" if alt.get("machine") else ""
+                mark = ", the default" if alt["size"] == default_size else ""
+                parts += ["", f"Groups of {alt['size']} (`{alt['command']}`{mark}: the same requests "
                               f"and models, {alt['models_per_base']:.0f} group models per base "
                               f"model, {alt['seconds_per_model']:.0f} s each; {cost:.0f} s of "
-                              f"evidence per request, {cost / c['forget']:.1f}× the "
-                              "forgetting):", "",
+                              f"evidence per request, {cost / forget:.1f}× the "
+                              f"forgetting{on}):", "",
                           *_agreement_table(alt["summary"], "partition", n)]
     return "\n".join(parts) + "\n"
 
