@@ -291,7 +291,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--requests", default="4,4", help="one-class requests per base model")
     ap.add_argument("--reference-classes", type=int, default=2)
     ap.add_argument("--partition-size", type=int, default=2,
-                    help="classes per partition model (0: no partition reference)")
+                    help="classes per partition model (0: no partition reference); 2 is the "
+                         "recorded run whose request records the results file keeps, the "
+                         "pipeline's default (evidence.partition_size) is recorded beside it")
     bench_args(ap, "5,5", "base models per config", ATTACKS)
     args = ap.parse_args(argv)
     configs, seeds, per = listed(args.configs), listed(args.seeds, int), listed(args.requests, int)
