@@ -7,10 +7,21 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-fast lint lock bench bench-seq bench-methods tune figures gpu-check clean
 
+# uv installs the locked set in 28 s on a fresh machine here, pip in 2 min 0 s (same versions);
+# pip does it where uv cannot be installed. uv does not read pip's configuration: the machine's
+# constraints and local wheel folder (PIP_FIND_LINKS) are passed on
+UV_VERSION := 0.13.9
+PIP_CONSTRAINTS := $(wildcard /etc/xdg/pip/constraints.txt)
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev,stack]'
+	if $(PY) -m pip install --quiet uv==$(UV_VERSION); then \
+		$(PY) -m uv pip install --quiet --python $(PY) -c requirements.lock \
+			$(addprefix -c ,$(PIP_CONSTRAINTS)) $(addprefix --find-links ,$(PIP_FIND_LINKS)) \
+			-e '.[dev,stack]'; \
+	else \
+		$(PY) -m pip install --quiet --upgrade pip && \
+		$(PY) -m pip install --quiet -c requirements.lock -e '.[dev,stack]'; \
+	fi
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,7 +45,6 @@ lint: $(STAMP)
 
 # Resolve pyproject.toml's ranges to exact versions (run when a dependency changes), within
 # the machine's pip constraints where it has them (here: the torch builds on its disk).
-PIP_CONSTRAINTS := $(wildcard /etc/xdg/pip/constraints.txt)
 lock:
 	rm -f requirements.lock
 	$(PY) -m piptools compile --quiet --extra dev --extra stack --strip-extras --no-emit-index-url \
