@@ -40,8 +40,8 @@ MAKE_TEST = ["-q", "-n", "4", "--dist", "loadfile", "--no-loadscope-reorder"]
 
 # (kind, pattern on the command line), first match wins
 KINDS = [
-    ("flow runs (stack workers' Prefect processes)",
-     r"prefect\.runner\._workspace_supervisor|prefect\.engine"),
+    ("flow runs (stack workers' Prefect processes, their flow-run servers)",
+     r"prefect\.runner\._workspace_supervisor|prefect\.engine|forgetting_cli\.flow_runs"),
     ("Prefect servers", r"prefect\.server\.api\.server|prefect server"),
     ("MLflow servers and their uvicorn workers", r"mlflow server|multiprocessing\.spawn"),
     ("stack workers (forget worker)", r"forgetting_cli worker"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 
-from flows.team import team_requests_flow
 from tasks.git import git
 from tasks.workspace import Workspace
 
@@ -15,6 +14,10 @@ HEARTBEAT_SECONDS = 30  # workers' flow runs beat this often (PREFECT_FLOWS_HEAR
 # a flow run whose beats stopped this long is marked Crashed (Prefect's minimum beat is 30 s;
 # tests shorten the wait through FORGET_CRASH_AFTER_SECONDS)
 CRASH_AFTER_SECONDS = int(os.environ.get("FORGET_CRASH_AFTER_SECONDS", 4 * HEARTBEAT_SECONDS))
+# a flow run's process: a client of its worker's preloaded flow-run server, or Prefect's
+# engine in a fresh interpreter where there is none (forgetting_cli/flow_runs.py); `forget
+# worker` puts its own interpreter first on the PATH
+FLOW_RUN_COMMAND = "python -m forgetting_cli.flow_runs"
 
 
 def deploy(ws: Workspace, pool: str, device: str | None = None, interval: int | None = None
@@ -28,6 +31,8 @@ def deploy(ws: Workspace, pool: str, device: str | None = None, interval: int | 
     from prefect.exceptions import ObjectAlreadyExists
     from prefect.utilities.asyncutils import run_coro_as_sync
 
+    from flows.team import team_requests_flow  # (here: `forget worker` reads this module)
+
     async def ensure_pool() -> None:
         async with get_client() as client:
             with contextlib.suppress(ObjectAlreadyExists):
@@ -39,7 +44,8 @@ def deploy(ws: Workspace, pool: str, device: str | None = None, interval: int | 
     team_requests_flow.deploy(
         name=ws.name, work_pool_name=pool, parameters={"repo": repo, "name": ws.name},
         entrypoint_type=EntrypointType.MODULE_PATH, build=False, push=False,
-        job_variables={"env": {"FORGET_DEVICE": device}} if device else None,
+        job_variables={"command": FLOW_RUN_COMMAND,
+                       **({"env": {"FORGET_DEVICE": device}} if device else {})},
         interval=interval, tags=["forgetting", ws.name], print_next_steps=False,
         ignore_warnings=True)
 

@@ -133,11 +133,16 @@ def worker(pool: Annotated[str, typer.Option(help="the work pool to serve")] = "
            name: Annotated[str | None, typer.Option(help="worker name (default: host)")] = None,
            limit: Annotated[int, typer.Option(help="flow runs at a time")] = 1) -> None:
     """A Prefect process worker (`prefect worker start`) whose flow runs clone workspaces
-    from the git server into DIR and push their results back."""
+    from the git server into DIR and push their results back. Its flow runs fork from a
+    process that imported the pipeline once (loaded before the worker starts)."""
+    import sys
+
     from flows.deploy import HEARTBEAT_SECONDS
     from tasks import environment
     from tasks.git import WORKER_DIR
     from tasks.shared import LOCK_URL
+
+    from .flow_runs import SOCKET_ENV, start_server
 
     d = dir.expanduser().resolve()
     d.mkdir(parents=True, exist_ok=True)
@@ -150,9 +155,18 @@ def worker(pool: Annotated[str, typer.Option(help="the work pool to serve")] = "
     for k, v in environment.OFFLINE.items():
         env.setdefault(k, v)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    # the deployments' command (flows/deploy.py) is `python -m forgetting_cli.flow_runs`:
+    # this interpreter's, wherever the worker was started from
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     cmd = [environment.tool("prefect"), "worker", "start", "--pool", pool, "--type", "process",
            "--limit", str(limit)] + (["--name", name] if name else [])
     os.chdir(d)
+    typer.echo("loading the pipeline once for this worker's flow runs")
+    if sock := start_server(d, env=env):
+        env[SOCKET_ENV] = sock
+    else:
+        typer.echo("the flow-run server did not start: each flow run imports the pipeline",
+                   err=True)
     os.execve(cmd[0], cmd, env)
 
 

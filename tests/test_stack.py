@@ -452,7 +452,8 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             tls = ssl.create_default_context(cafile=ca)
             dep = json.loads(urllib.request.urlopen(req, timeout=30, context=tls).read())
             assert dep["work_pool_name"] == "gpu"
-            assert dep["job_variables"] == {"env": {"FORGET_DEVICE": "cuda"}}
+            assert dep["job_variables"] == {"command": "python -m forgetting_cli.flow_runs",
+                                            "env": {"FORGET_DEVICE": "cuda"}}
             # the killed run is marked Crashed once its heartbeats stop (Prefect's automation)
             req = urllib.request.Request(f"{client['PREFECT_API_URL']}/automations/filter",
                                          data=b"{}", headers={**req.headers,

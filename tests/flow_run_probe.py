@@ -1,0 +1,14 @@
+"""A stand-in flow run for tests/test_flow_runs.py: says who and where it is, then exits with
+the code it is given, or starts a child and sleeps until killed."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+print(os.environ.get("PROBE_MSG"), os.getcwd(), os.getpid(), flush=True)
+if sys.argv[1] == "exit":
+    sys.exit(int(sys.argv[2]))
+child = subprocess.Popen(["sleep", "120"])
+Path(sys.argv[2]).write_text(f"{os.getpid()} {child.pid}")
+child.wait()
