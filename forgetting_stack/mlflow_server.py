@@ -3,10 +3,15 @@ MLflow's basic-auth app (users in PostgreSQL, no permission for anyone but its a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from .processes import wait_http
 from .settings import BUCKET, USER, write_private
+
+# MLflow's server processes (uvicorn workers; 2 by default): each imports MLflow's app, ~5
+# CPU-s here, and takes requests on its own. The tests run 1 (tests/conftest.py)
+WORKERS = "FORGET_STACK_MLFLOW_WORKERS"
 
 
 def start(stack, s: dict, creds: dict) -> Callable[[], None]:
@@ -36,7 +41,7 @@ def start(stack, s: dict, creds: dict) -> Callable[[], None]:
     proc = stack.spawn("mlflow", [
         stack.tool("mlflow"), "server", "--backend-store-uri", stack.pg_url("mlflow"),
         "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", h, "--port", str(port),
-        "--app-name", "basic-auth", "--workers", "2",
+        "--app-name", "basic-auth", "--workers", os.environ.get(WORKERS, "2"),
         "--allowed-hosts", f"{h},{h}:{port},localhost,localhost:{port}",
         # uvicorn kills a worker that misses a 5 s health ping; a worker still importing
         # MLflow on a busy host misses it, and the restart loop never ends (measured: a

@@ -23,6 +23,9 @@ os.environ.update(
     DVC_SITE_CACHE_DIR=str(_SESSION_TMP / "dvc-site"),
     TQDM_DISABLE="1",
     MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",  # a server a test stops must not stall for minutes
+    # one MLflow process per team stack the tests start, not two: a test sends one request
+    # at a time (forgetting_stack/mlflow_server.py)
+    FORGET_STACK_MLFLOW_WORKERS="1",
 )
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs the suite in several processes on a 2-core machine: one torch thread
