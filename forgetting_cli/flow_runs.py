@@ -61,7 +61,8 @@ def main(argv: list[str]) -> None:
         answer += chunk
     code = int(answer)
     if code < 0:  # died of a signal: so does this process, as the worker expects
-        signal.signal(-code, signal.SIG_DFL)
+        if -code != signal.SIGKILL:  # (whose handler cannot be set)
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     sys.exit(code)
 
@@ -79,10 +80,10 @@ def _connect(path: str | None) -> socket.socket | None:
 
 
 # --- the server -------------------------------------------------------------------------
-def serve(path: Path, preload: list[str]) -> None:
+def serve(path: Path, preload: list[str], watch: int | None = None) -> None:
     """Import ``preload`` (the request flow), then fork a run per connection until the
-    parent (the worker) is gone. The socket is bound only when the imports are done: a
-    client that comes earlier starts a fresh interpreter."""
+    parent (the worker), or the process ``watch``, is gone. The socket is bound only when
+    the imports are done: a client that comes earlier starts a fresh interpreter."""
     import importlib
     import threading
 
@@ -92,6 +93,16 @@ def serve(path: Path, preload: list[str]) -> None:
     if threading.active_count() > 1 or (torch is not None and torch.cuda.is_initialized()):
         sys.exit("flow-run server: threads or CUDA started at import; not forking from it")
     parent = os.getppid()
+
+    def alive() -> bool:
+        if watch is None:
+            return os.getppid() == parent
+        try:
+            os.kill(watch, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # each run's handler is reaped at exit
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # a terminal's Ctrl-C is the worker's
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -101,7 +112,7 @@ def serve(path: Path, preload: list[str]) -> None:
     listener.listen(8)
     tmp.rename(path)  # ready
     try:
-        while os.getppid() == parent:
+        while alive():
             if not select.select([listener], [], [], 1.0)[0]:
                 continue
             conn, _ = listener.accept()
@@ -203,11 +214,12 @@ def _run(job: dict, fds: list[int]) -> None:
 
 
 def start_server(folder: Path, preload: tuple[str, ...] = ("flows.team",),
-                 env: dict[str, str] | None = None, timeout: float = 300) -> str | None:
+                 env: dict[str, str] | None = None, watch: int | None = None,
+                 cwd: Path | None = None, timeout: float = 300) -> str | None:
     """Start ``serve`` as a child of this process (the worker, which then execs Prefect's:
-    the server ends with it), for a worker whose folder is ``folder``; the socket's path
-    once it is ready, or None (no server: each run starts an interpreter) if it did not
-    come up."""
+    the server ends with it, or with the process ``watch``), its socket in ``folder``;
+    the socket's path once it is ready, or None (no server: each run starts an
+    interpreter) if it did not come up."""
     import subprocess
     import tempfile
 
@@ -219,7 +231,8 @@ def start_server(folder: Path, preload: tuple[str, ...] = ("flows.team",),
     path = d / "server.sock"
     path.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "forgetting_cli.flow_runs", "serve",
-                             str(path), *preload], env=env)
+                             str(path), *(["--watch", str(watch)] if watch else []), *preload],
+                            env=env, cwd=cwd, start_new_session=watch is not None)
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -231,6 +244,8 @@ def start_server(folder: Path, preload: tuple[str, ...] = ("flows.team",),
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
-        serve(Path(sys.argv[2]), sys.argv[3:])
+        rest = sys.argv[3:]
+        watched = int(rest[1]) if rest[:1] == ["--watch"] else None
+        serve(Path(sys.argv[2]), rest[2:] if watched else rest, watched)
     else:
         main(sys.argv[1:])

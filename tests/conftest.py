@@ -17,6 +17,7 @@ if not os.environ.get("PYTEST_XDIST_WORKER"):
     # what every process of the run can share (the tiny base model): made by the process that
     # starts the run, before pytest-xdist starts its workers (they inherit the variable)
     os.environ["FORGETTING_TESTS_SHARED"] = str(_SESSION_TMP / "shared")
+    os.environ["FORGETTING_TESTS_MAIN_PID"] = str(os.getpid())  # the shared servers end with it
 _SHARED = Path(os.environ.get("FORGETTING_TESTS_SHARED", _SESSION_TMP / "shared"))
 os.environ.update(
     PREFECT_HOME=str(_SESSION_TMP / "prefect"),
@@ -208,7 +209,8 @@ def cli_env(prefect_api) -> dict:
     they come from (tests/forkserver.py)."""
     from . import forkserver
 
-    forkserver.start(prefect_api, _SESSION_TMP)
+    forkserver.start(prefect_api, _SHARED, _SESSION_TMP,
+                     int(os.environ["FORGETTING_TESTS_MAIN_PID"]))
     return {**os.environ, "PREFECT_API_URL": prefect_api}
 
 

@@ -1,74 +1,54 @@
 """`forget` commands in processes forked from a server that has already imported the pipeline.
 
-A fresh interpreter spends ~9 s here importing torch, PEFT (which imports transformers),
-Prefect and MLflow before a command does anything; the crash tests start dozens. Python's
-``forkserver`` imports them once (no threads are running then) and forks one child per
-command: each command is still its own OS process, with its own environment, working folder,
-stdout and stderr; SIGKILLed at a crash point it dies exactly as a fresh process would, and
-the kernel releases its locks. Prefect reads its settings at import; each child sets its
-Prefect API URL and credentials from its environment (the session's server, or the team
-stack's in test_stack.py). Tests about start-up
-itself (SIGTERM and the temporary server, latency) use fresh interpreters instead.
+A fresh interpreter spends ~17 CPU-s here importing torch, timm, PEFT, Prefect and MLflow
+before a command does anything; the crash tests start dozens. The tests use the server a
+worker's flow runs fork from (``forgetting_cli.flow_runs``), one for the whole run (shared by
+pytest-xdist's processes, like the Prefect server): it imports ``tests.forkserver_preload``
+once (no threads are running then) and forks one process per command. Each command is still
+its own OS process, with its own environment (Prefect's settings re-read from it: the
+session's server, or the team stack's in test_stack.py), working folder, stdout and stderr;
+SIGKILLed at a crash point it dies exactly as a fresh process would, and the kernel releases
+its locks. What a test holds is the command's client process: its exit code is the
+command's (-9 when SIGKILLed), a signal sent to it reaches the command, and killing it kills
+the command. Tests about start-up itself (SIGTERM and the temporary server, latency) use
+fresh interpreters instead.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-_CTX = multiprocessing.get_context("forkserver")
+from forgetting_cli.flow_runs import SOCKET_ENV
+
+REPO = Path(__file__).resolve().parent.parent
 _STARTED: dict[str, str] = {}
 
 
-def start(api_url: str, folder: Path) -> None:
-    """Start the fork server for ``api_url`` (its Prefect settings are fixed at import);
-    commands write their output under ``folder`` (the test session's, removed at its end)."""
-    if _STARTED.get("api") == api_url:
+def start(api_url: str, shared: Path, folder: Path, main_pid: int) -> None:
+    """The run's fork server (started by the first process to need it; it ends with the
+    process ``main_pid`` that began the run); commands write their output under ``folder``
+    (this process's session folder, removed at its end)."""
+    from filelock import FileLock
+
+    if _STARTED:
         return
-    assert not _STARTED, "one fork server per session"
-    _CTX.set_forkserver_preload(["tests.forkserver_preload"])
-    saved = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = api_url  # the server's environment, at its start
-    try:
-        from multiprocessing import forkserver
+    shared.mkdir(parents=True, exist_ok=True)
+    with FileLock(shared / "forkserver.lock"):
+        found = shared / "forkserver-socket"
+        if not found.exists():
+            from forgetting_cli.flow_runs import start_server
 
-        forkserver.ensure_running()
-    finally:
-        if saved is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = saved
-    _STARTED.update(api=api_url, folder=str(folder))
-
-
-def _child(argv: list[str], env: dict, cwd: str, out: str, err: str) -> None:
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(env)
-    for fd, path in ((1, out), (2, err)):
-        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(f, fd)
-        os.close(f)
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
-
-    from forgetting_cli.main import app
-
-    code = 0
-    try:
-        # a command for another Prefect server (the team stack's): its URL and credentials
-        with temporary_settings(updates={PREFECT_API_URL: env.get("PREFECT_API_URL"),
-                                         PREFECT_API_AUTH_STRING: env.get(
-                                             "PREFECT_API_AUTH_STRING")}):
-            app(args=argv, prog_name="forget")
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+            sock = start_server(shared, ("tests.forkserver_preload",),
+                                env={**os.environ, "PREFECT_API_URL": api_url},
+                                watch=main_pid, cwd=REPO)
+            assert sock, "the tests' fork server did not start"
+            found.write_text(sock)
+    _STARTED.update(socket=found.read_text(), folder=str(folder))
 
 
 class Forked:
@@ -79,23 +59,25 @@ class Forked:
         d = Path(tempfile.mkdtemp(prefix="forget-cmd-", dir=_STARTED.get("folder")))
         self._out, self._err = d / "stdout", d / "stderr"
         self._read = 0
-        self._proc = _CTX.Process(target=_child, args=(argv, env, str(cwd or os.getcwd()),
-                                                       str(self._out), str(self._err)))
-        self._proc.start()
+        with open(self._out, "w") as out, open(self._err, "w") as err:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "forgetting_cli.flow_runs", "--module", "forgetting_cli",
+                 *argv], env={**env, SOCKET_ENV: _STARTED["socket"]}, cwd=cwd or os.getcwd(),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         self.pid = self._proc.pid
 
     @property
     def returncode(self) -> int | None:
-        return self._proc.exitcode  # -9 when SIGKILLed, as Popen says
+        return self._proc.poll()  # -9 when SIGKILLed
 
     def poll(self) -> int | None:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        self._proc.join(timeout)
-        if self._proc.exitcode is None:
-            raise TimeoutError(f"{self.args} still running after {timeout} s")
-        return self._proc.exitcode
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"{self.args} still running after {timeout} s") from None
 
     def output(self) -> tuple[str, str]:
         read = lambda p: p.read_text() if p.exists() else ""  # noqa: E731

@@ -77,6 +77,14 @@ def test_signals_reach_the_run_and_the_clients_death_kills_it(server, tmp_path):
     c = _client(path, "sleep", str(pids), cwd=tmp_path)
     poll(pids.exists, "the run starts", 60, every=0.1)
     run, child = map(int, pids.read_text().split())
+    os.kill(run, signal.SIGKILL)  # a run killed (a crash point, the OOM killer): its client too
+    assert c.wait(30) == -signal.SIGKILL
+    os.kill(child, signal.SIGKILL)
+
+    pids.unlink()
+    c = _client(path, "sleep", str(pids), cwd=tmp_path)
+    poll(pids.exists, "the run starts", 60, every=0.1)
+    run, child = map(int, pids.read_text().split())
     c.kill()  # as a worker's host dies: the run and what it started go with it
     c.wait(30)
     poll(lambda: _gone(run) and _gone(child), "the run and its child are killed", 30,
