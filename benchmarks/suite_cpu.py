@@ -10,7 +10,7 @@ of process own those seconds. Three views of one run:
 - the machine's busy CPU-seconds over the run (``/proc/stat``: everything, the floor);
 - every process started during the run, sampled each second with psutil and grouped by kind
   (flow-run processes of the stack tests' workers, Prefect and MLflow servers, PostgreSQL, the
-  tests' fork servers and the ``forget`` commands forked from them, ...); a process that lives
+  tests' fork server and the ``forget`` commands forked from it, ...); a process that lives
   under a second, or its last second, is missed, so the sum is below the machine's;
 - each test module's CPU in its pytest process, itself and the children it waited for (a
   plugin, ``suite_cpu_plugin.py``; servers and fork-server processes are not its children).
@@ -40,14 +40,18 @@ MAKE_TEST = ["-q", "-n", "4", "--dist", "loadfile", "--no-loadscope-reorder"]
 
 # (kind, pattern on the command line), first match wins
 KINDS = [
+    # (the tests' commands come from a flow-run server too: its preload names them)
+    ("fork server and the forget commands forked from it",
+     r"tests\.forkserver_preload|flow_runs --module forgetting_cli"),
     ("flow runs (stack workers' Prefect processes, their flow-run servers)",
      r"prefect\.runner\._workspace_supervisor|prefect\.engine|forgetting_cli\.flow_runs"),
     ("Prefect servers", r"prefect\.server\.api\.server|prefect server"),
-    ("MLflow servers and their uvicorn workers", r"mlflow server|multiprocessing\.spawn"),
+    ("MLflow servers; spawned children (uvicorn workers, Dask's)",
+     r"mlflow server|multiprocessing\.spawn|mlflow\.server"),
+    ("MLflow model servers (mlflow models serve)", r"scoring_server"),
     ("stack workers (forget worker)", r"forgetting_cli worker"),
     ("PostgreSQL", r"postgres"),
     ("S3 (weed), git (gunicorn), TLS fronts", r"weed|gunicorn|forgetting_stack\.tls_front"),
-    ("fork servers and the forget commands forked from them", r"multiprocessing\.forkserver"),
     ("dvc", r"\bdvc\b"),
     ("git", r"(^|/)git[ -]"),
     ("pytest processes (tests in-process)", r"pytest|execnet|import sys;exec\(eval"),
