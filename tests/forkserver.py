@@ -51,6 +51,13 @@ def start(api_url: str, shared: Path, folder: Path, main_pid: int) -> None:
     _STARTED.update(socket=found.read_text(), folder=str(folder))
 
 
+def command(argv: list[str], env: dict) -> tuple[list[str], dict]:
+    """(command line, environment) of ``forget ARGV`` forked from the server, for a test
+    that starts the process itself (a long-running ``forget serve``)."""
+    return ([sys.executable, "-m", "forgetting_cli.flow_runs", "--module", "forgetting_cli",
+             *argv], {**env, SOCKET_ENV: _STARTED["socket"]})
+
+
 class Forked:
     """A running command, with the part of ``subprocess.Popen``'s interface tests use."""
 
@@ -59,11 +66,10 @@ class Forked:
         d = Path(tempfile.mkdtemp(prefix="forget-cmd-", dir=_STARTED.get("folder")))
         self._out, self._err = d / "stdout", d / "stderr"
         self._read = 0
+        cmd, env = command(argv, env)
         with open(self._out, "w") as out, open(self._err, "w") as err:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "forgetting_cli.flow_runs", "--module", "forgetting_cli",
-                 *argv], env={**env, SOCKET_ENV: _STARTED["socket"]}, cwd=cwd or os.getcwd(),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            self._proc = subprocess.Popen(cmd, env=env, cwd=cwd or os.getcwd(),
+                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         self.pid = self._proc.pid
 
     @property

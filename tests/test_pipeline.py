@@ -470,9 +470,11 @@ def test_printed_ui_commands_work_as_printed(processed, tmp_path):
 
 
 @pytest.mark.slow
-def test_served_deployment_picks_up_a_queued_request(processed, tmp_path):
-    """`forget serve --interval` against a real `prefect server start` process processes a
-    request queued while it is serving."""
+def test_served_deployment_picks_up_a_queued_request(processed, cli_env, tmp_path):
+    """`forget serve --interval` (forked from the tests' fork server) against a real
+    `prefect server start` process processes a request queued while it is serving."""
+    from .forkserver import command
+
     ws = processed["ws"]
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -483,8 +485,8 @@ def test_served_deployment_picks_up_a_queued_request(processed, tmp_path):
                   "--port", str(port)]
     with server_process(server_cmd, f"{api}/health", tmp_path / "prefect-server.log", env):
         serve_env = {**env, "PREFECT_API_URL": api}
-        serve_cmd = [sys.executable, "-m", "forgetting_cli", "serve", "--interval", "3",
-                     "--root", str(ws.root), "--name", "test-serve"]
+        serve_cmd, serve_env = command(["serve", "--interval", "3", "--root", str(ws.root),
+                                        "--name", "test-serve"], serve_env)
         with server_process(serve_cmd, f"{api}/health", tmp_path / "serve.log", serve_env):
             res = cli("request", "add", "digit_5", "--root", str(ws.root))
             assert res.exit_code == 0, res.output
