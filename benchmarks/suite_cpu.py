@@ -98,7 +98,7 @@ class Sampler(threading.Thread):
                 if key in self.seen:
                     self.seen[key][1] = cpu
                 else:
-                    self.seen[key] = [" ".join(i["cmdline"] or [])[:300], cpu]
+                    self.seen[key] = [" ".join(i["cmdline"] or []), cpu]  # (kinds read it all)
             self.stop.wait(self.every)
 
 
