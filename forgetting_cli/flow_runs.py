@@ -1,8 +1,9 @@
 """A worker's flow runs, forked from a process that has already imported the pipeline.
 
 A flow run of a process worker is a fresh interpreter (``python -m prefect.engine``) that
-imports torch, timm, PEFT, MLflow, DVC and Prefect before it does anything: 17 CPU-s on a
-2-core Xeon here, as much as training a one-class request with the test configuration.
+imports torch, timm, PEFT, MLflow, DVC and Prefect before it does anything: 8 CPU-s on a
+2-core Xeon here (17 without compiled bytecode), as much as training a one-class request
+with the test configuration.
 ``forget worker`` starts ``serve`` once; it imports the request flow (no threads are running
 then, CUDA untouched) and forks one process per flow run. The deployment's command (``main``)
 is a small client: it hands the server its environment, working folder and standard streams,

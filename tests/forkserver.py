@@ -1,6 +1,6 @@
 """`forget` commands in processes forked from a server that has already imported the pipeline.
 
-A fresh interpreter spends ~17 CPU-s here importing torch, timm, PEFT, Prefect and MLflow
+A fresh interpreter spends ~8 CPU-s here importing torch, timm, PEFT, Prefect and MLflow
 before a command does anything; the crash tests start dozens. The tests use the server a
 worker's flow runs fork from (``forgetting_cli.flow_runs``), one for the whole run (shared by
 pytest-xdist's processes, like the Prefect server): it imports ``tests.forkserver_preload``
