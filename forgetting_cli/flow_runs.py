@@ -46,6 +46,7 @@ def main(argv: list[str]) -> None:
                        "argv": args}).encode()
     socket.send_fds(conn, [_HEADER.pack(len(body))], [0, 1, 2])
     conn.sendall(body)
+
     def forward(signum: int, _frame) -> None:
         try:
             conn.sendall(b"%d\n" % signum)
@@ -184,8 +185,9 @@ def _run(job: dict, fds: list[int]) -> None:
     code = 1
     try:
         os.setpgid(0, 0)
-        for sig in (*_FORWARDED, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh interpreter's
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
