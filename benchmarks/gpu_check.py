@@ -198,21 +198,29 @@ def request_end_to_end(s: dict, device: torch.device, tiny: bool) -> dict:
     env = {**os.environ, "FORGET_DEVICE": device.type}
     steps = []
 
+    # each step a process of its own, as a user types them (its seconds include its start-up);
+    # --tiny (CI) forks them from a server that imported the pipeline once (a worker's
+    # flow-run server) instead of six interpreters importing it six times
+    forget_cmd = [sys.executable, "-m", "forgetting_cli"]
+    if tiny:
+        from forgetting_cli.flow_runs import SOCKET_ENV, start_server
+
+        sock = start_server(work, ("flows.process_requests", "forgetting_cli.main"), env=env,
+                            cwd=REPO)  # (it ends with this process)
+        if sock:
+            env[SOCKET_ENV] = sock
+            forget_cmd[2:] = ["forgetting_cli.flow_runs", "--module", "forgetting_cli"]
+
     def forget(*args):
         t0 = time.perf_counter()
-        if tiny:  # in this process (CI): each command's interpreter would import the
-            code, out, err = _in_process([*args, "--root", str(root)], env)  # pipeline again
-        else:  # as a user types them: each step's seconds include its start-up
-            res = subprocess.run([sys.executable, "-m", "forgetting_cli", *args, "--root",
-                                  str(root)], cwd=REPO, env=env, capture_output=True,
-                                 text=True, timeout=900)
-            code, out, err = res.returncode, res.stdout, res.stderr
+        res = subprocess.run([*forget_cmd, *args, "--root", str(root)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=900)
         steps.append({"command": " ".join(args), "seconds": round(time.perf_counter() - t0, 1),
-                      "exit": code})
-        if code:
+                      "exit": res.returncode})
+        if res.returncode:
             raise RuntimeError(f"forget {' '.join(args)} failed: "
-                               f"{(err or out).strip()[-1500:]}")
-        return out
+                               f"{(res.stderr or res.stdout).strip()[-1500:]}")
+        return res.stdout
 
     forget("init")
     full = yaml.safe_load((root / "params.yaml").read_text())
@@ -228,30 +236,6 @@ def request_end_to_end(s: dict, device: torch.device, tiny: bool) -> dict:
     return {"ok": req["status"] in ("done", "failed_gate"), "status": req["status"],
             "acc_f": req["acc_f"], "acc_r": req["acc_r"], "steps": steps,
             "workspace": str(root)}
-
-
-def _in_process(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    """``forget ARGS`` in this process, with ``env``: (exit code, stdout, the error). Its
-    stderr stays this process's (Prefect's log handlers keep the stream they were given)."""
-    import contextlib
-    import io
-
-    from forgetting_cli.main import app
-
-    out, err, code = io.StringIO(), "", 0
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        with contextlib.redirect_stdout(out):
-            app(args, prog_name="forget", standalone_mode=False)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except Exception as e:  # noqa: BLE001 (reported as the step's failure)
-        code, err = 1, "".join(traceback.format_exception(e))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return code, out.getvalue(), err
 
 
 def main(argv: list[str] | None = None) -> int:

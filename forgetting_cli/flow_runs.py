@@ -166,17 +166,18 @@ def _relay(conn: socket.socket, run: int) -> int:
         pid, status = os.waitpid(run, os.WNOHANG)
         if pid:
             return os.waitstatus_to_exitcode(status)
-        if gone or not select.select([conn], [], [], 0.2)[0]:
-            time.sleep(0.05 if gone else 0)
+        if gone:
+            time.sleep(0.05)
+            continue
+        if not select.select([conn], [], [], 0.2)[0]:
             continue
         data = conn.recv(64)
-        if not data:
-            gone = True
-            with contextlib.suppress(ProcessLookupError):
+        gone = not data
+        with contextlib.suppress(ProcessLookupError):  # (it may have ended meanwhile)
+            if gone:
                 os.killpg(run, signal.SIGKILL)
-            continue
-        for line in data.split():
-            os.kill(run, int(line))
+            for line in data.split():
+                os.kill(run, int(line))
 
 
 def _run(job: dict, fds: list[int]) -> None:
@@ -236,19 +237,31 @@ def start_server(folder: Path, preload: tuple[str, ...] = ("flows.team",),
     proc = subprocess.Popen([sys.executable, "-m", "forgetting_cli.flow_runs", "serve",
                              str(path), *(["--watch", str(watch)] if watch else []), *preload],
                             env=env, cwd=cwd, start_new_session=watch is not None)
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            return None
-        time.sleep(0.2)
-    return str(path)
+    from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
+
+    @retry(retry=retry_if_result(lambda ready: ready is False), wait=wait_fixed(0.2),
+           stop=stop_after_delay(timeout))
+    def ready() -> bool | None:  # None: the server exited
+        return True if path.exists() else (None if proc.poll() is not None else False)
+
+    try:
+        if ready():
+            return str(path)
+    except RetryError:
+        pass
+    proc.kill()
+    return None
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
-        rest = sys.argv[3:]
-        watched = int(rest[1]) if rest[:1] == ["--watch"] else None
-        serve(Path(sys.argv[2]), rest[2:] if watched else rest, watched)
-    else:
+        import argparse
+
+        ap = argparse.ArgumentParser(prog="flow_runs serve")
+        ap.add_argument("socket", type=Path)
+        ap.add_argument("--watch", type=int, help="end with this process, not the parent")
+        ap.add_argument("preload", nargs="*", help="modules imported before forking")
+        a = ap.parse_intermixed_args(sys.argv[2:])
+        serve(a.socket, a.preload, a.watch)
+    else:  # the client: its arguments are the module's (argparse would take theirs)
         main(sys.argv[1:])
