@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from forgetting.config import Config, deep_merge, load_config
+from forgetting.config import Config, deep_merge, load_config, parse_yaml
 from forgetting.files import write_text_atomic
 
 
@@ -81,7 +81,7 @@ class Workspace:
     def params_with(self, changes: dict) -> tuple[Config, str]:
         """params.yaml with ``changes`` merged in: the validated config and the YAML text
         (other keys and their order kept), to write once the change has worked."""
-        raw = (yaml.safe_load(self.params.read_text()) or {}) if self.params.exists() else {}
+        raw = (parse_yaml(self.params.read_text()) or {}) if self.params.exists() else {}
         merged = deep_merge(raw, changes)
         return load_config(None, merged), yaml.safe_dump(merged, sort_keys=False)
 
