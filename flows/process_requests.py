@@ -43,6 +43,13 @@ from tasks.submissions import import_submissions
 from tasks.versioning import track
 from tasks.workspace import Workspace
 
+# what a request imports on first use, not at import (the CLI's quick commands never need
+# them): DVC's repository API and the graph and git libraries under it, the report's plots,
+# MLflow's model flavour. A process that forks runs (forgetting_cli/flow_runs.py) imports them
+# once; each run forked without them imported them again (1.5 CPU-s a run here)
+FIRST_USE_IMPORTS = ("dvc.repo", "dvc.repo.index", "networkx", "scmrepo.git",
+                     "forgetting.plots", "mlflow.pyfunc")
+
 
 @flow(name="process-request", log_prints=True)
 def process_request(root: str, request_id: str) -> dict:

@@ -12,7 +12,8 @@ import logging
 
 from prefect import flow
 
-from flows.process_requests import process_requests_flow
+# (a team run is a request run: the flow-run server imports what those import on first use)
+from flows.process_requests import FIRST_USE_IMPORTS, process_requests_flow  # noqa: F401
 from tasks import environment
 from tasks.git import checkout
 from tasks.submissions import FLOW_NAME

@@ -83,14 +83,17 @@ def _connect(path: str | None) -> socket.socket | None:
 
 # --- the server -------------------------------------------------------------------------
 def serve(path: Path, preload: list[str], watch: int | None = None) -> None:
-    """Import ``preload`` (the request flow), then fork a run per connection until the
+    """Import ``preload`` (the request flow) and the modules it names as imported on first use
+    (``FIRST_USE_IMPORTS``), then fork a run per connection until the
     parent (the worker), or the process ``watch``, is gone. The socket is bound only when
     the imports are done: a client that comes earlier starts a fresh interpreter."""
     import importlib
     import threading
 
-    for module in preload:
-        importlib.import_module(module)
+    for name in preload:
+        module = importlib.import_module(name)
+        for first_use in getattr(module, "FIRST_USE_IMPORTS", ()):  # flows/process_requests.py
+            importlib.import_module(first_use)
     torch = sys.modules.get("torch")
     if threading.active_count() > 1 or (torch is not None and torch.cuda.is_initialized()):
         sys.exit("flow-run server: threads or CUDA started at import; not forking from it")

@@ -4,7 +4,7 @@ import prefect.main  # noqa: F401
 
 import flows.ingest  # noqa: F401
 import flows.pretrain  # noqa: F401
-import flows.process_requests  # noqa: F401
 import flows.purge  # noqa: F401
 import forgetting_cli.main  # noqa: F401
 import tasks.registry  # noqa: F401
+from flows.process_requests import FIRST_USE_IMPORTS  # noqa: F401 (imported by the server)
