@@ -200,13 +200,15 @@ def request_end_to_end(s: dict, device: torch.device, tiny: bool) -> dict:
 
     # each step a process of its own, as a user types them (its seconds include its start-up);
     # --tiny (CI) forks them from a server that imported the pipeline once (a worker's
-    # flow-run server) instead of six interpreters importing it six times
+    # flow-run server) instead of six interpreters importing it six times: the caller's
+    # (the tests'), or one of its own
     forget_cmd = [sys.executable, "-m", "forgetting_cli"]
     if tiny:
         from forgetting_cli.flow_runs import SOCKET_ENV, start_server
 
-        sock = start_server(work, ("flows.process_requests", "forgetting_cli.main"), env=env,
-                            cwd=REPO)  # (it ends with this process)
+        sock = env.get(SOCKET_ENV) or start_server(
+            work, ("flows.process_requests", "forgetting_cli.main"), env=env,
+            cwd=REPO)  # (it ends with this process)
         if sock:
             env[SOCKET_ENV] = sock
             forget_cmd[2:] = ["forgetting_cli.flow_runs", "--module", "forgetting_cli"]

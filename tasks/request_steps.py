@@ -184,6 +184,8 @@ def publish_report(root: str, request_id: str, plan: RequestPlan, version: int, 
     c = registry.client(ws)
     registry.with_backoff(lambda: c.log_artifacts(run_id, str(out), "report"),
                           "logging the report")
-    create_markdown_artifact(markdown=markdown_summary(data), key=f"request-{request_id.lower()}",
-                             description=f"Erasure request {request_id}")
+    # keyed by workspace too: the workspaces of a team stack share its Prefect server
+    create_markdown_artifact(markdown=markdown_summary(data),
+                             key=f"{ws.name}-{request_id.lower()}",
+                             description=f"Erasure request {request_id} of {ws.name}")
     return str(out)

@@ -55,7 +55,12 @@ def command(argv: list[str], env: dict) -> tuple[list[str], dict]:
     """(command line, environment) of ``forget ARGV`` forked from the server, for a test
     that starts the process itself (a long-running ``forget serve``)."""
     return ([sys.executable, "-m", "forgetting_cli.flow_runs", "--module", "forgetting_cli",
-             *argv], {**env, SOCKET_ENV: _STARTED["socket"]})
+             *argv], server_env(env))
+
+
+def server_env(env: dict) -> dict:
+    """``env`` naming the server, for a program that forks its commands from it."""
+    return {**env, SOCKET_ENV: _STARTED["socket"]}
 
 
 class Forked:

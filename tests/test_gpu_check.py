@@ -15,10 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_gpu_check_runs_every_part_at_tiny_size(cli_env, tmp_path):
+    """(Its forget steps fork from the tests' server: it would start one of its own.)"""
+    from .forkserver import server_env
+
     out = tmp_path / "gpu-tiny.json"
     res = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--tiny", "--out",
-                          str(out)], cwd=REPO, env=cli_env, capture_output=True, text=True,
-                         timeout=900)
+                          str(out)], cwd=REPO, env=server_env(cli_env), capture_output=True,
+                         text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["failed"] == [] and r["tiny"] and r["device"] == "cpu"

@@ -136,9 +136,7 @@ def test_params_are_committed_with_each_request(processed):
                          capture_output=True, text=True, check=True).stdout
     assert "request req-0002: failed_gate" in log and "forget init" in log, log
 
-
 def test_each_request_has_a_report_in_dvc_and_mlflow(processed, tmp_path):
-    from prefect.artifacts import Artifact
 
     from tasks import registry
 
@@ -172,14 +170,27 @@ def test_each_request_has_a_report_in_dvc_and_mlflow(processed, tmp_path):
     logged = c.get_run(req["mlflow_run_id"]).data.metrics
     for a in attacks:
         assert {f"evidence/{a}", f"before_evidence/{a}", f"retrain_evidence/{a}"} <= set(logged)
-    art = Artifact.get("request-req-0001")  # what the Prefect UI shows for the request
-    assert art is not None and art.type == "markdown", art
-    assert "Acc_f" in art.data and "digit_0" in art.data, art.data
+    # what the Prefect UI shows for the request (its latest under the key: the session's
+    # server holds other tests' workspaces, named "forgetting" too)
+    arts = [a for a in _artifacts("forgetting-req-0001") if "digit_0" in a.data]
+    assert arts and arts[0].type == "markdown" and "Acc_f" in arts[0].data, arts
     res = cli("report", "req-0001", "--out", str(tmp_path / "r"), "--root", str(ws.root))
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r" / "report.md").read_text() == md
     assert (tmp_path / "r" / "per_class.png").read_bytes() == (stored / "per_class.png").read_bytes()
     assert cli("report", "req-0099", "--root", str(ws.root)).exit_code == 2
+
+
+def _artifacts(key: str) -> list:
+    """Every Prefect artifact under ``key``, newest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC)
 
 
 def test_report_never_writes_over_a_folder_it_did_not_make(processed, tmp_path):
@@ -208,11 +219,13 @@ def _predictions(ws, version: int, x) -> list[int]:
 
 def test_production_model_loads_in_one_line_and_serves_over_http(processed, tmp_path):
     """`mlflow.pyfunc.load_model("models:/forgetting-vit@production")` in a fresh process, and
-    `mlflow models serve` (a real server on 127.0.0.1) answering an HTTP request: both give
+    `mlflow models serve` (a real server on 127.0.0.1, started as `forget demo` prints it)
+    answering an HTTP request: both give
     the predictions of the model the adapter chain rebuilds (v3, not production, through
     its lineage: the base, v2's adapter and its own)."""
     import urllib.request
 
+    from forgetting_cli.pipeline import ui_commands
     from tasks import registry
     from tasks.model_tasks import workspace_splits
 
@@ -225,8 +238,7 @@ def test_production_model_loads_in_one_line_and_serves_over_http(processed, tmp_
     test = workspace_splits(ws)["test"]
     x = torch.stack([test[i][0] for i in range(6)])
     want = _predictions(ws, 2, x)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": ws.tracking_uri,  # serve starts uvicorn: PATH
-           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ws.tracking_uri}
     code = ("import sys, json, mlflow, numpy as np; x = np.load(sys.argv[1]); "
             "print(json.dumps([mlflow.pyfunc.load_model(uri).predict(x)['class_index'].tolist()"
             " for uri in ('models:/forgetting-vit@production', 'models:/forgetting-vit/3')]))")
@@ -235,10 +247,11 @@ def test_production_model_loads_in_one_line_and_serves_over_http(processed, tmp_
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [want, _predictions(ws, 3, x)]
-    port = free_port()
-    mlflow_cli = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    cmd = [mlflow_cli, "models", "serve", "-m", "models:/forgetting-vit@production",
-           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    # served by the command `forget demo` prints (`ui_commands`), run as printed: a plain
+    # shell, no activated virtualenv, nothing on PATH from it
+    cmd = ["bash", "-c", "exec " + ui_commands(ws)["Serve production"]]
+    assert "DO_NOT_TRACK=true" in cmd[-1] and "--port 5001" in cmd[-1]
+    port = 5001
     # what a client holds: the images themselves, as PNG files
     pngs = []
     for i in range(6):
@@ -252,8 +265,8 @@ def test_production_model_loads_in_one_line_and_serves_over_http(processed, tmp_
                                      headers={"Content-Type": "application/json"})
         return json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
 
-    with server_process(cmd, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env=env,
-                        timeout=240):
+    with server_process(cmd, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log",
+                        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=240):
         preds = post({"inputs": x.numpy().tolist()})  # preprocessed tensors
         from_png = post({"inputs": {"image": pngs}})  # the README's call
         from_array = post({"inputs": test.image_uint8(0)[0].numpy().tolist()})  # uint8 H x W
@@ -445,10 +458,16 @@ def test_a_cancelled_request_leaves_the_queue_with_its_reason(processed):
 
 
 @pytest.mark.slow
-def test_printed_ui_commands_work_as_printed(processed, tmp_path):
+def test_printed_ui_commands_work_as_printed_and_serve_a_deployment(processed, cli_env, tmp_path):
     """What `forget demo` prints (`ui_commands`) runs in a plain shell: no activated
-    virtualenv, nothing on PATH from it, telemetry off in the command itself."""
+    virtualenv, nothing on PATH from it, telemetry off in the command itself (its model
+    server: test_production_model_loads_in_one_line_and_serves_over_http). Then `forget
+    serve --interval` (forked from the tests' fork server) against the printed Prefect server
+    processes a request queued while it is serving (one server for both: each start costs
+    ~10 CPU-s here)."""
     from forgetting_cli.pipeline import ui_commands
+
+    from .forkserver import command
 
     ws = processed["ws"]
     cmds = ui_commands(ws)
@@ -456,35 +475,22 @@ def test_printed_ui_commands_work_as_printed(processed, tmp_path):
     dvc = subprocess.run(["bash", "-c", cmds["DVC"]], env=env, capture_output=True, text=True,
                          timeout=120)
     assert dvc.returncode == 0, dvc.stderr
-    urls = {"MLflow UI": "http://127.0.0.1:5000/health",
-            "Prefect UI": "http://127.0.0.1:4200/api/health",
-            "Serve production": "http://127.0.0.1:5001/ping"}
+    api = "http://127.0.0.1:4200/api"
+    urls = {"MLflow UI": "http://127.0.0.1:5000/health", "Prefect UI": f"{api}/health"}
+    # (the scheduler creates the served deployment's runs every 2 s, not every 60)
+    server_env = {"Prefect UI": {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}}
     with contextlib.ExitStack() as servers:  # all start at once: each takes ~12 s here
         for what, url in urls.items():
             assert "DO_NOT_TRACK=true" in cmds[what]
             servers.enter_context(server_process(["bash", "-c", "exec " + cmds[what]], url,
-                                                 tmp_path / f"{what}.log", env=env, wait=False))
+                                                 tmp_path / f"{what}.log", wait=False,
+                                                 env={**env, **server_env.get(what, {})}))
         for url in urls.values():
             wait_for(url)
-    assert f"PREFECT_HOME={ws.state / 'prefect'}" in shlex.split(cmds["Prefect UI"])
+        assert f"PREFECT_HOME={ws.state / 'prefect'}" in shlex.split(cmds["Prefect UI"])
 
-
-@pytest.mark.slow
-def test_served_deployment_picks_up_a_queued_request(processed, cli_env, tmp_path):
-    """`forget serve --interval` (forked from the tests' fork server) against a real
-    `prefect server start` process processes a request queued while it is serving."""
-    from .forkserver import command
-
-    ws = processed["ws"]
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_UI_ENABLED": "false",
-           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
-    server_cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                  "--port", str(port)]
-    with server_process(server_cmd, f"{api}/health", tmp_path / "prefect-server.log", env):
-        serve_env = {**env, "PREFECT_API_URL": api}
+        serve_env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+                     "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
         serve_cmd, serve_env = command(["serve", "--interval", "3", "--root", str(ws.root),
                                         "--name", "test-serve"], serve_env)
         with server_process(serve_cmd, f"{api}/health", tmp_path / "serve.log", serve_env):
