@@ -136,8 +136,8 @@ def test_params_are_committed_with_each_request(processed):
                          capture_output=True, text=True, check=True).stdout
     assert "request req-0002: failed_gate" in log and "forget init" in log, log
 
-def test_each_request_has_a_report_in_dvc_and_mlflow(processed, tmp_path):
 
+def test_each_request_has_a_report_in_dvc_and_mlflow(processed, tmp_path):
     from tasks import registry
 
     ws = processed["ws"]
