@@ -1,11 +1,14 @@
 """The torch side of the Parquet store: a map-style ``Dataset`` over one split, and k-shot draws.
 
 Labels are read eagerly (a few bytes per row); image bytes are read one row group at a time,
-decoded to a uint8 tensor and kept in an LRU bounded by bytes, per DataLoader worker.
+decoded to a uint8 tensor and kept in an LRU bounded by bytes, one per process (and per
+DataLoader worker) for every dataset over the same file.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,34 +30,54 @@ class RowGroupCache:
     Bytes, not a count of row groups: a shuffled epoch touches every row group in turn, so a
     cache smaller than the data decodes most of it again for every batch (measured: Fashion-
     MNIST's 274 row groups through a 64-group cache ran slower than one core). Views made by
-    ``subset`` share one cache."""
+    ``subset`` share one cache; so do all datasets of a process over one file (``SHARED``): a
+    request reads its file's splits through several of them (prototypes, training,
+    evaluation, evidence), and each decoded every image again (0.6 of a tiny request's 5.6
+    CPU-s). Keyed by the file's identity too, so a rewritten file is never served stale. Tasks
+    run in threads: a lock guards the order."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.size = limit, 0
         self.misses = 0  # row groups decoded (benchmarks/throughput.py reads it)
-        self.items: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def get(self, key: int) -> torch.Tensor | None:
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
+    def get(self, key: tuple) -> torch.Tensor | None:
+        with self._lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
         return None
 
-    def put(self, key: int, value: torch.Tensor) -> torch.Tensor:
-        self.misses += 1
-        self.items[key] = value
-        self.size += value.numel() * value.element_size()
-        while self.size > self.limit and len(self.items) > 1:
-            self.size -= (old := self.items.popitem(last=False)[1]).numel() * old.element_size()
+    def put(self, key: tuple, value: torch.Tensor) -> torch.Tensor:
+        with self._lock:
+            self.misses += 1
+            self.items[key] = value
+            self.size += value.numel() * value.element_size()
+            while self.size > self.limit and len(self.items) > 1:
+                old = self.items.popitem(last=False)[1]
+                self.size -= old.numel() * old.element_size()
         return value
+
+    def __getstate__(self):  # (a DataLoader worker gets an empty one of its own)
+        return {"limit": self.limit}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["limit"])
+
+
+SHARED = RowGroupCache(1 << 30)
+# a process forked while another thread held the lock (a DataLoader worker) would wait on it
+# forever: the child starts with a free one
+os.register_at_fork(after_in_child=lambda: setattr(SHARED, "_lock", threading.Lock()))
 
 
 class ParquetImageDataset(Dataset):
     """Rows of one split (optionally a subset of classes / indices) of a Parquet dataset.
 
     Labels are read eagerly (a few bytes per row); image bytes are read one row group at a
-    time, decoded to a uint8 tensor and kept in an LRU bounded by bytes (1 GiB), per
-    DataLoader worker.
+    time, decoded to a uint8 tensor and kept in an LRU bounded by bytes: the process's
+    (``SHARED``, 1 GiB), or one of ``cache_bytes`` for this dataset and its views.
     Items are ``(transform(uint8 CxHxW tensor), label)``; the transform comes from the model
     (``forgetting.preprocess``); without one, images are scaled to [-1, 1].
     """
@@ -65,7 +88,7 @@ class ParquetImageDataset(Dataset):
         split: str | None = None,
         classes: Iterable[int] | None = None,
         indices: np.ndarray | None = None,
-        cache_bytes: int = 1 << 30,
+        cache_bytes: int | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.transform = transform
@@ -89,7 +112,9 @@ class ParquetImageDataset(Dataset):
         meta = pq.ParquetFile(self.path).metadata
         self._rg_starts = np.cumsum([0] + [meta.row_group(i).num_rows
                                            for i in range(meta.num_row_groups)])
-        self._cache = RowGroupCache(cache_bytes)
+        self._cache = SHARED if cache_bytes is None else RowGroupCache(cache_bytes)
+        st = os.stat(self.path)
+        self._file_key = (str(self.path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
         self._pf: pq.ParquetFile | None = None
 
     def __len__(self) -> int:
@@ -97,11 +122,12 @@ class ParquetImageDataset(Dataset):
 
     def __getstate__(self):  # each DataLoader worker opens its own file handle and cache
         state = self.__dict__.copy()
-        state["_pf"], state["_cache"] = None, RowGroupCache(self._cache.limit)
+        state["_pf"] = None
         return state
 
     def _row_group(self, rg: int) -> torch.Tensor:
-        if (hit := self._cache.get(rg)) is not None:
+        key = (*self._file_key, rg)
+        if (hit := self._cache.get(key)) is not None:
             return hit
         if self._pf is None:
             self._pf = pq.ParquetFile(self.path)
@@ -110,7 +136,7 @@ class ParquetImageDataset(Dataset):
         arrs = [decode_image(b, f"{self.path} row {start + i}") for i, b in enumerate(blobs)]
         t = torch.from_numpy(np.stack(arrs))
         t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
-        return self._cache.put(rg, t.contiguous())
+        return self._cache.put(key, t.contiguous())
 
     def image_uint8(self, i: int) -> torch.Tensor:
         row = int(self.rows[i])
