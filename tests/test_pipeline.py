@@ -170,8 +170,8 @@ def test_each_request_has_a_report_in_dvc_and_mlflow(processed, tmp_path):
     logged = c.get_run(req["mlflow_run_id"]).data.metrics
     for a in attacks:
         assert {f"evidence/{a}", f"before_evidence/{a}", f"retrain_evidence/{a}"} <= set(logged)
-    # what the Prefect UI shows for the request (its latest under the key: the session's
-    # server holds other tests' workspaces, named "forgetting" too)
+    # what the Prefect UI shows for the request (the session's server also holds other
+    # tests' workspaces, named "forgetting" too: this one's is the one about digit_0)
     arts = [a for a in _artifacts("forgetting-req-0001") if "digit_0" in a.data]
     assert arts and arts[0].type == "markdown" and "Acc_f" in arts[0].data, arts
     res = cli("report", "req-0001", "--out", str(tmp_path / "r"), "--root", str(ws.root))
@@ -206,6 +206,12 @@ def test_report_never_writes_over_a_folder_it_did_not_make(processed, tmp_path):
     (home / "cv.pdf").write_bytes(b"%PDF")
     res = cli("report", "req-0001", "--out", str(home), "--root", str(ws.root))
     assert res.exit_code == 2 and (home / "cv.pdf").read_bytes() == b"%PDF"
+
+
+def _plain_shell(home) -> dict:
+    """A shell's environment with no virtualenv, nothing on PATH from it and no offline
+    settings: where a printed command (`ui_commands`) must work as printed."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home)}
 
 
 def _predictions(ws, version: int, x) -> list[int]:
@@ -247,8 +253,7 @@ def test_production_model_loads_in_one_line_and_serves_over_http(processed, tmp_
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [want, _predictions(ws, 3, x)]
-    # served by the command `forget demo` prints (`ui_commands`), run as printed: a plain
-    # shell, no activated virtualenv, nothing on PATH from it
+    # served by the command `forget demo` prints (`ui_commands`), run as printed
     cmd = ["bash", "-c", "exec " + ui_commands(ws)["Serve production"]]
     assert "DO_NOT_TRACK=true" in cmd[-1] and "--port 5001" in cmd[-1]
     port = 5001
@@ -266,7 +271,7 @@ def test_production_model_loads_in_one_line_and_serves_over_http(processed, tmp_
         return json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
 
     with server_process(cmd, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log",
-                        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=240):
+                        env=_plain_shell(tmp_path), timeout=240):
         preds = post({"inputs": x.numpy().tolist()})  # preprocessed tensors
         from_png = post({"inputs": {"image": pngs}})  # the README's call
         from_array = post({"inputs": test.image_uint8(0)[0].numpy().tolist()})  # uint8 H x W
@@ -471,7 +476,7 @@ def test_printed_ui_commands_work_as_printed_and_serve_a_deployment(processed, c
 
     ws = processed["ws"]
     cmds = ui_commands(ws)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no venv, no offline settings
+    env = _plain_shell(tmp_path)
     dvc = subprocess.run(["bash", "-c", cmds["DVC"]], env=env, capture_output=True, text=True,
                          timeout=120)
     assert dvc.returncode == 0, dvc.stderr
