@@ -173,11 +173,14 @@ def synthetic_folder(root: Path, classes: int, px: int, per_class: int) -> Path:
     return root
 
 
-def request_end_to_end(s: dict, device: torch.device, tiny: bool) -> dict:
-    """forget init / ingest / pretrain / request add / run / status in a temp workspace."""
+def request_end_to_end(s: dict, device: torch.device, tiny: bool, work: Path | None = None
+                       ) -> dict:
+    """forget init / ingest / pretrain / request add / run / status in a workspace under
+    ``work`` (default: a new temp folder, kept and named in the results to look into)."""
     import yaml
 
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-")) if work is None else work
+    work.mkdir(parents=True, exist_ok=True)
     src = synthetic_folder(work / "images", s["classes"], s["px"], s["per_class"])
     root = work / "ws"
     vit = dict(s["vit"])
@@ -243,6 +246,9 @@ def request_end_to_end(s: dict, device: torch.device, tiny: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU (CI)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="folder for the request's images and workspace (default: a new temp "
+                         "folder, kept)")
     ap.add_argument("--out", default=None, help="results file (default: benchmarks/results/"
                                                 "gpu.json, gpu-tiny.json with --tiny)")
     args = ap.parse_args(argv)
@@ -256,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name, fn in (("cuda_tests", lambda: cuda_tests(device)),
                      ("throughput", lambda: throughput(s, device)),
-                     ("request", lambda: request_end_to_end(s, device, args.tiny))):
+                     ("request", lambda: request_end_to_end(s, device, args.tiny,
+                                                                args.work))):
         t0 = time.perf_counter()
         try:
             result[name] = fn()

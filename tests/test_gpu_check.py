@@ -20,8 +20,8 @@ def test_gpu_check_runs_every_part_at_tiny_size(cli_env, tmp_path):
 
     out = tmp_path / "gpu-tiny.json"
     res = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--tiny", "--out",
-                          str(out)], cwd=REPO, env=server_env(cli_env), capture_output=True,
-                         text=True, timeout=900)
+                          str(out), "--work", str(tmp_path / "work")], cwd=REPO,
+                         env=server_env(cli_env), capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["failed"] == [] and r["tiny"] and r["device"] == "cpu"
@@ -34,3 +34,4 @@ def test_gpu_check_runs_every_part_at_tiny_size(cli_env, tmp_path):
     assert [s["command"] for s in r["request"]["steps"]] == [
         "init", "ingest", "pretrain", "request add class_000", "run", "status --json"]
     assert "every part passed" in res.stdout
+    assert r["request"]["workspace"] == str(tmp_path / "work" / "ws")  # nothing left in /tmp
