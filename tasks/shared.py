@@ -113,8 +113,7 @@ def follow_endpoint(root: Path) -> None:
     remote = cfg["remote"].get("stack")
     if remote is None or remote.get("endpointurl") == url:
         return
-    with cfg.edit("local") as conf:
-        conf["remote"].setdefault("stack", {})["endpointurl"] = url
+    set_dvc_config(root, "local", {"remote": {"stack": {"endpointurl": url}}})
 
 
 def attach(ws: Workspace, git_url: str, s3_url: str, endpoint: str,
