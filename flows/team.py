@@ -13,7 +13,7 @@ import logging
 from prefect import flow
 
 # (a team run is a request run: the flow-run server imports what those import on first use)
-from flows.process_requests import FIRST_USE_IMPORTS, process_requests_flow  # noqa: F401
+from flows.process_requests import before_forking_runs, process_requests_flow  # noqa: F401
 from tasks import environment
 from tasks.git import checkout
 from tasks.submissions import FLOW_NAME

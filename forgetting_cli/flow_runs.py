@@ -83,20 +83,26 @@ def _connect(path: str | None) -> socket.socket | None:
 
 # --- the server -------------------------------------------------------------------------
 def serve(path: Path, preload: list[str], watch: int | None = None) -> None:
-    """Import ``preload`` (the request flow) and the modules it names as imported on first use
-    (``FIRST_USE_IMPORTS``), then fork a run per connection until the
+    """Import ``preload`` (the request flow) and do what it names to do before forking
+    (``before_forking_runs``: first-use imports), then fork a run per connection until the
     parent (the worker), or the process ``watch``, is gone. The socket is bound only when
-    the imports are done: a client that comes earlier starts a fresh interpreter."""
+    that is done: a client that comes earlier starts a fresh interpreter."""
+    import gc
     import importlib
     import threading
 
     for name in preload:
         module = importlib.import_module(name)
-        for first_use in getattr(module, "FIRST_USE_IMPORTS", ()):  # flows/process_requests.py
-            importlib.import_module(first_use)
+        if prepare := getattr(module, "before_forking_runs", None):  # flows/process_requests
+            prepare()
     torch = sys.modules.get("torch")
     if threading.active_count() > 1 or (torch is not None and torch.cuda.is_initialized()):
         sys.exit("flow-run server: threads or CUDA started at import; not forking from it")
+    # what is imported so far lives as long as the server: out of the collector's sight, each
+    # run's full collections no longer walk the whole inherited heap (nor write to its pages,
+    # copying them). Measured: a tiny `forget run` 6.9 -> 6.1 CPU-s; its group-norm plot,
+    # 1.0 -> 0.5 s, had spent half its time in the collector
+    gc.freeze()
     parent = os.getppid()
 
     def alive() -> bool:

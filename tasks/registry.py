@@ -34,6 +34,19 @@ MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # logged as MLflow "mo
 CHECKPOINT, ADAPTER = "checkpoint", "adapter"  # artifact keys of a version's own part
 
 
+def prime_requirements_map() -> None:
+    """MLflow's map of every installed distribution's modules, computed now. MLflow builds it
+    when a process logs its first model, to check the model's pip requirements against
+    (``importlib.metadata.packages_distributions()``: 0.9 CPU-s here); a process that forks
+    runs builds it once for all of them. MLflow's private helper: where a version lacks it,
+    each run builds the map as before."""
+    try:
+        from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+    except ImportError:
+        return
+    _init_modules_to_packages_map()
+
+
 def with_backoff(fn: Callable[[], T], what: str, attempts: int = 4, first_delay: float = 1.0) -> T:
     """Retry a call to the tracking server with exponential backoff (1, 2, 4 s), then fail
     with one clear error instead of the client's traceback."""

@@ -1,12 +1,16 @@
-"""A stand-in flow run for tests/test_flow_runs.py: says who and where it is, then exits with
-the code it is given, or starts a child and sleeps until killed."""
+"""A stand-in flow run for tests/test_flow_runs.py: says who and where it is, whether the
+server's hook ran before it was forked and how many objects the collector leaves alone, then
+exits with the code it is given, or starts a child and sleeps until killed."""
 
+import gc
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-print(os.environ.get("PROBE_MSG"), os.getcwd(), os.getpid(), flush=True)
+hook = sys.modules.get("tests.flow_run_hook")
+print(os.environ.get("PROBE_MSG"), os.getcwd(), os.getpid(), bool(hook and hook.PREPARED),
+      gc.get_freeze_count(), flush=True)
 if sys.argv[1] == "exit":
     sys.exit(int(sys.argv[2]))
 child = subprocess.Popen(["sleep", "120"])

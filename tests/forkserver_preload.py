@@ -7,4 +7,4 @@ import flows.pretrain  # noqa: F401
 import flows.purge  # noqa: F401
 import forgetting_cli.main  # noqa: F401
 import tasks.registry  # noqa: F401
-from flows.process_requests import FIRST_USE_IMPORTS  # noqa: F401 (imported by the server)
+from flows.process_requests import before_forking_runs  # noqa: F401 (called by the server)

@@ -25,11 +25,11 @@ CLIENT = [sys.executable, "-m", "forgetting_cli.flow_runs", "--module", "tests.f
 @pytest.fixture
 def server(tmp_path):
     """(socket path, the stand-in worker): the server is the worker's child, as under
-    ``forget worker``; nothing preloaded (the probe needs nothing)."""
+    ``forget worker``; it preloads only a module with a ``before_forking_runs`` hook."""
     worker = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
          "from forgetting_cli.flow_runs import start_server; "
-         "print(start_server(Path(sys.argv[1]), ()), flush=True); time.sleep(300)",
+         "print(start_server(Path(sys.argv[1]), ('tests.flow_run_hook',)), flush=True); time.sleep(300)",
          str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     path = worker.stdout.readline().strip()
     assert path.endswith("server.sock"), path
@@ -56,9 +56,11 @@ def test_a_forked_run_has_the_clients_environment_folder_streams_and_exit_code(s
     for sock in (path, None):  # forked, then as a fresh interpreter
         c = _client(sock, "exit", "3", cwd=tmp_path)
         out, _ = c.communicate(timeout=60)
-        msg, cwd, pid = out.split()
+        msg, cwd, pid, prepared, frozen = out.split()
         assert (c.returncode, msg, cwd) == (3, "hello", str(tmp_path))
         assert (int(pid) == c.pid) == (sock is None)
+        # forked: after the preload's hook, with the preloaded heap frozen (gc.freeze)
+        assert (prepared == "True") == (int(frozen) > 0) == (sock is not None), out
     assert worker.poll() is None
 
 
