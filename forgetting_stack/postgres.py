@@ -4,10 +4,13 @@ on loopback; other hosts reach it through its TLS front (``tls_front``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
+
+import psutil
 
 from . import tls_front
 from .processes import run, wait_port
@@ -114,6 +117,11 @@ def start(stack, s: dict, creds: dict) -> None:
 
 
 def stop(stack) -> None:
-    if stack.pid("postgres") is not None:
+    """Stopped when this returns: ``pg_ctl -w`` returns once the server's pid file is gone,
+    which it removes just before its process ends, so that process is waited for too (under
+    load, still there right after pg_ctl: test_stack_files saw it)."""
+    if (pid := stack.pid("postgres")) is not None:
         run([str(bin_dir() / "pg_ctl"), "-D", str(stack.pg / "data"), "-m", "fast", "-w",
              "stop"], run_as(stack.dir))
+        with contextlib.suppress(psutil.Error):  # gone already, or not ours to wait on
+            psutil.Process(pid).wait(30)
