@@ -12,7 +12,7 @@ import logging
 
 from prefect import flow
 
-# (a team run is a request run: the flow-run server imports what those import on first use)
+# (a team run is a request run: the flow-run server does what those need before forking)
 from flows.process_requests import before_forking_runs, process_requests_flow  # noqa: F401
 from tasks import environment
 from tasks.git import checkout

@@ -100,8 +100,8 @@ def serve(path: Path, preload: list[str], watch: int | None = None) -> None:
         sys.exit("flow-run server: threads or CUDA started at import; not forking from it")
     # what is imported so far lives as long as the server: out of the collector's sight, each
     # run's full collections no longer walk the whole inherited heap (nor write to its pages,
-    # copying them). Measured: a tiny `forget run` 6.9 -> 6.1 CPU-s; its group-norm plot,
-    # 1.0 -> 0.5 s, had spent half its time in the collector
+    # copying them). Measured: a tiny `forget run` 6.9 -> 6.1 CPU-s; under cProfile, half of
+    # its group-norm plot's 1.0 s was the collector's
     gc.freeze()
     parent = os.getppid()
 
