@@ -29,7 +29,8 @@ def server(tmp_path):
     worker = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
          "from forgetting_cli.flow_runs import start_server; "
-         "print(start_server(Path(sys.argv[1]), ('tests.flow_run_hook',)), flush=True); time.sleep(300)",
+         "print(start_server(Path(sys.argv[1]), ('tests.flow_run_hook',)), flush=True); "
+         "time.sleep(300)",
          str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     path = worker.stdout.readline().strip()
     assert path.endswith("server.sock"), path

@@ -130,7 +130,8 @@ def test_lora_a_initialisation_of_later_requests():
     top = max(float(p.detach().abs().max()) for p in a.values())
     assert bound(math.sqrt(5)) / bound(math.sqrt(50)) == pytest.approx(2.92, abs=0.01)
     assert bound(math.sqrt(50)) * 0.8 < top <= bound(math.sqrt(50)) + 1e-6
-    assert all(float(p.detach().abs().max()) == 0 for n, p in peft.named_parameters() if "lora_B" in n)
+    assert all(float(p.detach().abs().max()) == 0
+               for n, p in peft.named_parameters() if "lora_B" in n)
 
 
 def test_dropout_while_forgetting():
