@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from .config import ModelConfig
 from .data import REFERENCE_SPLITS, SPLITS, DataError, decode_image, read_info
-from .preprocess import eval_transform
+from .preprocess import batch_transform, eval_transform
 
 
 class RowGroupCache:
@@ -147,6 +147,17 @@ class ParquetImageDataset(Dataset):
         img = self.image_uint8(i)
         x = self.transform(img) if self.transform else img.float().div_(127.5).sub_(1.0)
         return x, int(self.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """A batch at once (the DataLoader calls it instead of ``__getitem__`` per item) where
+        the transform is elementwise: one scaling and normalisation of the whole batch gives
+        the same floats as one per image, without a transform call per image (it was 14 % of
+        a tiny model's training here). Transforms that draw or resize keep the per-image path."""
+        batched = batch_transform(self.transform)
+        if batched is None:
+            return [self[i] for i in indices]
+        x = batched(torch.stack([self.image_uint8(i) for i in indices]))
+        return list(zip(x, self.labels[indices].tolist(), strict=True))
 
     def with_transform(self, transform: Callable[[torch.Tensor], torch.Tensor]
                        ) -> ParquetImageDataset:

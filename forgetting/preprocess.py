@@ -8,6 +8,7 @@ normalisation therefore sees the inputs it was trained on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import timm
@@ -67,6 +68,23 @@ class ImageTransform:
 
     def __repr__(self) -> str:
         return f"ImageTransform({self.transform})"
+
+
+def batch_transform(transform: Callable[[torch.Tensor], torch.Tensor] | None
+                    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The transform applied to a uint8 N x C x H x W batch at once, where it is elementwise
+    (the datasets' default scaling; [0, 1] then ``Normalize``); None where it is not."""
+    if transform is None:
+        return lambda x: x.float().div_(127.5).sub_(1.0)
+    from torchvision.transforms import Normalize
+
+    inner = getattr(transform, "transform", None)
+    if type(transform) is not ImageTransform or type(inner) is not Normalize:
+        return None
+    mean = torch.as_tensor(inner.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(inner.std, dtype=torch.float32).view(1, -1, 1, 1)
+    # torchvision's normalize in the same order (sub_ then div_): the same floats per element
+    return lambda x: x.float().div_(255.0).sub_(mean).div_(std)
 
 
 def eval_transform(cfg: ModelConfig, stored_size: int) -> ImageTransform:

@@ -1,8 +1,10 @@
+import random
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from forgetting.config import DataConfig
@@ -47,6 +49,30 @@ def test_dataset_items_are_writable_normalised_tensors(digits):
     assert float(x2.max()) <= 1.0  # the cache is not corrupted by callers
     sub = ds.with_classes([3])
     assert len(sub) > 0 and set(sub.labels.tolist()) == {3}
+
+
+def test_a_batch_at_once_is_the_same_floats_as_item_by_item(digits):
+    """The DataLoader's batched fetch (``__getitems__``) normalises the whole batch in one go;
+    it must give exactly the per-image tensors, and transforms that draw keep the per-image
+    path (one draw per image)."""
+    from forgetting.config import ModelConfig, TrainConfig
+    from forgetting.preprocess import batch_transform, train_transform
+
+    order = [5, 0, 17, 3, 3]
+    cfg = ModelConfig(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
+    normalised, plain = digits["train"], digits["train"].with_transform(None)
+    assert batch_transform(normalised.transform) is not None  # the model's Normalize
+    for ds in (normalised, plain):
+        batch = ds.__getitems__(order)
+        for (x, y), i in zip(batch, order, strict=True):
+            assert torch.equal(x, ds[i][0]) and y == ds[i][1]
+    augmented = ParquetImageDataset(digits["path"], "train").with_transform(train_transform(
+        cfg, TrainConfig(augment=True, scale_min=0.5), 16))
+    assert batch_transform(augmented.transform) is None
+    random.seed(0), torch.manual_seed(0)  # (timm's crop draws from random)
+    batch = augmented.__getitems__(order)
+    random.seed(0), torch.manual_seed(0)
+    assert all(torch.equal(x, augmented[i][0]) for (x, _), i in zip(batch, order, strict=True))
 
 
 def test_k_shot_is_seeded_and_exact(digits):
