@@ -156,8 +156,21 @@ class ParquetImageDataset(Dataset):
         batched = batch_transform(self.transform)
         if batched is None:
             return [self[i] for i in indices]
-        x = batched(torch.stack([self.image_uint8(i) for i in indices]))
+        x = batched(self.images_uint8(indices))
         return list(zip(x, self.labels[indices].tolist(), strict=True))
+
+    def images_uint8(self, indices: Sequence[int]) -> torch.Tensor:
+        """Items' images as one N x C x H x W tensor, gathered row group by row group."""
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        groups = np.searchsorted(self._rg_starts, rows, side="right") - 1
+        out: torch.Tensor | None = None
+        for rg in np.unique(groups):
+            at = np.flatnonzero(groups == rg)
+            images = self._row_group(int(rg))
+            if out is None:
+                out = images.new_empty((len(rows), *images.shape[1:]))
+            out[torch.from_numpy(at)] = images[torch.from_numpy(rows[at] - self._rg_starts[rg])]
+        return out if out is not None else torch.empty((0,), dtype=torch.uint8)
 
     def with_transform(self, transform: Callable[[torch.Tensor], torch.Tensor]
                        ) -> ParquetImageDataset:
