@@ -15,6 +15,7 @@ import copy
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from ..datasets import k_shot
 from ..runtime import autocast
@@ -24,8 +25,9 @@ PROBES = 200  # held-out images whose Acc_f a step is judged by
 
 
 def _stack(ds, device):
-    xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
-    return torch.stack(xs).to(device), torch.tensor(ys, device=device)
+    """Every item as one batch (its own generator: no draw from the global RNG)."""
+    x, y = next(iter(DataLoader(ds, batch_size=max(len(ds), 1), generator=torch.Generator())))
+    return x.to(device), y.to(device)
 
 
 def _acc(model, x, y, batch: int = 512) -> float:
@@ -45,8 +47,8 @@ def relearn_steps(model: torch.nn.Module, train_ds, heldout_ds, classes: list[in
     fgt = k_shot(train_ds, shots, seed, classes)
     others = np.flatnonzero(~np.isin(train_ds.labels, classes))
     ret = train_ds.subset(np.sort(rng.choice(others, min(len(fgt), len(others)), replace=False)))
-    x = torch.cat([_stack(fgt, device)[0], _stack(ret, device)[0]])
-    y = torch.cat([_stack(fgt, device)[1], _stack(ret, device)[1]])
+    (xf, yf), (xr, yr) = _stack(fgt, device), _stack(ret, device)
+    x, y = torch.cat([xf, xr]), torch.cat([yf, yr])
     # the held-out Acc_f is read after every step: a seeded draw of at most PROBES images
     # keeps that read from costing more than the steps (measured on Fashion-MNIST: 1,200
     # held-out images per class made the attack the largest part of a request's evidence)
