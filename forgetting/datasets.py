@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from .config import ModelConfig
 from .data import REFERENCE_SPLITS, SPLITS, DataError, decode_image, read_info
-from .preprocess import batch_transform, eval_transform
+from .preprocess import batch_transform, eval_transform, to_signed_unit
 
 
 class RowGroupCache:
@@ -140,12 +140,12 @@ class ParquetImageDataset(Dataset):
 
     def image_uint8(self, i: int) -> torch.Tensor:
         row = int(self.rows[i])
-        rg = int(np.searchsorted(self._rg_starts, row, side="right") - 1)
+        rg = int(self._groups_of(row))
         return self._row_group(rg)[row - int(self._rg_starts[rg])]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = self.image_uint8(i)
-        x = self.transform(img) if self.transform else img.float().div_(127.5).sub_(1.0)
+        x = self.transform(img) if self.transform else to_signed_unit(img)
         return x, int(self.labels[i])
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
@@ -163,7 +163,7 @@ class ParquetImageDataset(Dataset):
     def images_uint8(self, indices: Sequence[int]) -> torch.Tensor:
         """Items' images as one N x C x H x W tensor, gathered row group by row group."""
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
-        groups = np.searchsorted(self._rg_starts, rows, side="right") - 1
+        groups = self._groups_of(rows)
         out: torch.Tensor | None = None
         for rg in np.unique(groups):
             at = np.flatnonzero(groups == rg)
@@ -201,7 +201,10 @@ class ParquetImageDataset(Dataset):
 
     def row_groups(self) -> np.ndarray:
         """The row group each item's image lives in."""
-        return np.searchsorted(self._rg_starts, self.rows, side="right") - 1
+        return self._groups_of(self.rows)
+
+    def _groups_of(self, rows: np.ndarray | int) -> np.ndarray:
+        return np.searchsorted(self._rg_starts, rows, side="right") - 1
 
     def decoded_bytes(self) -> int:
         """What decoding every item once would hold in memory (uint8 C x H x W each)."""

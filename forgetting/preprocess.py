@@ -55,6 +55,16 @@ def data_config(cfg: ModelConfig) -> dict:
     }
 
 
+def to_signed_unit(image: torch.Tensor) -> torch.Tensor:
+    """uint8 -> [-1, 1]: the datasets' scaling where no model transform is set."""
+    return image.float().div_(127.5).sub_(1.0)
+
+
+def to_unit(image: torch.Tensor) -> torch.Tensor:
+    """uint8 -> [0, 1], what timm's transforms start from."""
+    return image.float().div_(255.0)
+
+
 class ImageTransform:
     """uint8 CxHxW tensor -> float model input: [0, 1], then timm's transform.
 
@@ -64,7 +74,7 @@ class ImageTransform:
         self.transform = transform
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return self.transform(image.float().div_(255.0))
+        return self.transform(to_unit(image))
 
     def __repr__(self) -> str:
         return f"ImageTransform({self.transform})"
@@ -75,7 +85,7 @@ def batch_transform(transform: Callable[[torch.Tensor], torch.Tensor] | None
     """The transform applied to a uint8 N x C x H x W batch at once, where it is elementwise
     (the datasets' default scaling; [0, 1] then ``Normalize``); None where it is not."""
     if transform is None:
-        return lambda x: x.float().div_(127.5).sub_(1.0)
+        return to_signed_unit
     from torchvision.transforms import Normalize
 
     inner = getattr(transform, "transform", None)
@@ -84,7 +94,7 @@ def batch_transform(transform: Callable[[torch.Tensor], torch.Tensor] | None
     mean = torch.as_tensor(inner.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.as_tensor(inner.std, dtype=torch.float32).view(1, -1, 1, 1)
     # torchvision's normalize in the same order (sub_ then div_): the same floats per element
-    return lambda x: x.float().div_(255.0).sub_(mean).div_(std)
+    return lambda x: to_unit(x).sub_(mean).div_(std)
 
 
 def eval_transform(cfg: ModelConfig, stored_size: int) -> ImageTransform:

@@ -15,6 +15,7 @@ from torch.utils.data import ConcatDataset
 
 from .evaluate import collect_outputs
 from .methods.gs_lora_pp import PrototypeConfig
+from .preprocess import to_signed_unit
 
 
 @dataclass
@@ -65,7 +66,7 @@ def augmented_views(ds, views: int):
     aug = v2.RandAugment()
     base = ds.transform
     copies = [ds.with_transform(lambda img, base=base: base(aug(img)) if base else
-                                aug(img).float().div_(127.5).sub_(1.0)) for _ in range(views)]
+                                to_signed_unit(aug(img))) for _ in range(views)]
     return ConcatDataset([ds, *copies])
 
 
