@@ -15,6 +15,7 @@ from prefect import flow
 # (a team run is a request run: the flow-run server does what those need before forking)
 from flows.process_requests import before_forking_runs, process_requests_flow  # noqa: F401
 from tasks import environment
+from tasks.dvc import quiet_staging_hints
 from tasks.git import checkout
 from tasks.submissions import FLOW_NAME
 
@@ -26,9 +27,7 @@ def team_requests_flow(repo: str, name: str, submit: dict | None = None) -> list
     # the library's progress lines ("waiting for the run in progress on another host", what
     # was queued, pushed) into the flow run's logs, as `forget` shows them on a terminal
     logging.getLogger("forgetting").setLevel(logging.INFO)
-    # and not DVC's hints to stage files in git (the pipeline commits them itself), twice a
-    # commit in the worker's log
-    logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
+    quiet_staging_hints()  # (in the worker's log too)
     root = checkout(repo, name)
     environment.apply(root / ".forgetting")
     return process_requests_flow(str(root))

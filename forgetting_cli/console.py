@@ -64,7 +64,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when MLflow is imported
     for name in ("mlflow", "alembic"):  # and if it was imported already
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
+    from tasks.dvc import quiet_staging_hints
+
+    quiet_staging_hints()
 
 
 def _terminate(signum, frame) -> NoReturn:

@@ -23,6 +23,13 @@ from .git import git as _git
 log = logging.getLogger("forgetting")
 
 
+def quiet_staging_hints() -> None:
+    """DVC's hints to stage its files in git ("To track the changes with git, run: ..."),
+    twice a commit: the pipeline makes each commit itself, so they only tell a user to do what
+    is already done."""
+    logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
+
+
 def init_repo(root: Path, remote: Path) -> None:
     """git + DVC in ``root`` (kept if present), update checks off, a local default remote.
 
