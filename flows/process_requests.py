@@ -50,7 +50,10 @@ from tasks.workspace import Workspace
 # forks runs (forgetting_cli/flow_runs.py) imports them once; each run forked without them
 # imported them again (1.5 CPU-s a run here, 0.8 more for the SQL store)
 FIRST_USE_IMPORTS = ("dvc.repo", "dvc.repo.index", "networkx", "scmrepo.git",
-                     "forgetting.plots", "mlflow.pyfunc", "mlflow.store.tracking.sqlalchemy_store")
+                     "forgetting.plots", "mlflow.pyfunc", "mlflow.store.tracking.sqlalchemy_store",
+                     # the attacks' (forgetting.evidence.probe.balanced_logistic)
+                     "sklearn.linear_model", "sklearn.metrics", "sklearn.pipeline",
+                     "sklearn.preprocessing")
 
 
 def before_forking_runs() -> None:

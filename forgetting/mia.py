@@ -22,12 +22,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from .evaluate import collect_outputs
+from .evidence.probe import balanced_logistic
 
 
 @dataclass
@@ -81,9 +78,10 @@ def membership_inference(model: torch.nn.Module, train_ds, heldout_ds, forget: I
         members = members[rng.choice(len(members), len(nonmembers), replace=False)]
     x = np.concatenate([members, nonmembers])
     y = np.concatenate([np.ones(len(members)), np.zeros(len(nonmembers))])
-    attack = make_pipeline(StandardScaler(),
-                           LogisticRegression(class_weight="balanced", max_iter=1000))
+    attack = balanced_logistic(1000)
     attack.fit(x, y)
+    from sklearn.metrics import roc_auc_score
+
     attack_auc = float(roc_auc_score(y, attack.predict_proba(x)[:, 1]))
     score_tr = attack.predict_proba(x_tr[f_tr])[:, 1]
     auc = None
