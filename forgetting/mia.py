@@ -63,6 +63,8 @@ def membership_inference(model: torch.nn.Module, train_ds, heldout_ds, forget: I
     ``train_ds`` holds the images the model was trained on, ``heldout_ds`` images it never
     trained on (``ConcatDataset([val, test])``). ``earlier``: classes forgotten before, left out of fitting.
     """
+    from sklearn.metrics import roc_auc_score  # (not at import: see balanced_logistic)
+
     forget = sorted(set(forget))
     model = model.to(device).eval()
     x_tr, y_tr = _features_of(model, train_ds, device)
@@ -80,8 +82,6 @@ def membership_inference(model: torch.nn.Module, train_ds, heldout_ds, forget: I
     y = np.concatenate([np.ones(len(members)), np.zeros(len(nonmembers))])
     attack = balanced_logistic(1000)
     attack.fit(x, y)
-    from sklearn.metrics import roc_auc_score
-
     attack_auc = float(roc_auc_score(y, attack.predict_proba(x)[:, 1]))
     score_tr = attack.predict_proba(x_tr[f_tr])[:, 1]
     auc = None
