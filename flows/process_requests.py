@@ -64,7 +64,7 @@ def before_forking_runs() -> None:
     registry.prime_requirements_map()
 
 
-@flow(name="process-request", log_prints=True)
+@flow(name="process-request", flow_run_name="{request_id}", log_prints=True)
 def process_request(root: str, request_id: str) -> dict:
     ws = Workspace.at(root)
     cfg = ws.config()

@@ -104,6 +104,15 @@ def test_requests_are_processed_in_order_registered_and_versioned(processed):
     assert process_requests_flow(str(ws.root)) == []
     c = registry.client(ws)
     assert len(c.search_model_versions(f"name = '{c.model_name}'")) == 3
+    # each request's flow run is named after it (what the UI lists; what a log line says)
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as pc:
+        runs = pc.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(
+            any_=["process-request"])))
+    assert sorted(r.name for r in runs if r.parameters.get("root") == str(ws.root)) == [
+        "req-0001", "req-0002"]
 
 
 def test_the_per_class_gate_stops_a_request_that_damages_one_class(processed):

@@ -130,7 +130,7 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
                  procs=[(p, log)])
             table.append({"fault": what, "request": req,
                           "recovered_s": round(time.monotonic() - t0, 1),
-                          "the failed run": _first_error(log.read_text()[seen:]),
+                          "the failed run": _first_error(log.read_text()[seen:], req),
                           "total_s": round(time.monotonic() - t_fault, 1)})
         stop(p)  # (the killed worker's flow run is marked Crashed meanwhile: checked next)
 
@@ -165,12 +165,14 @@ def test_each_request_once_through_server_outages_and_a_killed_lock_holder(cli_e
         shutil.rmtree(top, ignore_errors=True)
 
 
-def _first_error(log: str) -> str:
-    """What stopped the run the fault broke, as its flow run logged it."""
+def _first_error(log: str, req: str) -> str:
+    """What stopped the request's own flow run (``process-request``, named after the request)
+    when the fault broke it: not the first error in the worker's log, which can be another
+    run's (a scheduled run failing to fetch the workspace while git is down)."""
     for line in log.splitlines():
-        if "Encountered exception during execution:" in line:
+        if f"Flow run '{req}' - Encountered exception during execution:" in line:
             return line.split("execution:", 1)[1].strip()[:160]
-    return "no run failed (retried through the outage)"
+    return f"{req}'s run did not fail (retried through the outage)"
 
 
 def _flow_runs(client: dict, state: str) -> dict[str, str]:
