@@ -8,20 +8,23 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: demo test test-fast lint lock bench bench-seq bench-methods tune figures gpu-check clean
 
 # uv installs the locked set in 28 s on a fresh machine here, pip in 2 min 0 s (same versions);
-# from uv's cache (a fresh clone on a machine that installed before) it links it in ~3 s, and
-# compiling the bytecode below takes ~28 s more (47 CPU-s, 24k files): 35 s in all here.
+# from uv's cache (a fresh clone on a machine that installed before) it links it in ~3 s.
 # pip does it where uv cannot be installed. uv does not read pip's configuration: the machine's
-# constraints and local wheel folder (PIP_FIND_LINKS) are passed on. Like pip, it compiles the
-# packages' bytecode at install (uv does not by default): where PYTHONDONTWRITEBYTECODE is set,
-# as on this machine, no interpreter ever writes it, and each one compiled torch, MLflow and
-# Prefect from source again (importing the pipeline: 17 CPU-s, 8 with bytecode). The project's
-# own packages (an editable install) too: 1.3 CPU-s per interpreter that imports them
+# constraints and local wheel folder (PIP_FIND_LINKS) are passed on.
+# Bytecode: compiling all 24k files of the environment at install (uv's --compile-bytecode,
+# pip's default) took 28 s here (47 CPU-s), and a run imports about a third of them. So the
+# install imports the pipeline once with bytecode writing on, and the runs below write the
+# rest as they first import it, as a plain Python does. WRITE_BYTECODE turns it on where
+# PYTHONDONTWRITEBYTECODE is set, as on this machine: without bytecode every interpreter
+# compiled torch, MLflow and Prefect from source again (importing the pipeline: 17 CPU-s, 8
+# with bytecode). The project's own packages are compiled in full (an editable install)
+WRITE_BYTECODE := PYTHONDONTWRITEBYTECODE=
 UV_VERSION := 0.13.9
 PIP_CONSTRAINTS := $(wildcard /etc/xdg/pip/constraints.txt)
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	if $(PY) -m pip install --quiet uv==$(UV_VERSION); then \
-		$(PY) -m uv pip install --quiet --compile-bytecode --python $(PY) -c requirements.lock \
+		$(PY) -m uv pip install --quiet --python $(PY) -c requirements.lock \
 			$(addprefix -c ,$(PIP_CONSTRAINTS)) $(addprefix --find-links ,$(PIP_FIND_LINKS)) \
 			-e '.[dev,stack]'; \
 	else \
@@ -29,10 +32,11 @@ $(STAMP): pyproject.toml requirements.lock
 		$(PY) -m pip install --quiet -c requirements.lock -e '.[dev,stack]'; \
 	fi
 	$(PY) -m compileall -q forgetting tasks flows forgetting_cli forgetting_stack tests
+	$(WRITE_BYTECODE) $(PY) -c 'import flows.team, forgetting_cli.main'
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/forget demo
+	$(WRITE_BYTECODE) $(VENV)/bin/forget demo
 
 # four processes on two cores (pytest-xdist), a module per unit: the two stack tests mostly wait
 # on servers and outages, so two processes train beside them; the longest start first
@@ -41,11 +45,11 @@ demo: $(STAMP)
 # (docs/benchmarks.md, "The test suite's CPU")
 XDIST := --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
-	$(PY) -m pytest -q -n 4 $(XDIST)
+	$(WRITE_BYTECODE) $(PY) -m pytest -q -n 4 $(XDIST)
 
 # the quick half in two processes: 1 min 54 s here (Intel Xeon, 2 cores; 2026-12-04)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 $(XDIST) -m "not slow"
+	$(WRITE_BYTECODE) $(PY) -m pytest -q -n 2 $(XDIST) -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

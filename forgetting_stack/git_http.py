@@ -38,6 +38,9 @@ def start(stack, s: dict, creds: dict) -> Callable[[], None]:
         stack.tool("gunicorn"), "--bind", f"{h}:{port}", "--certfile", str(tls["cert"]),
         "--keyfile", str(tls["key"]), "--worker-class", "gthread", "--threads", "8",
         "--workers", "1", "--timeout", "600", "--access-logfile", "-",
+        # gunicorn's control socket defaults to ~/.gunicorn/gunicorn.ctl, one per user: a
+        # second stack on the host would take the first one's; the stack stops it by its pid
+        "--no-control-socket",
         "forgetting_stack.git_http:app"], env, stack.git_root)
     return lambda: wait_http("git", f"https://{h}:{port}/", stack.logs / "git.log", proc,
                              ca=tls["ca"])
