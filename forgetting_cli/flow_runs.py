@@ -19,6 +19,7 @@ a command, not as a Python call.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -193,6 +194,10 @@ def _run(job: dict, fds: list[int]) -> None:
     """The flow run, as ``python -m prefect.engine`` would run it, in its own process group
     (so that the client's death can take everything it started)."""
     code = 1
+    # exit handlers as a fresh interpreter's: none of the server's (inherited with the fork),
+    # and the run's own run before os._exit, which skips them (before: the temporary Prefect
+    # server a run starts outlived it, holding the client's stdout, and the client never ended)
+    atexit._clear()
     try:
         os.setpgid(0, 0)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
@@ -221,6 +226,7 @@ def _run(job: dict, fds: list[int]) -> None:
 
         traceback.print_exc()
     finally:
+        atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -57,7 +57,9 @@ def test_a_forked_run_has_the_clients_environment_folder_streams_and_exit_code(s
     for sock in (path, None):  # forked, then as a fresh interpreter
         c = _client(sock, "exit", "3", cwd=tmp_path)
         out, _ = c.communicate(timeout=60)
-        msg, cwd, pid, prepared, frozen = out.split()
+        first, *rest = out.splitlines()
+        msg, cwd, pid, prepared, frozen = first.split()
+        assert rest == ["the run's exit handler"], out  # its own, not the server's
         assert (c.returncode, msg, cwd) == (3, "hello", str(tmp_path))
         assert (int(pid) == c.pid) == (sock is None)
         # forked: after the preload's hook, with the preloaded heap frozen (gc.freeze)
