@@ -17,7 +17,9 @@ STAMP := $(VENV)/.installed-stamp
 # rest as they first import it, as a plain Python does. WRITE_BYTECODE turns it on where
 # PYTHONDONTWRITEBYTECODE is set, as on this machine: without bytecode every interpreter
 # compiled torch, MLflow and Prefect from source again (importing the pipeline: 17 CPU-s, 8
-# with bytecode). The project's own packages are compiled in full (an editable install)
+# with bytecode). The project's own packages are compiled in full (an editable install).
+# That import runs in a throwaway home: importing Prefect makes ~/.prefect, MLflow writes an
+# installation id to ~/.config/mlflow, torch makes a compile-cache folder in /tmp
 WRITE_BYTECODE := PYTHONDONTWRITEBYTECODE=
 UV_VERSION := 0.13.9
 PIP_CONSTRAINTS := $(wildcard /etc/xdg/pip/constraints.txt)
@@ -32,7 +34,9 @@ $(STAMP): pyproject.toml requirements.lock
 		$(PY) -m pip install --quiet -c requirements.lock -e '.[dev,stack]'; \
 	fi
 	$(PY) -m compileall -q forgetting tasks flows forgetting_cli forgetting_stack tests
-	$(WRITE_BYTECODE) $(PY) -c 'import flows.team, forgetting_cli.main'
+	w=$$(mktemp -d) && HOME=$$w TMPDIR=$$w XDG_CONFIG_HOME=$$w XDG_CACHE_HOME=$$w \
+		PREFECT_HOME=$$w/prefect $(WRITE_BYTECODE) $(PY) -c 'import flows.team, forgetting_cli.main'; \
+		s=$$?; rm -rf $$w; exit $$s
 	touch $(STAMP)
 
 demo: $(STAMP)
