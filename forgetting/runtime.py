@@ -26,6 +26,9 @@ class Accel:
     workers: int = 0
     channels_last: bool = False
     compile: bool = False
+    # torch.compile's backend; benchmarks/gpu_check.py --tiny traces with "aot_eager" on the
+    # CPU (the graph capture a GPU run goes through, without inductor's C++ build: 23 CPU-s)
+    compile_backend: str = "inductor"
 
 
 ACCEL = Accel()
@@ -93,4 +96,4 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 def compiled(module: nn.Module) -> nn.Module:
     """``torch.compile(module)`` when enabled; the module itself otherwise (the weights are
     shared either way, so saving reads the uncompiled module)."""
-    return torch.compile(module) if ACCEL.compile else module
+    return torch.compile(module, backend=ACCEL.compile_backend) if ACCEL.compile else module

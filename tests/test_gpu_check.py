@@ -26,6 +26,7 @@ def test_gpu_check_runs_every_part_at_tiny_size(cli_env, tmp_path):
     r = json.loads(out.read_text())
     assert r["failed"] == [] and r["tiny"] and r["device"] == "cpu"
     assert "skipped" in r["cuda_tests"]["summary"] or "passed" in r["cuda_tests"]["summary"]
+    assert r["throughput"]["compile_backend"] == "aot_eager"  # traced, without a C++ build
     for key in ("eager", "compiled"):
         for what in ("forward", "gs_lora_step"):
             row = r["throughput"][key][what]
