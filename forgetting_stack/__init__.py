@@ -244,6 +244,8 @@ class Stack:
         for name, pid in servers.items():
             self.pidfile(name).unlink(missing_ok=True)
             lines.append(f"{name}: stopped (pid {pid})")
+        if "s3" in servers:
+            s3.remove_sockets(self.settings())
         if pids.get("postgres") is not None:
             postgres.stop(self)
             lines.append(f"postgres: stopped (pid {pids['postgres']})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 
 from tenacity import RetryError, retry, stop_after_delay, wait_fixed
 
@@ -45,6 +46,27 @@ def start(stack, s: dict, creds: dict) -> None:
     wait_port("s3", "127.0.0.1", p["s3_local"], stack.logs / "s3.log", proc)
     tls_front.start(stack, "s3", s, p["s3_local"])
     ensure_bucket(stack.client_env())
+
+
+# SeaweedFS's local sockets: /tmp/seaweedfs-<server>-<port>.sock, hard-coded to /tmp (not
+# $TMPDIR); the S3 gateway's two are left there when it stops (measured: 12 per `make test`)
+_SOCKETS = {"s3": "s3_local", "s3-grpc": "s3_grpc", "filer": "weed_filer",
+            "filer-grpc": "weed_filer_grpc", "master-grpc": "weed_master_grpc",
+            "volume-grpc": "weed_volume_grpc"}
+
+
+def sockets(s: dict) -> list[Path]:
+    """The local sockets this stack's SeaweedFS makes (its own ports)."""
+    return [Path(f"/tmp/seaweedfs-{name}-{s['ports'][port]}.sock")
+            for name, port in _SOCKETS.items()]
+
+
+def remove_sockets(s: dict) -> list[Path]:
+    """Once SeaweedFS has stopped: the sockets it left, only sockets and only on its ports."""
+    gone = [p for p in sockets(s) if p.is_socket()]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def ensure_bucket(env: dict[str, str], timeout: float = 60) -> None:
