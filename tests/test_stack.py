@@ -261,7 +261,8 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
     import botocore
     from botocore.config import Config as BotoConfig
 
-    from forgetting_stack import Stack, alive, free_port_base, mlflow_login, read_env_file, s3
+    from forgetting_stack import Stack, alive, free_port_base, mlflow_login, read_env_file
+    from forgetting_stack.s3 import sockets as seaweedfs_sockets
 
     # world-traversable parents: PostgreSQL runs as 'nobody' when the tests run as root
     top = Path(tempfile.mkdtemp(prefix="forget-stack-test-", dir="/tmp"))
@@ -477,7 +478,7 @@ def test_two_workers_on_other_hosts_process_each_request_once_in_order(cli_env):
             _run(base_env, "stack", "down", "--dir", str(stack_dir))
             assert not any(alive(p) for v in pids.values() for p in _tree(v["pid"]))
             # nothing left in /tmp: SeaweedFS's sockets on this stack's ports
-            assert [p for p in s3.sockets(Stack(stack_dir).settings()) if p.exists()] == []
+            assert [p for p in seaweedfs_sockets(Stack(stack_dir).settings()) if p.exists()] == []
 
             # --- restored on other ports, with new credentials; the next request builds on it
             _run(base_env, "stack", "restore", str(backup), "--dir", str(restored), "--host",
