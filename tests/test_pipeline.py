@@ -219,8 +219,9 @@ def test_report_never_writes_over_a_folder_it_did_not_make(processed, tmp_path):
 
 def _plain_shell(home) -> dict:
     """A shell's environment with no virtualenv, nothing on PATH from it and no offline
-    settings: where a printed command (`ui_commands`) must work as printed."""
-    return {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+    settings: where a printed command (`ui_commands`) must work as printed. Its home and
+    temporary folder are the test's (the served model's torch import makes a folder in it)."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home)}
 
 
 def _predictions(ws, version: int, x) -> list[int]:
