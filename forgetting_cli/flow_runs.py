@@ -196,7 +196,8 @@ def _run(job: dict, fds: list[int]) -> None:
     code = 1
     # exit handlers as a fresh interpreter's: none of the server's (inherited with the fork),
     # and the run's own run before os._exit, which skips them (before: the temporary Prefect
-    # server a run starts outlived it, holding the client's stdout, and the client never ended)
+    # server a run starts outlived it, holding the client's stdout, and the client never ended;
+    # atexit's two private calls are CPython's, and no public API does this)
     atexit._clear()
     try:
         os.setpgid(0, 0)

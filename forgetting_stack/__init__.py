@@ -244,8 +244,8 @@ class Stack:
         for name, pid in servers.items():
             self.pidfile(name).unlink(missing_ok=True)
             lines.append(f"{name}: stopped (pid {pid})")
-        if "s3" in servers:
-            s3.remove_sockets(self.settings())
+        if "s3" in servers and (gone := s3.remove_sockets(self.settings())):
+            lines.append(f"s3: removed the sockets it left: {', '.join(map(str, gone))}")
         if pids.get("postgres") is not None:
             postgres.stop(self)
             lines.append(f"postgres: stopped (pid {pids['postgres']})")
