@@ -9,7 +9,7 @@ cannot go stale.
 ``forget demo`` in a fresh folder (``demo.json``), ``dvc repro``'s committed metrics
 (``data/repro/*.json``), ``quality.py --quick`` (``quality.json``), ``sequence.py``
 (``sequence.json``), ``throughput.py``, ``registry_bytes.py``, the CLI latencies
-(``latency.json``) and the test suite's CPU (``suite_cpu.py``, 13 min); with ``--scale``
+(``latency.json``) and the test suite's CPU (``suite_cpu.py``, 7 min); with ``--scale``
 also ``scale.py`` and ``cost.py`` (Fashion-MNIST, about an hour each). The README holds each
 figure between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->``; the test suite runs
 ``--check``, so a figure in the README is always the one in the results beside it.
