@@ -13,14 +13,14 @@ STAMP := $(VENV)/.installed-stamp
 # constraints and local wheel folder (PIP_FIND_LINKS) are passed on.
 # Bytecode: compiling all 24k files of the environment at install (uv's --compile-bytecode,
 # pip's default) took 28 s here (47 CPU-s), and a run imports about a third of them. So the
-# install imports the pipeline once with bytecode writing on, and the runs below write the
-# rest as they first import it, as a plain Python does. WRITE_BYTECODE turns it on where
+# install imports the pipeline once, and the runs below write the rest as they first import
+# it, as a plain Python does. The export turns bytecode writing on for every recipe where
 # PYTHONDONTWRITEBYTECODE is set, as on this machine: without bytecode every interpreter
 # compiled torch, MLflow and Prefect from source again (importing the pipeline: 17 CPU-s, 8
 # with bytecode). The project's own packages are compiled in full (an editable install).
 # That import runs in a throwaway home: importing Prefect makes ~/.prefect, MLflow writes an
 # installation id to ~/.config/mlflow, torch makes a compile-cache folder in /tmp
-WRITE_BYTECODE := PYTHONDONTWRITEBYTECODE=
+export PYTHONDONTWRITEBYTECODE :=
 UV_VERSION := 0.13.9
 PIP_CONSTRAINTS := $(wildcard /etc/xdg/pip/constraints.txt)
 $(STAMP): pyproject.toml requirements.lock
@@ -35,12 +35,12 @@ $(STAMP): pyproject.toml requirements.lock
 	fi
 	$(PY) -m compileall -q forgetting tasks flows forgetting_cli forgetting_stack tests
 	w=$$(mktemp -d) && HOME=$$w TMPDIR=$$w XDG_CONFIG_HOME=$$w XDG_CACHE_HOME=$$w \
-		PREFECT_HOME=$$w/prefect $(WRITE_BYTECODE) $(PY) -c 'import flows.team, forgetting_cli.main'; \
+		PREFECT_HOME=$$w/prefect $(PY) -c 'import flows.team, forgetting_cli.main'; \
 		s=$$?; rm -rf $$w; exit $$s
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(WRITE_BYTECODE) $(VENV)/bin/forget demo
+	$(VENV)/bin/forget demo
 
 # four processes on two cores (pytest-xdist), a module per unit: the two stack tests mostly wait
 # on servers and outages, so two processes train beside them; the longest start first
@@ -49,11 +49,11 @@ demo: $(STAMP)
 # (docs/benchmarks.md, "The test suite's CPU")
 XDIST := --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
-	$(WRITE_BYTECODE) $(PY) -m pytest -q -n 4 $(XDIST)
+	$(PY) -m pytest -q -n 4 $(XDIST)
 
 # the quick half in two processes: 1 min 36 s here (Intel Xeon, 2 cores; 2026-12-06)
 test-fast: $(STAMP)
-	$(WRITE_BYTECODE) $(PY) -m pytest -q -n 2 $(XDIST) -m "not slow"
+	$(PY) -m pytest -q -n 2 $(XDIST) -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

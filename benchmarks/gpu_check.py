@@ -110,10 +110,11 @@ def _rates(model, x, y, compiled: bool, fcfg, batches: int, gflop: float, top: f
     from forgetting.lora import add_lora, lora_groups
     from forgetting.methods.gs_lora.objective import GSLoRA
     from forgetting.methods.objective import Setup
-    from forgetting.runtime import ACCEL, autocast
+    from forgetting.runtime import autocast
+    from forgetting.runtime import compiled as maybe_compiled
     from forgetting.train import forward as request_forward
 
-    fwd_model = torch.compile(model, backend=ACCEL.compile_backend) if compiled else model
+    fwd_model = maybe_compiled(model)  # ACCEL.compile is set to ``compiled`` by the caller
 
     def fwd():
         with torch.inference_mode(), autocast(device):

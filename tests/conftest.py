@@ -21,10 +21,10 @@ if not os.environ.get("PYTEST_XDIST_WORKER"):
     # what libraries leave in the temporary folder and the home folder goes with the run,
     # not into /tmp and ~ (measured before: Prefect's runner storage and temporary-server
     # folders, torch's compile cache in /tmp; matplotlib's font cache in ~/.cache, MLflow's
-    # installation id in ~/.config): every process of the run and
-    # every process it starts inherits these; the stack tests' folders stay under /tmp on
-    # purpose (PostgreSQL runs as 'nobody' there, and needs world-traversable parents), and
-    # SeaweedFS's sockets are /tmp's whatever TMPDIR says (the stack removes them at stop)
+    # installation id in ~/.config): every process of the run and every process it starts
+    # inherits these; the stack tests' folders stay under /tmp on purpose (PostgreSQL runs as
+    # 'nobody' there, and needs world-traversable parents), and SeaweedFS's sockets are /tmp's
+    # whatever TMPDIR says (the stack removes them at stop)
     _OWN = {"TMPDIR": "tmp", "XDG_CONFIG_HOME": "config", "XDG_CACHE_HOME": "cache",
             "XDG_DATA_HOME": "data", "MPLCONFIGDIR": "matplotlib",
             "TORCHINDUCTOR_CACHE_DIR": "torchinductor", "TRITON_CACHE_DIR": "triton"}
