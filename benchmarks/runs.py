@@ -190,7 +190,8 @@ def method_rows(bench: Bench, forget_cfg, method: str, shots: int | None, seed: 
     request i builds on the model request i-1 left. ``tag``: what else tells this run apart
     in the cache (code swapped in by a benchmark)."""
     def compute():
-        model, earlier, rows = bench.base(seed), [], []
+        base = bench.base(seed)
+        model, earlier, rows = base, [], []
         with tempfile.TemporaryDirectory() as work:
             for i, c in enumerate(order, 1):
                 before = evaluate(model, bench.splits[split], [c], earlier, device=bench.device,
@@ -200,7 +201,7 @@ def method_rows(bench: Bench, forget_cfg, method: str, shots: int | None, seed: 
                 t0 = time.perf_counter()
                 res = forget_classes(model, bench.splits["train"], bench.splits["val"], [c],
                                      fcfg, Path(work) / f"step-{i}", bench.device,
-                                     earlier=earlier, progress=False)
+                                     earlier=earlier, progress=False, base=base)
                 seconds = time.perf_counter() - t0
                 rows.append({**_row(bench, res.model, i, c, earlier, split, before.acc_f,
                                     attacks),

@@ -81,7 +81,7 @@ def process_request(root: str, request_id: str) -> dict:
     protos = (prototypes(root, parent, request_id, forget, earlier, plan.shots)
               if plan.method == "gs-lora++" and cfg.forget.prototypes.enabled else None)
     summary = train_adapter(root, parent, request_id, forget, earlier, plan.shots,
-                            plan.method, protos, plan.index)
+                            plan.method, protos, plan.index, plan.parent)
     metrics = evaluate_request(root, parent, request_id, forget, earlier,
                                summary.adapter_sha256)
     crash_point("after-train")

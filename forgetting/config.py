@@ -137,6 +137,11 @@ class EmbeddingConfig(_Strict):
     temperature: float = Field(2.0, gt=0, description="t of the uniformity loss")
     keep_retained: float = Field(1.0, ge=0, description="retained images' embeddings held to "
                                                         "the parent's (cosine distillation)")
+    # a chain of requests distilled each from its parent drifts like a random walk: every
+    # version's retained embedding is held to the one before, already moved
+    anchor: Literal["parent", "base"] = Field(
+        "parent", description="whose embedding keep_retained holds the retained images to: "
+                              "the parent version's, or the chain's base model's")
 
     @property
     def active(self) -> bool:

@@ -114,11 +114,13 @@ def _cycle(loader):
 
 def setup(model: Classifier, train_ds, val_ds, forget: Sequence[int], cfg: ForgetConfig,
           device: torch.device, earlier: Sequence[int] = (), missing: Sequence[int] = (),
-          prototypes: Prototypes | None = None) -> Run:
+          prototypes: Prototypes | None = None, base: Classifier | None = None) -> Run:
     """The request's images, its method's objective, a LoRA copy of ``model`` and its
     optimiser. ``earlier``: classes forgotten by previous requests (left out of training,
     measured as Acc_o); ``missing``: retained classes with no training images (GS-LoRA++'s
-    missing-class setting); ``prototypes``: computed by the pipeline beforehand."""
+    missing-class setting); ``prototypes``: computed by the pipeline beforehand; ``base``:
+    the chain's base model when ``model`` is a later version, None when ``model`` is the base
+    (read with ``embedding.anchor: base``)."""
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     forget, earlier, missing = sorted(set(forget)), sorted(set(earlier)), sorted(set(missing))
@@ -136,7 +138,8 @@ def setup(model: Classifier, train_ds, val_ds, forget: Sequence[int], cfg: Forge
     model = model.to(device).eval()
     val_before = evaluate(model, val_ds, forget, earlier, missing, device=device,
                           class_names=train_ds.info.class_names)
-    request = Setup(model, data, forget, retained, earlier, missing, cfg, device, prototypes)
+    request = Setup(model, data, forget, retained, earlier, missing, cfg, device, prototypes,
+                    base.to(device).eval() if base is not None else None)
     objective = method(request)
     embedding = (EmbeddingForgetting(request) if method.embedding_terms and cfg.embedding.active
                  else None)
@@ -271,11 +274,11 @@ def forget_classes(
     model: Classifier, train_ds, val_ds, forget: Sequence[int], cfg: ForgetConfig,
     adapter_dir: str | Path, device: torch.device, earlier: Sequence[int] = (),
     missing: Sequence[int] = (), progress: bool = True, adapter_meta: dict | None = None,
-    prototypes: Prototypes | None = None,
+    prototypes: Prototypes | None = None, base: Classifier | None = None,
 ) -> ForgetResult:
     """Forget ``forget`` (class indices) from ``model`` with ``cfg.method``; write the adapter
     to ``adapter_dir`` (see ``setup`` for the other arguments)."""
-    run = setup(model, train_ds, val_ds, forget, cfg, device, earlier, missing, prototypes)
+    run = setup(model, train_ds, val_ds, forget, cfg, device, earlier, missing, prototypes, base)
     bar = progress_bar(cfg.epochs, "forget", enabled=progress)
     for epoch in bar:
         row = train_epoch(run, epoch)

@@ -153,12 +153,23 @@ def import_base(root: str, checkpoint: str, arch: str | None = None,
 def model_for_version(ws: Workspace, version: int) -> tuple[Classifier, list[str]]:
     """Base checkpoint + the chain of adapters up to ``version``, each verified by sha256."""
     chain = [tags for _, tags in registry.chain(registry.client(ws), version)]
-    base_tags = chain.pop()
-    model, names, _ = load_checkpoint(ws.root / base_tags["checkpoint"],
-                                      expected_sha256=base_tags["checkpoint_sha256"])
+    model, names = _base_checkpoint(ws, chain.pop())
     model = apply_chain(model, [(ws.root / t["adapter"], t["adapter_sha256"])
                                 for t in reversed(chain)])
     return model.eval(), names
+
+
+def base_under(ws: Workspace, version: int) -> Classifier | None:
+    """The base model ``version`` was built on (verified by sha256); None when ``version`` is
+    that base itself."""
+    chain = [tags for _, tags in registry.chain(registry.client(ws), version)]
+    return _base_checkpoint(ws, chain[-1])[0].eval() if len(chain) > 1 else None
+
+
+def _base_checkpoint(ws: Workspace, tags: dict[str, str]) -> tuple[Classifier, list[str]]:
+    model, names, _ = load_checkpoint(ws.root / tags["checkpoint"],
+                                      expected_sha256=tags["checkpoint_sha256"])
+    return model, names
 
 
 @task(cache_policy=NO_CACHE)
@@ -203,10 +214,13 @@ def stored_training(ws: Workspace, request_id: str) -> TrainingSummary | None:
 @task(cache_policy=NO_CACHE)
 def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int],
                   earlier: list[int], shots: int | None, method: str,
-                  prototypes_path: str | None, index: int = 0) -> TrainingSummary:
+                  prototypes_path: str | None, index: int = 0,
+                  parent_version: int | None = None) -> TrainingSummary:
     """Train and store ``data/adapters/<request>`` with its training summary in one rename, so
     "already trained" is read from the DVC-tracked folder itself: a retried run keeps it
-    (and its sha256, which may already be registered) even when the scratch dir is gone."""
+    (and its sha256, which may already be registered) even when the scratch dir is gone.
+    ``parent_version``: the registered version ``checkpoint`` was built from, whose base
+    ``forget.embedding.anchor: base`` holds the retained embedding to."""
     ws = Workspace.at(root)
     out = ws.adapter_dir(request_id)
     if (stored := stored_training(ws, request_id)) is not None:
@@ -218,11 +232,13 @@ def train_adapter(root: str, checkpoint: str, request_id: str, forget: list[int]
     model, _, _ = load_checkpoint(checkpoint)
     sp = workspace_splits(ws)
     protos = Prototypes.load(prototypes_path) if prototypes_path else None
+    base = (base_under(ws, parent_version)
+            if fcfg.embedding.anchor == "base" and parent_version is not None else None)
     staging = ws.work_dir(request_id) / "adapter"
     shutil.rmtree(staging, ignore_errors=True)  # a partial staging folder is from a crash
     res = forget_classes(model, sp["train"], sp["val"], forget, fcfg, staging, dev,
                          earlier=earlier, adapter_meta={"request_id": request_id},
-                         prototypes=protos)
+                         prototypes=protos, base=base)
     summary = TrainingSummary(
         adapter_sha256=res.adapter_sha256, kept_groups=res.kept_groups,
         group_norms=res.group_norms, selected_epoch=res.selected_epoch,

@@ -194,3 +194,29 @@ def test_pretraining_repeats_bit_for_bit(digits, tiny_cfg, tmp_path):
         shas.append(save_checkpoint(res.model, tmp_path / f"m{i}.safetensors",
                                     digits["info"].class_names))
     assert shas[0] == shas[1] == file_sha256(tmp_path / "m0.safetensors")
+
+
+def test_keep_retained_holds_to_the_chain_base_with_anchor_base(first, base_model, digits,
+                                                                tiny_cfg):
+    """``embedding.anchor: base``: a later version's retained images are distilled toward the
+    base model's embedding, not the parent's (which has moved with the first request)."""
+    from forgetting.methods.embedding import EmbeddingForgetting
+    from forgetting.methods.objective import Batch, Setup
+
+    x = torch.stack([digits["train"][i][0] for i in range(12)])
+    y = torch.tensor([int(digits["train"][i][1]) for i in range(12)])
+    parent, base = first.model.eval(), base_model[0].eval()
+    with torch.no_grad():
+        feats = parent.embed(x)  # the parent's own embedding: nothing to hold at anchor parent
+        want = (1 - torch.nn.functional.cosine_similarity(feats, base.embed(x), dim=1)).mean()
+    batch = Batch(x, feats, y, y[:0], y[:0], parent.head, [], 0.0)
+    got = {}
+    for anchor in ("parent", "base"):
+        emb = tiny_cfg.forget.embedding.model_copy(update={"anchor": anchor, "relabel": 0.0,
+                                                           "uniformity": 0.0})
+        cfg = tiny_cfg.forget.model_copy(update={"embedding": emb})
+        setup = Setup(parent, None, [0, 1], list(range(2, 10)), [], [], cfg, CPU, base=base)
+        got[anchor] = float(EmbeddingForgetting(setup).terms(batch)["keep_retained"])
+    assert got["parent"] == pytest.approx(0.0, abs=1e-5)
+    assert got["base"] == pytest.approx(emb.keep_retained * float(want), rel=1e-4)
+    assert got["base"] > 1e-3  # the first request moved the retained embedding

@@ -14,7 +14,9 @@ For the forgotten images of this request and, while their images remain, of earl
   normalised embeddings (Wang & Isola's uniformity loss, 2020), which spreads the class over
   the sphere so that its images are no longer each other's nearest neighbours;
 and, for the retained images, what moving the forgotten ones must not cost:
-- ``keep_retained``: 1 - cos between the embedding and the parent's (distillation).
+- ``keep_retained``: 1 - cos between the embedding and the parent's (distillation), or, with
+  ``anchor: base``, the chain's base model's: each version held to the one before lets the
+  retained embedding drift a little further with every request, each held to the base does not.
 
 Measured against candidates on the validation split (benchmarks/results/embedding.json):
 pulling toward the nearest retained image or prototype, or pushing off the class centroid,
@@ -35,12 +37,17 @@ class EmbeddingForgetting:
     def __init__(self, setup: Setup) -> None:
         self.cfg = setup.cfg.embedding
         self.parent = setup.model  # unchanged: the LoRA model trains on a copy
+        # the first request's parent is the base
+        self.anchor = (setup.base if self.cfg.anchor == "base" and setup.base is not None
+                       else self.parent)
         self.retained = torch.tensor(setup.retained, device=setup.device)
 
     def terms(self, b: Batch) -> dict[str, torch.Tensor]:
         cfg, out = self.cfg, {}
         with torch.no_grad(), autocast(b.x.device):
             parent = self.parent.embed(b.x).float()
+            held = (parent[:b.n_r] if self.anchor is self.parent
+                    else self.anchor.embed(b.x[:b.n_r]).float())
         f_gone, y_gone = b.feats[b.n_r:], torch.cat([b.y_f, b.y_o])
         if cfg.relabel > 0:
             out["relabel"] = cfg.relabel * F.cross_entropy(b.head(f_gone),
@@ -49,7 +56,7 @@ class EmbeddingForgetting:
             out["uniformity"] = cfg.uniformity * uniformity(f_gone, y_gone, cfg.temperature)
         if cfg.keep_retained > 0 and b.n_r:
             out["keep_retained"] = cfg.keep_retained * (
-                1 - F.cosine_similarity(b.f_r, parent[:b.n_r], dim=1)).mean()
+                1 - F.cosine_similarity(b.f_r, held, dim=1)).mean()
         return out
 
     @torch.no_grad()

@@ -36,6 +36,7 @@ class Setup:
     cfg: ForgetConfig
     device: torch.device
     prototypes: Prototypes | None = None  # computed by the pipeline beforehand (GS-LoRA++)
+    base: Classifier | None = None  # the chain's base model when ``model`` is a later version
 
     @property
     def num_classes(self) -> int:
