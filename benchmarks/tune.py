@@ -106,7 +106,6 @@ SPACES: dict[str, tuple[str, int | None, float, bool, dict | list]] = {
     # the retained embedding held to the chain's base model instead of the parent version
     # (forget.embedding.anchor): at 4 shots the gap to retrain grows with every request (on
     # Fashion-MNIST's val, 4-shot-drift's {}: -1.1, -3.8, -6.2, -9.0, -9.0), each version
-    # distilled from one already moved
     # distilled from one already moved. With it, the slower update of 4-shot-drift and the
     # views of 4-shot-views (which kept Acc_r, not the forgetting in the embedding). A
     # Fashion-MNIST-only screen (2 seeds) also ran anchor + keep_retained 8: no better than
